@@ -1,0 +1,27 @@
+"""The calculator's web app: `streamlit run app.py`.
+
+Pages (in pages/) hold the UI only; every number comes from the `capacity` package.
+The sidebar's scenario is shared by every page and mirrored into the URL.
+"""
+
+import streamlit as st
+
+from pages import _ui
+
+st.set_page_config(page_title="BP vs MeZO memory calculator", page_icon="🧮", layout="wide")
+
+PAGES = [
+    st.Page("pages/calculator.py", title="Calculator", icon="🧮", default=True),
+    st.Page("pages/memory_vs_context.py", title="Memory vs context", icon="📈"),
+    st.Page("pages/what_fits.py", title="What fits", icon="📦"),
+    st.Page("pages/time_tradeoff.py", title="Time trade-off", icon="⏱️"),
+    st.Page("pages/validate.py", title="Validate", icon="🔬"),
+]
+
+page = st.navigation(PAGES)
+_ui.sidebar()
+try:
+    page.run()
+finally:
+    # After the page, so that its own controls are in the link too.
+    _ui.write_url()

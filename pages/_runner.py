@@ -1,0 +1,187 @@
+"""A validation run in a child process: `python -m capacity validate ... --json --progress json`.
+
+No Streamlit here: the Validate page keeps an `EngineRun` in the session state and reads it
+on every rerun. The child runs in its own process group, so that cancelling it (or its time
+limit) ends it and whatever it started, and nothing else. Two reader threads drain its
+stdout and stderr (a full pipe would stall it); a watchdog thread enforces the time limit
+even when no page is looking.
+
+Contract of the engine: progress lines on stderr such as
+{"event": "progress", "step": 2, "total": 5, "message": "..."}; the last line of stdout is
+one JSON object (the result); a non-zero exit code with a one-line message on stderr means
+failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENGINE = [sys.executable, "-m", "capacity", "validate"]
+GRACE_SECONDS = 3        # after SIGTERM, before SIGKILL
+STDERR_LINES_KEPT = 200
+
+
+def engine_help(timeout_s: float = 30) -> tuple[bool, str]:
+    """(available, help text or the reason it is not)."""
+    try:
+        done = subprocess.run([*ENGINE, "--help"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return False, f"the engine did not answer ({err.__class__.__name__})"
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        return False, last
+    return True, done.stdout
+
+
+class EngineRun:
+    """One launched run. `status`: running, done, failed, cancelled or timed out."""
+
+    def __init__(self, args: list[str], time_limit_s: float, label: str = ""):
+        self.command = [*ENGINE, *args, "--json", "--progress", "json"]
+        self.label = label
+        self.time_limit_s = time_limit_s
+        self.started = time.time()
+        self.finished_at: float | None = None
+        self.status = "running"
+        self.message = ""
+        self.result: dict | None = None
+        self.step = 0
+        self.total = 0
+        self.progress_message = "starting"
+        self.recorded = False            # set by the page once the run is in the history
+        self._stdout: list[str] = []
+        self._stderr: deque[str] = deque(maxlen=STDERR_LINES_KEPT)
+        self._lock = threading.Lock()
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._proc = subprocess.Popen(self.command, cwd=ROOT, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                      errors="replace", bufsize=1, env=env, start_new_session=True)
+        self._readers = [threading.Thread(target=self._read, args=(self._proc.stdout, self._on_stdout), daemon=True),
+                         threading.Thread(target=self._read, args=(self._proc.stderr, self._on_stderr), daemon=True)]
+        for t in self._readers:
+            t.start()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    # -- what the page reads ----------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished_at or time.time()) - self.started
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total) if self.total else 0.0
+
+    def stderr_tail(self, n: int = 20) -> str:
+        with self._lock:
+            return "\n".join(list(self._stderr)[-n:])
+
+    def cancel(self) -> None:
+        if self.running:
+            self._finish("cancelled", "cancelled by the user")
+            self._kill()
+
+    # -- internals ------------------------------------------------------------------
+
+    @staticmethod
+    def _read(stream, sink) -> None:
+        try:
+            for line in stream:
+                sink(line.rstrip("\n"))
+        except (OSError, ValueError):
+            pass                          # the pipe closed under us: the run is over
+
+    def _on_stdout(self, line: str) -> None:
+        with self._lock:
+            self._stdout.append(line)
+
+    def _on_stderr(self, line: str) -> None:
+        event = _json_object(line)
+        with self._lock:
+            if event and event.get("event") == "progress":
+                self.step = _int(event.get("step"), self.step)
+                self.total = _int(event.get("total"), self.total)
+                self.progress_message = str(event.get("message", ""))[:300]
+            else:
+                self._stderr.append(line)
+
+    def _watch(self) -> None:
+        try:
+            code = self._proc.wait(timeout=self.time_limit_s)
+        except subprocess.TimeoutExpired:
+            self._finish("timed out", f"stopped after the time limit of {self.time_limit_s:g} s")
+            self._kill()
+            return
+        for t in self._readers:
+            t.join(timeout=5)
+        if not self.running:
+            return                        # cancelled meanwhile
+        if code == 0:
+            result = next((obj for obj in map(_json_object, reversed(self._stdout)) if obj), None)
+            if result is None:
+                self._finish("failed", "the engine exited without printing a JSON result")
+            else:
+                self.result = result
+                self._finish("done", "")
+        else:
+            self._finish("failed", self._failure_message(code))
+
+    def _failure_message(self, code: int) -> str:
+        with self._lock:
+            lines = [line for line in self._stderr if line.strip()]
+        if not lines:
+            return f"the engine stopped with exit code {code} and no message"
+        last = _json_object(lines[-1])
+        if last and last.get("message"):
+            return str(last["message"])
+        return lines[-1][:500]
+
+    def _finish(self, status: str, message: str) -> None:
+        with self._lock:
+            if self.status == "running":
+                self.status, self.message, self.finished_at = status, message, time.time()
+
+    def _kill(self) -> None:
+        """End the child's process group (only the processes this run started)."""
+        pgid = self._proc.pid         # start_new_session: the child leads its own group
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            self._proc.wait(timeout=GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass
+        try:                          # whatever is left of the group
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _json_object(line: str) -> dict | None:
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _int(value, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
