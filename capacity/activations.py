@@ -1,0 +1,198 @@
+"""Activation memory: what one forward pass keeps for the backward pass, tensor by tensor.
+
+Each function returns bytes. The recipes follow the Hugging Face `transformers` 5.x code
+of each family (docs/equations.md lists them with the line of code that keeps each
+tensor); they were read off `torch.autograd.graph.saved_tensors_hooks` traces, not
+fitted. Symbols: N = b·s tokens, h hidden, A = a·d query width, K = a_kv·d key/value
+width, I MLP width, V vocabulary, p bytes per value of the model's dtype.
+
+Kernel differences that change what is kept (`Scenario.target`):
+- dropout: CUDA's fused kernel keeps a 1-byte mask; the CPU kernel keeps a noise tensor
+  of the input's dtype.
+- LayerNorm statistics (mean, 1/std per token): fp32 on CUDA, the input dtype on the CPU.
+- SDPA with dropout: the CPU has no fused kernel for it and falls back to the math path
+  in fp32; CUDA's flash kernel keeps only q, k, v, the output and the log-sum-exp.
+"""
+
+from __future__ import annotations
+
+from .scenario import Scenario
+from .shape import ModelShape
+
+FP32 = 4
+INT64 = 8
+
+
+def _mask_bytes(sc: Scenario) -> int:
+    """Bytes per element that a dropout keeps: CUDA's fused kernel a bool mask, the CPU a noise tensor."""
+    return 1 if sc.target == "cuda" else _act_bytes(sc)
+
+
+def _act_bytes(sc: Scenario) -> int:
+    """Bytes per activation value: the model's dtype (16-bit under mixed precision)."""
+    return sc.bytes_per_value
+
+
+def _stat_bytes(sc: Scenario) -> int:
+    """LayerNorm's saved mean and rstd: fp32 on CUDA, the input dtype on the CPU."""
+    return FP32 if sc.target == "cuda" else _act_bytes(sc)
+
+
+def norm_saved_bytes(s: ModelShape, sc: Scenario, with_input: bool = True) -> int:
+    """One normalisation, excluding its output (the next linear keeps that).
+
+    RMSNorm (Llama, Mistral, Qwen2): x in fp32 (4Nh), 1/rms per token (4N), and the
+    normalised x cast back to dtype (pNh) that the scale multiplies.
+    Gemma's RMSNorm stays in fp32: x in fp32 (4Nh), 1/rms (4N), normalised x in fp32 (4Nh),
+    and (1 + weight) in fp32 (4h).
+    LayerNorm: its input (pNh) and two statistics per token.
+    """
+    n, h, p = sc.tokens, s.hidden_size, _act_bytes(sc)
+    if s.norm == "rmsnorm":
+        if s.model_type == "gemma":
+            return FP32 * n * h + FP32 * n + FP32 * n * h + FP32 * h
+        return FP32 * n * h + FP32 * n + p * n * h
+    return (p * n * h if with_input else 0) + 2 * _stat_bytes(sc) * n
+
+
+def attention_saved_bytes(s: ModelShape, sc: Scenario) -> int:
+    """Attention, from its input (excluded) to the output projection's input.
+
+    Eager: q, k and v as the two matmuls keep them (each pNA: k and v repeated to all
+    heads, copied when the layout needs it), the softmax output (fp32 4·b·a·s² in every
+    family but GPT-2, whose softmax stays in dtype), the probabilities cast back to dtype
+    (p·b·a·s², kept by the second matmul), attention dropout, and the output projection's
+    input (pNA).
+    SDPA (flash or CPU flash): q (pNA), k and v (pNK each: grouped-query heads are not
+    repeated), the output (pNA), the log-sum-exp (fp32 4·b·a·s), and the output
+    projection's input (pNA).
+    """
+    b, seq, n, p = sc.batch, sc.seq, sc.tokens, _act_bytes(sc)
+    a, qd, kvd = s.num_heads, s.q_dim, s.kv_dim
+    scores = b * a * seq * seq
+    dropout = s.attn_dropout > 0
+    if sc.attention == "sdpa" and not (dropout and sc.target == "cpu"):
+        # q, k, v (for GPT-2 and NeoX, views that keep the fused qkv projection alive).
+        qkv = p * n * (qd + 2 * kvd)
+        return qkv + p * n * qd + FP32 * b * a * seq + p * n * qd
+    if sc.attention == "sdpa":
+        # CPU math fallback (dropout): q, k, v, softmax, noise and dropped probs in fp32.
+        return 3 * FP32 * n * qd + 3 * FP32 * scores + p * n * qd
+    qkv = 3 * p * n * qd
+    if s.model_type == "gpt2":
+        probs = p * scores                       # softmax output in dtype, kept by softmax and matmul
+        if dropout:
+            probs += _mask_bytes(sc) * scores + p * scores
+    else:
+        probs = FP32 * scores                    # softmax(dtype=float32) output
+        if dropout:
+            probs += _mask_bytes(sc) * scores + p * scores
+        elif p != FP32:
+            probs += p * scores                  # .to(dtype) copy kept by the second matmul
+    return qkv + probs + p * n * qd
+
+
+def mlp_saved_bytes(s: ModelShape, sc: Scenario) -> int:
+    """MLP, from its input (excluded) to the down projection's input (included).
+
+    Gated (Llama...): gate output (kept by the activation), activation output and up
+    output (kept by the product), product (kept by down): 4·pNI.
+    ReLU (OPT): its output, kept by both ReLU and fc2: pNI.
+    GELU exact (NeoX) or tanh: input and output: 2·pNI.
+    gelu_new (GPT-2, Phi), a Python composite 0.5·x·(1 + tanh(c·(x + 0.044715·x³))):
+    x, tanh(...), 0.5·x, 1 + tanh(...) and the output: 5·pNI.
+    """
+    n, inter, p = sc.tokens, s.intermediate_size, _act_bytes(sc)
+    if s.gated_mlp:
+        return 4 * p * n * inter
+    per_act = {"relu": 1, "gelu": 2, "gelu_tanh": 2, "silu": 2, "gelu_new": 5}[s.activation]
+    return per_act * p * n * inter
+
+
+def layer_saved_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
+    """Bytes one decoder layer keeps for backward, by part (attention part, MLP part)."""
+    n, h, p = sc.tokens, s.hidden_size, _act_bytes(sc)
+    resid_mask = _mask_bytes(sc) * n * h if s.resid_dropout > 0 else 0
+    norm_in = norm_saved_bytes(s, sc)
+    attn = attention_saved_bytes(s, sc)
+    mlp = mlp_saved_bytes(s, sc)
+    if s.parallel_residual and s.norms_per_layer == 1:
+        # Phi: one LayerNorm feeds both branches; its output is kept once.
+        attn_part = norm_in + p * n * h + attn + resid_mask
+        mlp_part = mlp + resid_mask
+    elif s.parallel_residual:
+        # NeoX: both LayerNorms read the layer input, kept once; each output is kept.
+        attn_part = norm_in + p * n * h + attn + resid_mask
+        mlp_part = norm_saved_bytes(s, sc, with_input=False) + p * n * h + mlp + resid_mask
+    else:
+        attn_part = norm_in + p * n * h + attn + resid_mask
+        mlp_part = norm_saved_bytes(s, sc) + p * n * h + mlp + resid_mask
+    return {"attention": attn_part, "mlp": mlp_part}
+
+
+def layer_activation_bytes(s: ModelShape, sc: Scenario) -> int:
+    """A_layer: total bytes one decoder layer keeps for backward."""
+    return sum(layer_saved_bytes(s, sc).values())
+
+
+def causal_mask_bytes(s: ModelShape, sc: Scenario) -> int:
+    """The additive causal mask the eager path builds once per forward: (b, 1, s, s) in dtype.
+    SDPA without padding passes no mask (is_causal)."""
+    if sc.attention == "sdpa":
+        return 0
+    return _act_bytes(sc) * sc.batch * sc.seq * sc.seq
+
+
+def rotary_bytes(s: ModelShape, sc: Scenario) -> int:
+    """cos and sin tables for the rotated share of the head dim: 2 · s · d_rot in dtype."""
+    if s.learned_positions:
+        return 0
+    rot = int(s.head_dim * s.rotary_fraction)
+    return 2 * _act_bytes(sc) * sc.seq * rot
+
+
+def checkpoint_saved_bytes(s: ModelShape, sc: Scenario) -> int:
+    """A checkpointed layer keeps only its input hidden states (pNh); the mask and the
+    rotary tables it also keeps are shared by all layers and counted once."""
+    return _act_bytes(sc) * sc.tokens * s.hidden_size
+
+
+def embedding_saved_bytes(s: ModelShape, sc: Scenario) -> int:
+    """Before the first layer: the token ids the embedding keeps (int64), the embedding
+    dropout, Gemma's scaled embedding, OPT-350m's project_in input."""
+    n, h, p = sc.tokens, s.hidden_size, _act_bytes(sc)
+    total = INT64 * n
+    if s.embd_dropout > 0:
+        total += _mask_bytes(sc) * n * h
+    if s.embed_dim != s.hidden_size:
+        total += p * n * s.embed_dim
+    return total
+
+
+def head_saved_bytes(s: ModelShape, sc: Scenario) -> int:
+    """After the last layer: the final norm and the LM head's input (pNh, or pNe through
+    OPT-350m's project_out)."""
+    n, h, p = sc.tokens, s.hidden_size, _act_bytes(sc)
+    total = norm_saved_bytes(s, sc) if s.final_norm else 0
+    total += p * n * h
+    if s.embed_dim != s.hidden_size:
+        total += p * n * s.embed_dim
+    return total
+
+
+def logits_bytes(s: ModelShape, sc: Scenario) -> int:
+    """Logits in dtype (pNV), held by the model's output for the rest of the step."""
+    return _act_bytes(sc) * sc.tokens * s.vocab_size
+
+
+def loss_saved_bytes(s: ModelShape, sc: Scenario) -> int:
+    """Cross-entropy upcasts logits to fp32; log_softmax keeps its fp32 output (4NV);
+    nll_loss keeps the shifted labels (int64)."""
+    return FP32 * sc.tokens * s.vocab_size + INT64 * sc.tokens
+
+
+def korthikanti_layer_bytes(s: ModelShape, sc: Scenario) -> int:
+    """Textbook per-layer activations (Korthikanti et al. 2022, eq. 2), scaled to the
+    model's dtype: s·b·h·(34 + 5·a·s/h) bytes at 16 bits with dropout and MLP width 4h."""
+    return int(sc.tokens * s.hidden_size * (34 + 5 * s.num_heads * sc.seq / s.hidden_size)
+               * sc.bytes_per_value / 2)

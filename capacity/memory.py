@@ -1,0 +1,234 @@
+"""Peak memory of one step, as the maximum over the step's phases.
+
+The step is the one after the first (optimizer states exist; gradients were freed by
+`zero_grad(set_to_none=True)`), as `torch.cuda.max_memory_allocated` sees it after a
+reset. Each phase sums the tensors live at its highest point:
+
+BP      forward end   weights + optimizer states + saved activations + logits + loss
+        backward      ... the loss gradient (3 fp32 tensors the size of the logits)
+        layer i       gradients of the layers above, activations of the layers below,
+                      layer i's own activations (recomputed if checkpointed) and the
+                      gradients flowing through it
+        backward end  weights + optimizer states + all gradients
+        optimizer     weights + gradients + states + the optimizer's temporaries
+MeZO /  forward       weights + the largest set of tensors live at once in one forward
+inference             (nothing is kept across layers) + logits + loss
+
+The breakdown of the winning phase is returned; its terms add up to the peak.
+"""
+
+from __future__ import annotations
+
+from . import activations as act
+from .params import (attention_params, head_params, largest_tensor_params, layer_params,
+                     mlp_params, parameter_count, parameter_tensor_count)
+from .scenario import Estimate, Scenario
+from .shape import ModelShape
+
+FP32 = 4
+
+# Breakdown terms, in display order.
+TERMS = ("weights", "master_weights", "gradients", "optimizer_states", "activations",
+         "logits_and_loss", "temporaries")
+
+# MeZO regenerates z in chunks of at most this many elements (capacity.validation.mezo),
+# so its only temporary is one chunk, not a copy of the largest weight.
+MEZO_CHUNK_ELEMENTS = 2**20
+
+# Typical CUDA context plus the kernels PyTorch loads, outside max_memory_allocated
+# (an assumption, reported separately; nvidia-smi includes it). Measured values vary
+# between 300 and 600 MiB with driver and GPU.
+CUDA_CONTEXT_BYTES = 500 * 2**20
+
+
+# ---------------------------------------------------------------- model state terms
+
+def weights_bytes(s: ModelShape, sc: Scenario) -> int:
+    """Parameters in the dtype they are held in: P·p (fp32 under mixed precision: those
+    are the master weights, see master_weights_bytes)."""
+    return parameter_count(s) * (FP32 if sc.mixed_precision else sc.bytes_per_value)
+
+
+def compute_copy_bytes(s: ModelShape, sc: Scenario) -> int:
+    """Mixed precision: autocast's 16-bit copies of the weights (P·2), cached for the
+    forward and kept by the matmuls until their backward."""
+    return parameter_count(s) * sc.bytes_per_value if sc.mixed_precision else 0
+
+
+def gradients_bytes(s: ModelShape, sc: Scenario) -> int:
+    """Gradients take the parameters' dtype: P·p (P·4 under mixed precision)."""
+    return weights_bytes(s, sc)
+
+
+def optimizer_state_bytes(s: ModelShape, sc: Scenario) -> int:
+    """SGD: none. Momentum: one buffer. Adam/AdamW: exp_avg and exp_avg_sq, each in the
+    parameters' dtype, plus one fp32 `step` per parameter tensor, which PyTorch keeps on
+    the CPU (counted for target='cpu' only)."""
+    if sc.method != "bp":
+        return 0
+    per_param = FP32 if sc.mixed_precision else sc.bytes_per_value
+    p = parameter_count(s)
+    if sc.optimizer == "sgd":
+        return 0
+    if sc.optimizer == "momentum":
+        return p * per_param
+    steps = FP32 * parameter_tensor_count(s) if sc.target == "cpu" else 0
+    return 2 * p * per_param + steps
+
+
+def optimizer_step_temp_bytes(s: ModelShape, sc: Scenario) -> int:
+    """The foreach Adam/AdamW step computes sqrt(exp_avg_sq) for every tensor at once:
+    one temporary the size of all parameters. SGD and momentum update in place."""
+    if sc.optimizer in ("adam", "adamw"):
+        return parameter_count(s) * (FP32 if sc.mixed_precision else sc.bytes_per_value)
+    return 0
+
+
+def _grad_bytes_per_param(sc: Scenario) -> int:
+    return FP32 if sc.mixed_precision else sc.bytes_per_value
+
+
+# ---------------------------------------------------------------- BP phases
+
+def kept_layers(s: ModelShape, sc: Scenario) -> int:
+    """L' = round(keep · L): the layers that keep their activations (the last ones; the
+    first L - L' are checkpointed)."""
+    return round(sc.keep * s.num_layers)
+
+
+def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
+    n, h, p = sc.tokens, s.hidden_size, sc.bytes_per_value
+    L, keep = s.num_layers, kept_layers(s, sc)
+    ckpt = L - keep
+    gp = _grad_bytes_per_param(sc)
+
+    state = {
+        "weights": weights_bytes(s, sc) if not sc.mixed_precision else compute_copy_bytes(s, sc),
+        "master_weights": weights_bytes(s, sc) if sc.mixed_precision else 0,
+        "optimizer_states": optimizer_state_bytes(s, sc),
+    }
+    a_layer = act.layer_activation_bytes(s, sc)
+    parts = act.layer_saved_bytes(s, sc)
+    c_layer = act.checkpoint_saved_bytes(s, sc)
+    shared = act.rotary_bytes(s, sc) + (act.causal_mask_bytes(s, sc) if ckpt else 0)
+    outside = act.embedding_saved_bytes(s, sc) + act.head_saved_bytes(s, sc) + shared
+    saved = keep * a_layer + ckpt * c_layer + outside
+    logits = act.logits_bytes(s, sc)
+    nv32 = FP32 * n * s.vocab_size
+    loss = act.loss_saved_bytes(s, sc)
+    fp32_copy = nv32 if p != FP32 else 0
+
+    phases: dict[str, dict[str, int]] = {}
+    phases["forward"] = {**state, "activations": saved,
+                         "logits_and_loss": logits + loss + fp32_copy}
+    # log_softmax backward: its saved output, the incoming gradient and its result.
+    phases["backward (loss)"] = {**state, "activations": saved,
+                                 "logits_and_loss": logits + loss + 2 * nv32}
+
+    # Through the layers, top to bottom. Gradients of the head are complete first.
+    g_head = gp * head_params(s)
+    g_layer = gp * layer_params(s)
+    g_mlp = gp * mlp_params(s)
+    copy_per_layer = compute_copy_bytes(s, sc) // max(1, parameter_count(s)) * layer_params(s)
+    inter = s.intermediate_size
+    b, seq, a = sc.batch, sc.seq, s.num_heads
+    grad_flow = p * n * h
+    t_mlp = (3 if s.gated_mlp else 2) * p * n * inter
+    if sc.attention == "eager":
+        t_attn = (FP32 + p) * b * a * seq * seq + p * n * s.q_dim
+    else:
+        t_attn = p * n * (s.q_dim + 2 * s.kv_dim)
+    worst = None
+    for i in range(L - 1, -1, -1):
+        is_ckpt = i < ckpt
+        below = act.embedding_saved_bytes(s, sc) + shared + \
+            sum(c_layer if j < ckpt else a_layer for j in range(i))
+        if i > 0 and not is_ckpt and i == L - 1:
+            pass
+        own = a_layer + (c_layer if is_ckpt else 0)
+        at_mlp = own + grad_flow + t_mlp
+        at_attn = parts["attention"] + (c_layer if is_ckpt else 0) + g_mlp + grad_flow + t_attn
+        within = max(at_mlp, at_attn)
+        copies_left = state["weights"] - copy_per_layer * (L - 1 - i) if sc.mixed_precision else state["weights"]
+        total = {**state, "weights": copies_left,
+                 "gradients": g_head + g_layer * (L - 1 - i),
+                 "activations": below + within,
+                 "logits_and_loss": logits}
+        if worst is None or sum(total.values()) > sum(worst.values()):
+            worst = total
+    phases["backward (layers)"] = worst
+
+    tied_extra = gp * s.vocab_size * s.embed_dim if s.tie_embeddings else 0
+    g_all = gp * parameter_count(s)
+    end_state = {**state, "weights": 0 if sc.mixed_precision else state["weights"]}
+    phases["backward end"] = {**end_state, "gradients": g_all, "logits_and_loss": logits,
+                              "temporaries": tied_extra}
+    phases["optimizer step"] = {**end_state, "gradients": g_all,
+                                "temporaries": optimizer_step_temp_bytes(s, sc)}
+    return phases
+
+
+# ---------------------------------------------------------------- forward-only phases
+
+def forward_live_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
+    """Largest set of tensors live at once in a forward pass without autograd.
+
+    Inside a layer, the residual stream x and the normalised input y stay live; attention
+    adds q, k, v (plus their repeats for grouped-query eager attention) and the scores at
+    the softmax (its input and its output); the MLP adds its three widest intermediates.
+    After the last layer: the final hidden state, the logits, their fp32 copy and the
+    log_softmax output.
+    """
+    n, h, p = sc.tokens, s.hidden_size, sc.bytes_per_value
+    b, seq, a = sc.batch, sc.seq, s.num_heads
+    resid = 2 * p * n * h
+    shared = act.rotary_bytes(s, sc) + act.causal_mask_bytes(s, sc) + 8 * n
+    qkv = p * n * (s.q_dim + 2 * s.kv_dim)
+    if sc.attention == "eager":
+        if s.num_kv_heads != s.num_heads:
+            qkv += 2 * p * n * s.q_dim
+        score_bytes = (p + p) if s.model_type == "gpt2" else (FP32 + (p if p != FP32 else FP32))
+        attn_peak = qkv + score_bytes * b * a * seq * seq
+    else:
+        attn_peak = qkv + p * n * s.q_dim + FP32 * b * a * seq
+    mlp_peak = 3 * p * n * s.intermediate_size
+    layer_peak = resid + shared + max(attn_peak, mlp_peak)
+    nv = n * s.vocab_size
+    head_peak = p * n * h + 8 * n
+    logits_loss = p * nv + (FP32 * nv if p != FP32 else 0) + FP32 * nv
+    if head_peak + logits_loss >= layer_peak:
+        return {"activations": head_peak, "logits_and_loss": logits_loss}
+    return {"activations": layer_peak, "logits_and_loss": 0}
+
+
+def _forward_only_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
+    w = parameter_count(s) * sc.bytes_per_value
+    phases = {"forward": {"weights": w, **forward_live_bytes(s, sc)}}
+    if sc.method == "mezo":
+        chunk = min(MEZO_CHUNK_ELEMENTS, largest_tensor_params(s)) * sc.bytes_per_value
+        phases["perturbation"] = {"weights": w, "temporaries": chunk}
+    return phases
+
+
+# ---------------------------------------------------------------- the estimate
+
+def textbook_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
+    """weights + gradients + optimizer states + Korthikanti activations (L'/L of the layers
+    keep them, the rest keep 2·s·b·h)."""
+    w = parameter_count(s) * sc.bytes_per_value
+    if sc.method != "bp":
+        return {"weights": w}
+    keep = kept_layers(s, sc)
+    acts = keep * act.korthikanti_layer_bytes(s, sc) + (s.num_layers - keep) * 2 * sc.tokens * s.hidden_size
+    return {"weights": w, "gradients": w, "optimizer_states": optimizer_state_bytes(s, sc),
+            "activations": acts}
+
+
+def estimate(s: ModelShape, sc: Scenario) -> Estimate:
+    """Peak bytes of one step of `sc` on model `s`, with the terms live at the peak."""
+    phases = _bp_phases(s, sc) if sc.method == "bp" else _forward_only_phases(s, sc)
+    totals = {name: sum(terms.values()) for name, terms in phases.items()}
+    phase = max(totals, key=totals.get)
+    breakdown = {t: phases[phase].get(t, 0) for t in TERMS}
+    return Estimate(peak_bytes=totals[phase], breakdown=breakdown, phase=phase, phases=totals,
+                    textbook=textbook_bytes(s, sc), params=parameter_count(s))
