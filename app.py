@@ -1,7 +1,7 @@
 """The calculator's web app: `streamlit run app.py`.
 
 Pages (in pages/) hold the UI only; every number comes from the `capacity` package.
-The sidebar's scenario is shared by every page and mirrored into the URL.
+The sidebar's scenario (pages/_ui.py) is shared by every page and mirrored into the URL.
 """
 
 import streamlit as st
@@ -18,8 +18,8 @@ PAGES = [
     st.Page("pages/validate.py", title="Validate", icon="🔬"),
 ]
 
+# Each page draws the shared sidebar itself (_ui.start_page).
 page = st.navigation(PAGES)
-_ui.sidebar()
 try:
     page.run()
 finally:

@@ -135,33 +135,43 @@ def scenario() -> dict:
     return st.session_state["scenario"]
 
 
-def write_url() -> None:
-    """Mirror the scenario into the URL (only the keys that differ from the defaults)."""
-    s = scenario()
+def url_params(values: dict) -> dict:
+    """The query parameters of a scenario: the keys that differ from the defaults."""
     params = {}
-    for key, value in s.items():
+    for key, value in values.items():
         if value == DEFAULTS[key]:
             continue
         params[key] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    return params
+
+
+def write_url() -> None:
+    """Mirror the scenario into the URL."""
+    params = url_params(scenario())
     if st.query_params.to_dict() != params:
         st.query_params.from_dict(params)
 
 
 def control(widget, label: str, key: str, **kwargs):
-    """A widget bound to scenario[key]: keeps its value across pages and in the URL."""
+    """A widget bound to scenario[key]: keeps its value across pages and in the URL.
+
+    Streamlit forgets a widget's value when another page draws a widget with the same key,
+    so the scenario is the one copy: the widget starts from it on every run, and its
+    on_change callback (run before the script) writes the user's choice back.
+    """
     wkey = f"w_{key}"
-    s = scenario()
-    if wkey not in st.session_state:
-        st.session_state[wkey] = s[key]
-    s[key] = widget(label, key=wkey, **kwargs)
-    return s[key]
+    st.session_state[wkey] = scenario()[key]
+    widget(label, key=wkey, on_change=_store, args=(key,), **kwargs)
+    return scenario()[key]
+
+
+def _store(key: str) -> None:
+    scenario()[key] = st.session_state[f"w_{key}"]
 
 
 def set_scenario(**values) -> None:
-    """Change scenario keys (from a button's callback) and let the widgets follow."""
+    """Change scenario keys (e.g. from a button's callback); the widgets follow on the next run."""
     scenario().update(values)
-    for key in values:
-        st.session_state.pop(f"w_{key}", None)
 
 
 # --- sidebar -------------------------------------------------------------------------
@@ -208,6 +218,13 @@ def sidebar() -> None:
         st.warning(f"Link parameter ignored: {problem}.")
     if s["model"] == UPLOADED or st.session_state.get("model_from_upload_missing"):
         st.caption("The uploaded model cannot travel in a link; the link carries the other settings.")
+
+
+def start_page(title: str) -> None:
+    """Every page begins here: the shared sidebar, the title, an upload's error if any."""
+    sidebar()
+    st.title(title)
+    show_upload_error()
 
 
 def _reset() -> None:

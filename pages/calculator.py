@@ -7,8 +7,7 @@ import streamlit as st
 import capacity as cap
 from pages import _ui
 
-st.title("Memory calculator")
-_ui.show_upload_error()
+_ui.start_page("Memory calculator")
 
 shape = _ui.model_shape()
 budget = _ui.budget_bytes()

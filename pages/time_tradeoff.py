@@ -8,8 +8,7 @@ import streamlit as st
 import capacity as cap
 from pages import _ui
 
-st.title("Time trade-off")
-_ui.show_upload_error()
+_ui.start_page("Time trade-off")
 s = _ui.scenario()
 
 device_col, mult_col, steps_col = st.columns(3)

@@ -7,8 +7,7 @@ import streamlit as st
 import capacity as cap
 from pages import _ui
 
-st.title("What fits a device")
-_ui.show_upload_error()
+_ui.start_page("What fits a device")
 budget = _ui.budget_bytes()
 methods = _ui.methods()
 s = _ui.scenario()
