@@ -1,0 +1,258 @@
+"""Measure the peak memory of a few real steps and set it beside the prediction.
+
+Devices:
+  cuda   real tensors on the GPU. Peak statistics are reset after the first step; the result
+         reports torch.cuda.max_memory_allocated (what the memory model predicts),
+         max_memory_reserved (the caching allocator's pool) and the device's used memory
+         from torch.cuda.mem_get_info (total − free: CUDA context and other processes
+         included), each labelled. The term-by-term breakdown comes from one extra step run
+         under MemTracker, so that the timed steps carry no tracking overhead.
+  cpu    real tensors on the CPU, accounted by torch's MemTracker.
+  trace  the same under FakeTensorMode: no real memory, any model size.
+
+`measure(...)` returns the measurement; `compare(...)` adds the prediction of
+`capacity.estimate` and the error in percent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
+
+from ..scenario import Scenario
+from .data import Batches
+from .models import TORCH_DTYPES, build_model, enable_checkpointing, read_model_dir, resolve_model
+from .steps import Stepper
+
+DEVICES = ("auto", "cuda", "cpu", "trace")
+
+# MemTracker's categories -> the names of the measured breakdown.
+_CATEGORIES = {
+    _MemRefType.PARAM: "weights", _MemRefType.BUFFER: "buffers", _MemRefType.GRAD: "gradients",
+    _MemRefType.OPT: "optimizer_states", _MemRefType.ACT: "activations",
+    _MemRefType.TEMP: "temporaries", _MemRefType.OTH: "other",
+}
+
+# `auto` picks trace instead of cpu when the predicted peak exceeds this share of the free RAM.
+AUTO_RAM_SHARE = 0.5
+
+
+class CudaUnavailable(Exception):
+    """--device cuda on a machine without a usable CUDA GPU (exit code 3)."""
+
+
+class OutOfMemory(Exception):
+    """A step ran out of memory; carries the partial result."""
+
+    def __init__(self, result: dict):
+        super().__init__(result.get("message", "out of memory"))
+        self.result = result
+
+
+def _is_oom(err: BaseException) -> bool:
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+
+
+def predict(shape, scenario: Scenario):
+    """capacity.estimate for this shape and scenario, or None while it is not available."""
+    try:
+        import capacity
+        return capacity.estimate(shape, scenario)
+    except (ImportError, AttributeError, NotImplementedError):
+        return None
+
+
+def choose_device(device: str, shape, scenario: Scenario) -> str:
+    """Resolve `auto`: cuda when available, else cpu, or trace if the run would not fit in RAM."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CudaUnavailable("CUDA was requested but torch finds no CUDA GPU on this machine")
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    estimate = predict(shape, _with_target(scenario, "cpu"))
+    if estimate is not None:
+        needed = estimate.peak_bytes
+    else:   # before capacity.estimate exists: weights, gradients and two Adam states in fp32
+        from ..params import parameter_count
+        needed = 4 * 4 * parameter_count(shape)
+    try:
+        free_ram = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return "trace"
+    return "cpu" if needed <= AUTO_RAM_SHARE * free_ram else "trace"
+
+
+def _with_target(scenario: Scenario, target: str) -> Scenario:
+    from dataclasses import replace
+    return replace(scenario, target=target)
+
+
+def _tracker_snapshot(tracker: MemTracker) -> tuple[int, dict]:
+    """(peak bytes, breakdown) of a MemTracker's peak, summed over devices."""
+    peak, breakdown = 0, {name: 0 for name in _CATEGORIES.values()}
+    for dev_snap in tracker.get_tracker_snapshot("peak").values():
+        peak += dev_snap["Total"]
+        for ref, name in _CATEGORIES.items():
+            breakdown[name] += dev_snap.get(ref, 0)
+    return peak, breakdown
+
+
+def measure(model, scenario: Scenario, steps: int = 2, device: str = "trace", data=None,
+            model_dir=None, progress=None, lr: float | None = None, seed: int = 0) -> dict:
+    """Run `steps` steps (at least 2) of `scenario` and measure the peak of the steps after
+    the first.
+
+    model: a ModelShape, a preset name, a Hugging Face config dict or a config.json path
+    (ignored when model_dir names a local model folder). progress(step, total, message) is
+    called as the run goes. Raises CudaUnavailable, ModelDirError, ValueError, OutOfMemory.
+    """
+    if steps < 2:
+        raise ValueError("steps: at least 2 (the peak is measured after the first step)")
+    shape, cfg = read_model_dir(model_dir) if model_dir is not None else resolve_model(model)
+    device = choose_device(device, shape, scenario)
+    say = progress or (lambda step, total, message: None)
+    if scenario.attention not in ("eager", "sdpa"):
+        raise ValueError(f"attention: must be eager or sdpa, got {scenario.attention!r}")
+
+    batches = Batches(shape.vocab_size, scenario.batch, scenario.seq, data=data, seed=seed)
+    ids_cpu = [batches.batch(i) for i in range(steps + 1)]    # one spare for cuda's extra step
+    result = {
+        "model": shape.name, "params": None,   # counted once the model is built
+        "method": scenario.method, "optimizer": scenario.optimizer if scenario.method == "bp" else None,
+        "batch": scenario.batch, "seq": scenario.seq, "dtype": scenario.dtype,
+        "mixed_precision": scenario.mixed_precision, "keep": scenario.keep,
+        "attention": scenario.attention, "device": device, "steps": steps,
+        "losses": [], "step_seconds": [], "oom": False,
+    }
+
+    fake_mode = FakeTensorMode() if device == "trace" else None
+    where = {"step": 0, "stepper": None}
+    try:
+        with (fake_mode or contextlib.nullcontext()):
+            _run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, steps,
+                 say, lr, seed, where)
+    except Exception as err:  # noqa: BLE001 - only out-of-memory is turned into a result
+        if not _is_oom(err):
+            raise
+        phase = where["stepper"].phase if where["stepper"] is not None else "model construction"
+        result.update(oom=True, oom_step=where["step"], oom_phase=phase, oom_error=str(err)[:300])
+        if device == "cuda":
+            result["measured_peak_bytes"] = int(torch.cuda.max_memory_allocated())
+        raise OutOfMemory(result) from None
+    return result
+
+
+def _run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, steps, say, lr,
+         seed, where):
+    build_dtype = "fp32" if scenario.mixed_precision else scenario.dtype
+    say(0, steps, f"building {shape.name or shape.model_type} ({build_dtype}, {scenario.attention}) on {device}")
+    torch.manual_seed(seed)
+    with (torch.device("cuda") if device == "cuda" else contextlib.nullcontext()):
+        # A trace never loads weights: fake tensors have no values to load into.
+        model = build_model(cfg, build_dtype, scenario.attention,
+                            model_dir=None if device == "trace" else model_dir)
+    target = "cuda" if device == "cuda" else "cpu"
+    if device == "cuda":
+        model.to(target)   # weights loaded from a folder arrive on the CPU (no-op otherwise)
+    result["params"] = sum(p.numel() for p in model.parameters())
+    result["checkpointed_layers"] = enable_checkpointing(model, scenario.keep) \
+        if scenario.method == "bp" else []
+    autocast_dtype = TORCH_DTYPES[scenario.dtype] if scenario.mixed_precision else None
+    stepper = Stepper(model, scenario.method, scenario.optimizer, autocast_dtype, lr=lr, seed=seed)
+    where["stepper"] = stepper
+
+    def to_device(ids):
+        return fake_mode.from_tensor(ids) if fake_mode is not None else ids.to(target)
+
+    def timed_step(i, ids):
+        where["step"] = i + 1
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        loss = stepper.step(ids)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        result["losses"].append(loss if isinstance(loss, float) else None)
+        result["step_seconds"].append(seconds)
+        loss_text = f"loss {loss:.4f}" if isinstance(loss, float) else "loss n/a (fake tensors)"
+        say(i + 1, steps, f"step {i + 1}/{steps}: {loss_text}, {seconds:.2f} s")
+
+    # Step 1 warms up (optimizer states are created, kernels are chosen); its peak is not counted.
+    timed_step(0, to_device(ids_cpu[0]))
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        for i in range(1, steps):
+            timed_step(i, to_device(ids_cpu[i]))
+        free, total = torch.cuda.mem_get_info()
+        result["cuda"] = {
+            "max_memory_allocated_bytes": int(torch.cuda.max_memory_allocated()),
+            "max_memory_reserved_bytes": int(torch.cuda.max_memory_reserved()),
+            "device_used_bytes": int(total - free),
+            "device_total_bytes": int(total),
+            "device_name": torch.cuda.get_device_name(),
+        }
+        result["measured_peak_bytes"] = result["cuda"]["max_memory_allocated_bytes"]
+        result["peak_source"] = "torch.cuda.max_memory_allocated (steps 2..N)"
+        # The breakdown: one more step under MemTracker, outside the timed steps.
+        ids = to_device(ids_cpu[steps])
+        tracker = MemTracker()
+        tracker.track_external(model, stepper.optimizer, ids)
+        stepper.reset_tracker = tracker.reset_mod_stats
+        with tracker:
+            stepper.step(ids)
+        stepper.reset_tracker = lambda: None
+        _, result["measured_breakdown"] = _tracker_snapshot(tracker)
+        result["breakdown_source"] = "MemTracker, one extra step"
+        return
+
+    # cpu and trace: a fresh tracker after step 1 starts from what is live then (weights,
+    # optimizer states), so its peak is the peak of the later steps.
+    tracker = MemTracker()
+    ids_later = [to_device(ids) for ids in ids_cpu[1:steps]]
+    tracker.track_external(model, stepper.optimizer, *ids_later)
+    stepper.reset_tracker = tracker.reset_mod_stats
+    with tracker:
+        for i in range(1, steps):
+            timed_step(i, ids_later[i - 1])
+    result["measured_peak_bytes"], result["measured_breakdown"] = _tracker_snapshot(tracker)
+    result["peak_source"] = "MemTracker peak (steps 2..N)" + (", fake tensors" if device == "trace" else "")
+    result["breakdown_source"] = "MemTracker"
+
+
+def compare(model, scenario: Scenario, steps: int = 2, device: str = "trace", **kwargs) -> dict:
+    """measure(...) with the prediction beside it: predicted_peak_bytes, error_pct
+    (100·(predicted − measured)/measured) and breakdown {"measured", "predicted"}.
+    An out-of-memory run returns its partial result with oom=True and a message."""
+    shape, _ = read_model_dir(kwargs["model_dir"]) if kwargs.get("model_dir") else resolve_model(model)
+    try:
+        result = measure(model, scenario, steps=steps, device=device, **kwargs)
+    except OutOfMemory as oom:
+        result = oom.result
+    target = "cuda" if result["device"] == "cuda" else "cpu"
+    estimate = predict(shape, _with_target(scenario, target))
+    measured = result.get("measured_peak_bytes")
+    result["predicted_target"] = target
+    result["predicted_peak_bytes"] = estimate.peak_bytes if estimate is not None else None
+    result["predicted_phase"] = estimate.phase if estimate is not None else None
+    result["error_pct"] = (100.0 * (estimate.peak_bytes - measured) / measured
+                           if estimate is not None and measured else None)
+    result["breakdown"] = {"measured": result.get("measured_breakdown"),
+                           "predicted": dict(estimate.breakdown) if estimate is not None else None}
+    if result["oom"]:
+        from ..units import format_bytes
+        at = f"step {result['oom_step']} ({result['oom_phase']})"
+        if measured:
+            at += f" after a peak of {format_bytes(measured)} allocated"
+        predicted = format_bytes(estimate.peak_bytes) if estimate is not None else "n/a"
+        result["message"] = f"out of memory at {at}, predicted {predicted}"
+    return result

@@ -1,0 +1,192 @@
+"""Build the Hugging Face causal LM that a validation run fine-tunes.
+
+Three sources, none of which downloads anything or runs code from a config:
+  * a Hugging Face config dict (a preset's, or a user's config.json),
+  * a capacity `ModelShape` (turned back into the config dict of its family),
+  * a local folder (`--model-dir`) holding config.json and, optionally, weights.
+
+The model is built directly in its target dtype (`from_config(cfg, dtype=...)`): under
+FakeTensorMode a `.to(dtype)` after construction fails, and building in fp32 first would
+double the host memory for nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from ..hf_config import MAX_CONFIG_BYTES, from_hf_config
+from ..shape import ModelShape
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# capacity's activation names -> the Hugging Face names that select that implementation.
+_HF_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_new": "gelu_new",
+                   "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
+
+
+class ModelDirError(Exception):
+    """The --model-dir folder is missing or unreadable (exit code 4)."""
+
+
+def shape_to_hf_config(s: ModelShape) -> dict:
+    """The config.json dict of a shape's family: `from_hf_config` of it gives the shape back."""
+    act = _HF_ACTIVATIONS[s.activation]
+    common = {"model_type": s.model_type, "vocab_size": s.vocab_size,
+              "tie_word_embeddings": s.tie_embeddings}
+    if s.model_type == "gpt2":
+        return {**common, "n_embd": s.hidden_size, "n_layer": s.num_layers, "n_head": s.num_heads,
+                "n_inner": s.intermediate_size, "n_positions": s.learned_positions,
+                "activation_function": act, "resid_pdrop": s.resid_dropout,
+                "embd_pdrop": s.embd_dropout, "attn_pdrop": s.attn_dropout}
+    if s.model_type == "opt":
+        return {**common, "hidden_size": s.hidden_size, "num_hidden_layers": s.num_layers,
+                "num_attention_heads": s.num_heads, "ffn_dim": s.intermediate_size,
+                # the shape counts OPT's 2 offset rows in its position table
+                "max_position_embeddings": s.learned_positions - 2,
+                "word_embed_proj_dim": s.embed_dim, "do_layer_norm_before": s.pre_norm,
+                "_remove_final_layer_norm": s.pre_norm and not s.final_norm,
+                "enable_bias": s.qkv_bias, "activation_function": act,
+                "dropout": s.resid_dropout, "attention_dropout": s.attn_dropout}
+    if s.model_type == "gpt_neox":
+        return {**common, "hidden_size": s.hidden_size, "num_hidden_layers": s.num_layers,
+                "num_attention_heads": s.num_heads, "intermediate_size": s.intermediate_size,
+                "hidden_act": act, "rotary_pct": s.rotary_fraction,
+                "use_parallel_residual": s.parallel_residual, "attention_bias": s.qkv_bias,
+                "attention_dropout": s.attn_dropout, "hidden_dropout": s.resid_dropout}
+    if s.model_type == "phi":
+        return {**common, "hidden_size": s.hidden_size, "num_hidden_layers": s.num_layers,
+                "num_attention_heads": s.num_heads, "num_key_value_heads": s.num_kv_heads,
+                "intermediate_size": s.intermediate_size, "hidden_act": act,
+                "partial_rotary_factor": s.rotary_fraction, "qk_layernorm": False,
+                "resid_pdrop": s.resid_dropout, "embd_pdrop": s.embd_dropout,
+                "attention_dropout": s.attn_dropout}
+    # llama, mistral, qwen2, gemma
+    cfg = {**common, "hidden_size": s.hidden_size, "intermediate_size": s.intermediate_size,
+           "num_hidden_layers": s.num_layers, "num_attention_heads": s.num_heads,
+           "num_key_value_heads": s.num_kv_heads, "head_dim": s.head_dim,
+           "attention_dropout": s.attn_dropout}
+    cfg["hidden_activation" if s.model_type == "gemma" else "hidden_act"] = act
+    if s.model_type in ("llama", "gemma"):
+        cfg["attention_bias"] = s.qkv_bias
+    if s.model_type == "llama":
+        cfg["mlp_bias"] = s.mlp_bias
+    return cfg
+
+
+def hf_config(cfg: dict):
+    """A transformers configuration object from a config dict, without remote code:
+    the class is picked by `model_type` among transformers' own classes."""
+    cfg = dict(cfg)
+    for key in ("auto_map", "architectures", "torch_dtype", "dtype", "quantization_config"):
+        cfg.pop(key, None)   # code references and load-time settings play no part here
+    model_type = cfg.pop("model_type")
+    return AutoConfig.for_model(model_type, **cfg)
+
+
+def resolve_model(source) -> tuple[ModelShape, dict]:
+    """(shape, config dict) from a ModelShape, a preset name, a config dict or a config.json path.
+
+    Raises ValueError for anything malformed or unsupported.
+    """
+    from ..presets import preset_config, preset_names
+    if isinstance(source, ModelShape):
+        if source.name in preset_names() and from_hf_config(preset_config(source.name),
+                                                            name=source.name) == source:
+            return source, preset_config(source.name)
+        return source, shape_to_hf_config(source)
+    if isinstance(source, dict):
+        return from_hf_config(source), dict(source)
+    if isinstance(source, (str, Path)) and str(source) in preset_names():
+        cfg = preset_config(str(source))
+        return from_hf_config(cfg, name=str(source)), cfg
+    if isinstance(source, (str, Path)):
+        cfg = read_config_file(Path(source))
+        return from_hf_config(cfg, name=Path(source).stem), cfg
+    raise ValueError(f"model: expected a ModelShape, a preset name, a config dict or a path, got {type(source).__name__}")
+
+
+def read_config_file(path: Path) -> dict:
+    """A config.json's dict (path may be the folder holding it). ValueError on bad input."""
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise ValueError(f"config: no file at {str(path)!r}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"config: {path.name} is larger than {MAX_CONFIG_BYTES} bytes; not a model config")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"config: {path.name} is not valid JSON ({str(err)[:120]})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"config: {path.name} must hold a JSON object")
+    return cfg
+
+
+def read_model_dir(model_dir: str | Path) -> tuple[ModelShape, dict]:
+    """(shape, config dict) of a local model folder. ModelDirError if it cannot be read,
+    ValueError if its config is malformed or unsupported."""
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise ModelDirError(f"model folder not found: {str(folder)!r}")
+    config_path = folder / "config.json"
+    try:
+        if not config_path.is_file():
+            raise ModelDirError(f"model folder {str(folder)!r} has no config.json")
+        config_path.open("rb").close()   # readable?
+    except PermissionError:
+        raise ModelDirError(f"model folder {str(folder)!r} is not readable") from None
+    cfg = read_config_file(config_path)
+    return from_hf_config(cfg, name=folder.name), cfg
+
+
+def build_model(cfg: dict, dtype: str, attention: str = "eager", model_dir: str | Path | None = None):
+    """The causal LM, built in `dtype` on the current default device (or fake mode).
+
+    With `model_dir`, weights found in the folder are loaded (local files only, never
+    remote code); a folder without weights gives random weights, which take the same memory.
+    """
+    torch_dtype = TORCH_DTYPES[dtype]
+    if model_dir is not None and _has_weights(Path(model_dir)):
+        try:
+            return AutoModelForCausalLM.from_pretrained(
+                str(model_dir), dtype=torch_dtype, attn_implementation=attention,
+                local_files_only=True, trust_remote_code=False)
+        except (OSError, ValueError) as err:
+            raise ModelDirError(f"cannot load the weights in {str(model_dir)!r}: {str(err)[:200]}") from None
+    return AutoModelForCausalLM.from_config(hf_config(cfg), dtype=torch_dtype,
+                                            attn_implementation=attention, trust_remote_code=False)
+
+
+def _has_weights(folder: Path) -> bool:
+    patterns = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+    return any(any(folder.glob(p)) for p in patterns)
+
+
+def decoder_layers(model) -> list:
+    """The repeated decoder blocks, first to last (transformers' GradientCheckpointingLayer)."""
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def num_checkpointed_layers(num_layers: int, keep: float) -> int:
+    """Layers whose activations are recomputed for a checkpoint ratio keep = L'/L:
+    L - round(keep·L) (Python's round: halves go to the even number)."""
+    return num_layers - round(keep * num_layers)
+
+
+def enable_checkpointing(model, keep: float) -> list[int]:
+    """Checkpoint the first L - round(keep·L) decoder layers (non-reentrant
+    torch.utils.checkpoint); the later layers keep their activations. Returns the indices
+    of the checkpointed layers."""
+    layers = decoder_layers(model)
+    n = num_checkpointed_layers(len(layers), keep)
+    if n == 0:
+        return []
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    for layer in layers[n:]:
+        layer.gradient_checkpointing = False
+    return list(range(n))

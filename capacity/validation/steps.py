@@ -1,0 +1,114 @@
+"""One step of each method, exactly as the memory model describes it.
+
+bp         model.train(); out = model(input_ids=ids, labels=ids); out.loss.backward();
+           opt.step(); opt.zero_grad(set_to_none=True); del out   (the logits stay alive
+           through the backward pass, as in a typical training loop)
+mezo       model.eval(); two forward passes under torch.inference_mode() around in-place
+           perturbations (see mezo.py); each output dropped once its loss is read
+inference  model.eval(); one forward pass with labels under torch.inference_mode()
+
+Mixed precision: fp32 parameters and torch.autocast(device_type, dtype=bf16/fp16) around the
+forward pass (no GradScaler: it changes no tensor that the memory model counts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensor
+
+from .mezo import MeZO
+
+# Learning rates of the validation runs. Memory does not depend on them; they are small
+# enough that a few steps on random weights stay finite.
+DEFAULT_LR = {"sgd": 1e-4, "momentum": 1e-4, "adam": 1e-5, "adamw": 1e-5, "mezo": 1e-6}
+MEZO_EPS = 1e-3   # the perturbation scale ε of Malladi et al.
+
+
+def make_optimizer(name: str, params, lr: float | None = None) -> torch.optim.Optimizer:
+    """The torch optimizer of a scenario. foreach=True explicitly, so that CPU and fake-tensor
+    runs use the multi-tensor implementation that CUDA picks by default."""
+    lr = DEFAULT_LR[name] if lr is None else lr
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.0, foreach=True)
+    if name == "momentum":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, foreach=True)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, foreach=True)
+    raise ValueError(f"optimizer: unknown {name!r}")
+
+
+def loss_value(loss: torch.Tensor):
+    """A loss as a float; under fake tensors (no values) the 0-d tensor itself."""
+    if isinstance(loss, FakeTensor):
+        return loss
+    return float(loss)
+
+
+class Stepper:
+    """Runs steps of one method on one model; `phase` names where a step currently is
+    (for out-of-memory messages)."""
+
+    def __init__(self, model, method: str, optimizer: str = "adamw", autocast_dtype=None,
+                 lr: float | None = None, eps: float = MEZO_EPS, seed: int = 0):
+        self.model, self.method = model, method
+        self.phase = "setup"
+        # Called before every forward pass (and after MeZO's): a MemTracker needs
+        # reset_mod_stats() there, since it refuses a second pass of the root module
+        # otherwise, and an empty module table keeps its per-operation cost low.
+        self.reset_tracker = lambda: None
+        device_type = next(model.parameters()).device.type
+        self.autocast = (lambda: torch.autocast(device_type, dtype=autocast_dtype)) \
+            if autocast_dtype is not None else contextlib.nullcontext
+        self.optimizer = None
+        self.mezo = None
+        if method == "bp":
+            model.train()
+            self.optimizer = make_optimizer(optimizer, model.parameters(), lr)
+        elif method == "mezo":
+            model.eval()
+            self.mezo = MeZO(model.parameters(), lr=DEFAULT_LR["mezo"] if lr is None else lr,
+                             eps=eps, seed=seed)
+        elif method == "inference":
+            model.eval()
+        else:
+            raise ValueError(f"method: unknown {method!r}")
+
+    def step(self, ids: torch.Tensor):
+        """One step; returns its loss (a float, or a 0-d fake tensor)."""
+        if self.method == "bp":
+            return self._bp(ids)
+        if self.method == "mezo":
+            self.phase = "perturbation"
+            return loss_value(self.mezo.step(lambda: self._forward_loss(ids)))
+        return self._forward_loss(ids)
+
+    def _bp(self, ids):
+        self.phase = "forward"
+        self.reset_tracker()
+        with self.autocast():
+            out = self.model(input_ids=ids, labels=ids)
+        self.phase = "backward"
+        out.loss.backward()
+        self.phase = "optimizer step"
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = out.loss.detach()
+        del out
+        return loss_value(loss)
+
+    def _forward_loss(self, ids):
+        """A forward pass in inference mode; the output is dropped once its loss is read."""
+        previous, self.phase = self.phase, "forward"
+        self.reset_tracker()
+        with torch.inference_mode(), self.autocast():
+            out = self.model(input_ids=ids, labels=ids)
+            loss = out.loss
+            del out
+            loss = loss_value(loss)
+        self.reset_tracker()
+        self.phase = previous if self.method == "mezo" else "forward"
+        return loss
