@@ -1,11 +1,17 @@
 """One step of each method, exactly as the memory model describes it.
 
-bp         model.train(); out = model(input_ids=ids, labels=ids); out.loss.backward();
-           opt.step(); opt.zero_grad(set_to_none=True); del out   (the logits stay alive
-           through the backward pass, as in a typical training loop)
-mezo       model.eval(); two forward passes under torch.inference_mode() around in-place
+bp         model.train(); out = model(input_ids=ids, labels=ids, use_cache=False);
+           out.loss.backward(); opt.step(); opt.zero_grad(set_to_none=True); del out
+           (the logits stay alive through the backward pass, as in a typical training loop)
+mezo       model.eval(); two forward passes under torch.no_grad() around in-place
            perturbations (see mezo.py); each output dropped once its loss is read
-inference  model.eval(); one forward pass with labels under torch.inference_mode()
+inference  model.eval(); one forward pass with labels under torch.no_grad()
+
+use_cache=False everywhere: fine-tuning needs no KV cache, and with HF's default an eval
+forward would keep every layer's keys and values. torch.no_grad() rather than
+inference_mode(): the same memory on a GPU, but under inference_mode cross_entropy runs as
+one composite op whose internal log_softmax buffer a MemTracker trace cannot see
+(docs/step_semantics.md).
 
 Mixed precision: fp32 parameters and torch.autocast(device_type, dtype=bf16/fp16) around the
 forward pass (no GradScaler: it changes no tensor that the memory model counts).
@@ -90,7 +96,7 @@ class Stepper:
         self.phase = "forward"
         self.reset_tracker()
         with self.autocast():
-            out = self.model(input_ids=ids, labels=ids)
+            out = self.model(input_ids=ids, labels=ids, use_cache=False)
         self.phase = "backward"
         out.loss.backward()
         self.phase = "optimizer step"
@@ -101,11 +107,11 @@ class Stepper:
         return loss_value(loss)
 
     def _forward_loss(self, ids):
-        """A forward pass in inference mode; the output is dropped once its loss is read."""
+        """A forward pass without autograd; the output is dropped once its loss is read."""
         previous, self.phase = self.phase, "forward"
         self.reset_tracker()
-        with torch.inference_mode(), self.autocast():
-            out = self.model(input_ids=ids, labels=ids)
+        with torch.no_grad(), self.autocast():
+            out = self.model(input_ids=ids, labels=ids, use_cache=False)
             loss = out.loss
             del out
             loss = loss_value(loss)

@@ -1,0 +1,274 @@
+"""`python -m capacity validate`: measure a few real steps and compare with the prediction.
+
+    python -m capacity validate (--config PATH | --preset NAME | --model-dir DIR)
+        --method {bp,mezo,inference} [--optimizer {sgd,momentum,adam,adamw}] [--batch B]
+        [--seq S] [--dtype {fp32,bf16,fp16}] [--keep R] [--attention {eager,sdpa}]
+        [--steps N] [--device {auto,cuda,cpu,trace}] [--mixed-precision] [--data PATH]
+        [--timeout S] [--json] [--progress {bar,json,none}]
+
+This module imports neither torch nor transformers until a run starts, so that the
+`capacity` command line stays quick for its other subcommands.
+
+Exit codes (EXIT_CODES): 0 done; 2 bad input; 3 CUDA requested but not available; 4 model
+folder missing or unreadable; 5 out of memory (the JSON result still comes, with
+"oom": true); 6 timed out or cancelled. With --json the last line of stdout is one JSON
+object; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_NO_CUDA, EXIT_MODEL_DIR, EXIT_OOM, EXIT_STOPPED = 0, 2, 3, 4, 5, 6
+EXIT_CODES = {
+    EXIT_OK: "done", EXIT_BAD_INPUT: "bad input", EXIT_NO_CUDA: "CUDA requested but not available",
+    EXIT_MODEL_DIR: "model folder missing or unreadable", EXIT_OOM: "out of memory",
+    EXIT_STOPPED: "timed out or cancelled",
+}
+EXIT_INTERNAL = 1   # anything else: a bug, reported in one line (CAPACITY_DEBUG=1 shows the traceback)
+
+METHODS = ("bp", "mezo", "inference")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+DTYPES = ("fp32", "bf16", "fp16")
+ATTENTIONS = ("eager", "sdpa")
+DEVICES = ("auto", "cuda", "cpu", "trace")
+PROGRESS = ("bar", "json", "none")
+
+DESCRIPTION = """Run a short real fine-tune (BP or MeZO) or inference, measure the peak memory of
+the steps after the first and set it beside capacity's prediction, term by term.
+Devices: cuda (torch.cuda.max_memory_allocated, reserved and device-used memory),
+cpu (real tensors, torch MemTracker), trace (fake tensors: any model size, no memory),
+auto (cuda if available, else cpu, else trace when the run would not fit in RAM)."""
+
+EPILOG = "exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items())
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", metavar="PATH", help="a Hugging Face config.json (random weights)")
+    source.add_argument("--preset", metavar="NAME", help="a model preset (python -m capacity presets)")
+    source.add_argument("--model-dir", metavar="DIR",
+                        help="a local model folder (config.json, weights if present); never remote code")
+    p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS, help="for bp (default adamw)")
+    p.add_argument("--batch", type=int, default=1, help="sequences per step (default 1)")
+    p.add_argument("--seq", type=int, default=128, help="tokens per sequence (default 128)")
+    p.add_argument("--dtype", default="bf16", choices=DTYPES, help="default bf16")
+    p.add_argument("--keep", type=float, default=1.0,
+                   help="checkpoint ratio L'/L: share of layers keeping activations (default 1: none checkpointed)")
+    p.add_argument("--attention", default="eager", choices=ATTENTIONS, help="default eager")
+    p.add_argument("--steps", type=int, default=3, help="steps to run, at least 2 (default 3)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="default auto")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="fp32 weights with autocast to --dtype (bf16 or fp16)")
+    p.add_argument("--data", metavar="PATH",
+                   help="a .txt or .jsonl file, or 'sample' for the shipped text (default: random tokens)")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds (exit 6)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
+    p.add_argument("--progress", default=None, choices=PROGRESS,
+                   help="progress on stderr: a bar, JSON lines, or none (default: bar)")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `validate` subcommand to the capacity command line (sets func=run)."""
+    p = subparsers.add_parser("validate", help="measure real steps against the prediction",
+                              description=DESCRIPTION, epilog=EPILOG)
+    add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+class Stopped(Exception):
+    """The run's time limit passed, or it was asked to stop (SIGTERM, SIGINT)."""
+
+
+def _on_signal(signum, frame):
+    name = {signal.SIGTERM: "cancelled (SIGTERM)", signal.SIGINT: "cancelled (Ctrl-C)"}.get(signum, "timed out")
+    raise Stopped(name)
+
+
+class Progress:
+    """Progress events on stderr: a text bar for a person, or JSON lines for the app."""
+
+    BAR_WIDTH = 30   # characters of the text bar
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def __call__(self, step: int, total: int, message: str) -> None:
+        if self.mode == "json":
+            print(json.dumps({"event": "progress", "step": step, "total": total, "message": message}),
+                  file=sys.stderr, flush=True)
+        elif self.mode == "bar":
+            filled = self.BAR_WIDTH * step // max(total, 1)
+            bar = "#" * filled + "-" * (self.BAR_WIDTH - filled)
+            print(f"[{bar}] {step}/{total} {message}", file=sys.stderr, flush=True)
+
+
+def fail(code: int, message: str, as_json: bool, extra: dict | None = None) -> int:
+    """One line on stderr (JSON with --progress json readers in mind: a plain line) and, with
+    --json, a JSON object on stdout so that the last line is always a result."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    if as_json:
+        print(json.dumps(_jsonable({"error": EXIT_CODES.get(code, "internal error"), "exit_code": code,
+                                    "message": message, **(extra or {})})), flush=True)
+    return code
+
+
+def _jsonable(obj):
+    """Non-finite floats (a diverged fp16 loss) become null: strict JSON has no NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _check_numbers(args) -> None:
+    if args.batch < 1:
+        raise ValueError(f"--batch: must be at least 1, got {args.batch}")
+    if args.seq < 2:
+        raise ValueError(f"--seq: must be at least 2 (the loss predicts the next token), got {args.seq}")
+    if args.steps < 2:
+        raise ValueError(f"--steps: at least 2 (the peak is measured after the first step), got {args.steps}")
+    if not (math.isfinite(args.keep) and 0.0 <= args.keep <= 1.0):
+        raise ValueError(f"--keep: the checkpoint ratio L'/L must be in [0, 1], got {args.keep}")
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise ValueError(f"--timeout: must be a positive number of seconds, got {args.timeout}")
+    if args.data is not None and args.data != "sample" and not os.path.isfile(args.data):
+        raise ValueError(f"--data: no file at {args.data!r}")
+
+
+def _max_positions(shape) -> int | None:
+    """The longest sequence a learned position table allows (GPT-2, OPT), or None."""
+    if not shape.learned_positions:
+        return None
+    return shape.learned_positions - (2 if shape.model_type == "opt" else 0)
+
+
+def run(args) -> int:
+    """Run one validation from parsed arguments; returns the exit code."""
+    progress_mode = args.progress or "bar"
+    say = Progress(progress_mode)
+    try:
+        _check_numbers(args)
+        from ..scenario import Scenario
+        scenario = Scenario(method=args.method, optimizer=args.optimizer, batch=args.batch, seq=args.seq,
+                            dtype=args.dtype, mixed_precision=args.mixed_precision, keep=args.keep,
+                            attention=args.attention, target="cuda" if args.device == "cuda" else "cpu")
+    except ValueError as err:
+        return fail(EXIT_BAD_INPUT, str(err), args.json)
+
+    say(0, args.steps, "loading torch and transformers")
+    try:
+        from .measurement import CudaUnavailable, compare
+        from .models import ModelDirError, read_model_dir, resolve_model
+        import transformers
+    except ImportError as err:
+        return fail(EXIT_INTERNAL, f"the validation engine needs torch and transformers ({err})", args.json)
+    transformers.logging.set_verbosity_error()   # keep stderr for progress and one-line errors
+
+    try:
+        if args.model_dir is not None:
+            shape, _ = read_model_dir(args.model_dir)
+            source = None
+        else:
+            source = args.preset if args.preset is not None else args.config
+            if args.config is not None and not os.path.exists(args.config):
+                raise ValueError(f"--config: no file at {args.config!r}")
+            shape, _ = resolve_model(source)
+        limit = _max_positions(shape)
+        if limit is not None and args.seq > limit:
+            raise ValueError(f"--seq: {shape.model_type} has {limit} learned positions; got --seq {args.seq}")
+    except ModelDirError as err:
+        return fail(EXIT_MODEL_DIR, str(err), args.json)
+    except ValueError as err:
+        return fail(EXIT_BAD_INPUT, str(err), args.json)
+
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    if args.timeout is not None:
+        signal.signal(signal.SIGALRM, _on_signal)
+        signal.setitimer(signal.ITIMER_REAL, args.timeout)
+    try:
+        result = compare(source, scenario, steps=args.steps, device=args.device, data=args.data,
+                         model_dir=args.model_dir, progress=say)
+    except CudaUnavailable as err:
+        return fail(EXIT_NO_CUDA, str(err), args.json)
+    except ModelDirError as err:
+        return fail(EXIT_MODEL_DIR, str(err), args.json)
+    except Stopped as err:
+        what = str(err) if "cancelled" in str(err) else f"timed out after {args.timeout:g} s"
+        return fail(EXIT_STOPPED, what, args.json, {"timed_out": "cancelled" not in str(err)})
+    except ValueError as err:
+        return fail(EXIT_BAD_INPUT, str(err), args.json)
+    except Exception as err:  # noqa: BLE001 - a bug: one line, the traceback on request
+        if os.environ.get("CAPACITY_DEBUG"):
+            raise
+        return fail(EXIT_INTERNAL, f"{type(err).__name__}: {str(err)[:300]}", args.json)
+    finally:
+        if args.timeout is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+    if args.json:
+        print(json.dumps(_jsonable(result)), flush=True)
+    else:
+        print(format_result(result), flush=True)
+    if result.get("oom"):
+        print(f"error: {result['message']}", file=sys.stderr, flush=True)
+        return EXIT_OOM
+    return EXIT_OK
+
+
+def format_result(r: dict) -> str:
+    """A plain-text report: the peak and each term, measured against predicted."""
+    from ..units import format_bytes
+
+    def fmt(n):
+        return "n/a" if n is None else format_bytes(int(n))
+
+    lines = [f"{r['model']}: {r['method']}"
+             + (f" ({r['optimizer']})" if r.get("optimizer") else "")
+             + f", batch {r['batch']}, seq {r['seq']}, {r['dtype']}"
+             + (" mixed precision" if r["mixed_precision"] else "")
+             + f", L'/L {r['keep']:g}, {r['attention']} attention, device {r['device']}"]
+    if r.get("checkpointed_layers"):
+        lines.append(f"checkpointed layers: {r['checkpointed_layers']}")
+    measured, predicted = r.get("measured_peak_bytes"), r.get("predicted_peak_bytes")
+    lines.append(f"measured peak  {fmt(measured)}   [{r.get('peak_source', '')}]")
+    lines.append(f"predicted peak {fmt(predicted)}   [capacity.estimate, target {r.get('predicted_target')}]")
+    if r.get("error_pct") is not None:
+        lines.append(f"error          {r['error_pct']:+.2f} %  (100·(predicted − measured)/measured)")
+    if "cuda" in r:
+        c = r["cuda"]
+        lines.append(f"cuda ({c['device_name']}): max_memory_allocated {fmt(c['max_memory_allocated_bytes'])}, "
+                     f"max_memory_reserved {fmt(c['max_memory_reserved_bytes'])}, "
+                     f"device used (total − free, CUDA context included) {fmt(c['device_used_bytes'])}")
+    m, p = r["breakdown"]["measured"] or {}, r["breakdown"]["predicted"] or {}
+    if m or p:
+        lines.append(f"{'term':<20}{'measured':>34}{'predicted':>34}")
+        for term in list(dict.fromkeys([*m, *p])):
+            if m.get(term) or p.get(term):
+                lines.append(f"{term:<20}{fmt(m.get(term)):>34}{fmt(p.get(term)):>34}")
+    losses = ", ".join("n/a" if x is None else f"{x:.4f}" for x in r["losses"])
+    lines.append(f"losses: {losses}" + ("  (fake tensors carry no values)" if r["device"] == "trace" else ""))
+    lines.append("step seconds: " + ", ".join(f"{s:.3f}" for s in r["step_seconds"]))
+    if r.get("oom"):
+        lines.append(r["message"])
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m capacity.validation ...`: the same as `python -m capacity validate ...`."""
+    parser = argparse.ArgumentParser(prog="python -m capacity validate", description=DESCRIPTION,
+                                     epilog=EPILOG)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
