@@ -8,14 +8,14 @@ import streamlit as st
 
 from pages import _ui
 
-st.set_page_config(page_title="BP vs MeZO memory calculator", page_icon="🧮", layout="wide")
+st.set_page_config(page_title="BP vs MeZO memory calculator", page_icon=":material/calculate:", layout="wide")
 
 PAGES = [
-    st.Page("pages/calculator.py", title="Calculator", icon="🧮", default=True),
-    st.Page("pages/memory_vs_context.py", title="Memory vs context", icon="📈"),
-    st.Page("pages/what_fits.py", title="What fits", icon="📦"),
-    st.Page("pages/time_tradeoff.py", title="Time trade-off", icon="⏱️"),
-    st.Page("pages/validate.py", title="Validate", icon="🔬"),
+    st.Page("pages/calculator.py", title="Calculator", icon=":material/calculate:", default=True),
+    st.Page("pages/memory_vs_context.py", title="Memory vs context", icon=":material/show_chart:"),
+    st.Page("pages/what_fits.py", title="What fits", icon=":material/memory:"),
+    st.Page("pages/time_tradeoff.py", title="Time trade-off", icon=":material/timer:"),
+    st.Page("pages/validate.py", title="Validate", icon=":material/science:"),
 ]
 
 # Each page draws the shared sidebar itself (_ui.start_page).

@@ -25,29 +25,38 @@ from collections import deque
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ENGINE = [sys.executable, "-m", "capacity", "validate"]
+# The engine's two entry points: the `capacity` command's subcommand, and the validation
+# package run directly (the same parser); the first that answers --help is used.
+ENGINES = ([sys.executable, "-m", "capacity", "validate"], [sys.executable, "-m", "capacity.validation"])
+ENGINE = list(ENGINES[0])
 GRACE_SECONDS = 3        # after SIGTERM, before SIGKILL
+EXTRA_SECONDS = 10       # the engine gets --timeout; the watchdog kills it this much later
 STDERR_LINES_KEPT = 200
 
 
 def engine_help(timeout_s: float = 30) -> tuple[bool, str]:
-    """(available, help text or the reason it is not)."""
-    try:
-        done = subprocess.run([*ENGINE, "--help"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=timeout_s)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return False, f"the engine did not answer ({err.__class__.__name__})"
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        return False, last
-    return True, done.stdout
+    """(available, help text or the reason it is not). Sets ENGINE to the entry point found."""
+    global ENGINE
+    reason = "not found"
+    for candidate in ([ENGINE] + [list(e) for e in ENGINES if list(e) != ENGINE]):
+        try:
+            done = subprocess.run([*candidate, "--help"], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=timeout_s)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            reason = f"the engine did not answer ({err.__class__.__name__})"
+            continue
+        if done.returncode == 0:
+            ENGINE = candidate
+            return True, done.stdout
+        reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
+    return False, reason
 
 
 class EngineRun:
-    """One launched run. `status`: running, done, failed, cancelled or timed out."""
+    """One launched run. `status`: running, done, out of memory, failed, cancelled or timed out."""
 
     def __init__(self, args: list[str], time_limit_s: float, label: str = ""):
-        self.command = [*ENGINE, *args, "--json", "--progress", "json"]
+        self.command = [*ENGINE, *args, "--timeout", f"{time_limit_s:g}", "--json", "--progress", "json"]
         self.label = label
         self.time_limit_s = time_limit_s
         self.started = time.time()
@@ -121,7 +130,7 @@ class EngineRun:
 
     def _watch(self) -> None:
         try:
-            code = self._proc.wait(timeout=self.time_limit_s)
+            code = self._proc.wait(timeout=self.time_limit_s + EXTRA_SECONDS)
         except subprocess.TimeoutExpired:
             self._finish("timed out", f"stopped after the time limit of {self.time_limit_s:g} s")
             self._kill()
@@ -130,13 +139,19 @@ class EngineRun:
             t.join(timeout=5)
         if not self.running:
             return                        # cancelled meanwhile
-        if code == 0:
-            result = next((obj for obj in map(_json_object, reversed(self._stdout)) if obj), None)
-            if result is None:
-                self._finish("failed", "the engine exited without printing a JSON result")
-            else:
-                self.result = result
-                self._finish("done", "")
+        result = next((obj for obj in map(_json_object, reversed(self._stdout)) if obj), None)
+        if code == 0 and result is not None:
+            self.result = result
+            self._finish("done", "")
+        elif code == 0:
+            self._finish("failed", "the engine exited without printing a JSON result")
+        elif result is not None and result.get("oom"):
+            self.result = result         # the engine reports out of memory as a result
+            self._finish("out of memory", str(result.get("message", "out of memory")))
+        elif result is not None and result.get("timed_out"):
+            self._finish("timed out", str(result.get("message", "timed out")))
+        elif result is not None and result.get("message"):
+            self._finish("failed", str(result["message"]))
         else:
             self._finish("failed", self._failure_message(code))
 
@@ -148,7 +163,7 @@ class EngineRun:
         last = _json_object(lines[-1])
         if last and last.get("message"):
             return str(last["message"])
-        return lines[-1][:500]
+        return lines[-1].removeprefix("error: ")[:500]
 
     def _finish(self, status: str, message: str) -> None:
         with self._lock:

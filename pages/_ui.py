@@ -54,7 +54,7 @@ DEFAULTS = {
     "ctx_max": 8192,             # longest context of the memory figure
     "log": False,
     "v_method": "mezo",          # the Validate page's run
-    "v_device": "trace",         # fake tensors: safe for any model size on any machine
+    "v_device": "auto",          # the GPU if any, else the CPU, else trace when RAM is short
     "v_steps": 3,
     "v_limit": 300,              # seconds
 }
@@ -71,7 +71,7 @@ MIN_BUDGET_GB = 0.1
 MAX_STEPS = 10**9
 MAX_MULT = 10_000.0
 VALIDATE_METHODS = ("mezo", "bp", "inference")
-VALIDATE_DEVICES = ("trace", "auto", "cuda", "cpu")
+VALIDATE_DEVICES = ("auto", "cuda", "cpu", "trace")
 
 
 def _choices() -> dict:
@@ -375,21 +375,25 @@ def budget_grid(current: int) -> list[int]:
 
 
 def params_text(n: int) -> str:
-    """'6.74 B parameters'; 'none fits' for 0."""
+    """'6.74 B' (parameters, short scale); 'none fits' for 0."""
     if not n:
         return "none fits"
     for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
         if n >= size:
-            return f"{n / size:,.2f} {unit} parameters"
-    return f"{n} parameters"
+            return f"{n / size:,.2f} {unit}"
+    return f"{n}"
 
 
-def gb_text(n: int | float) -> str:
-    return f"{n / cap.GB:,.2f} GB"
+def gb_text(n: int | float | None) -> str:
+    return "n/a" if n is None else f"{n / cap.GB:,.2f} GB"
 
 
-def gib_text(n: int | float) -> str:
-    return f"{n / cap.GiB:,.2f} GiB"
+def gib_text(n: int | float | None) -> str:
+    return "n/a" if n is None else f"{n / cap.GiB:,.2f} GiB"
+
+
+def pct_text(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.2f} %"
 
 
 def fit_text(need: int, budget: int) -> str:
@@ -484,7 +488,8 @@ MAX_VALIDATE_SECONDS = _RANGES["v_limit"][1]
 PROGRESS_REFRESH_S = 0.5
 ENGINE_CHECK_TTL_S = 60      # look for the engine again after this long
 # The result keys the page shows itself (the rest goes into an expander).
-RESULT_SHOWN = ("measured_peak_bytes", "predicted_peak_bytes", "error_pct", "breakdown", "device")
+RESULT_SHOWN = ("measured_peak_bytes", "predicted_peak_bytes", "error_pct", "breakdown", "device",
+                "peak_source", "cuda")
 
 
 @st.cache_data(ttl=ENGINE_CHECK_TTL_S, show_spinner=False)
@@ -530,10 +535,21 @@ def history_row(entry: dict) -> dict:
     return row
 
 
+def cuda_table(cuda: dict) -> pd.DataFrame:
+    """The three CUDA memory figures, labelled: which one the prediction is compared with."""
+    rows = [("max_memory_allocated (live tensors: what capacity predicts)", cuda.get("max_memory_allocated_bytes")),
+            ("max_memory_reserved (the caching allocator's pool)", cuda.get("max_memory_reserved_bytes")),
+            ("device used, total − free (CUDA context and other processes included)", cuda.get("device_used_bytes"))]
+    return pd.DataFrame([{"CUDA figure": name, **gb_columns("memory", n)} for name, n in rows
+                         if isinstance(n, (int, float))]).round(3)
+
+
 def breakdown_frame(result: dict) -> pd.DataFrame:
     """Measured against predicted, one row per term (the union of both sides)."""
     breakdown = result.get("breakdown") or {}
     measured, predicted = breakdown.get("measured") or {}, breakdown.get("predicted") or {}
+    measured = {k: v for k, v in measured.items() if isinstance(v, (int, float))}
+    predicted = {k: v for k, v in predicted.items() if isinstance(v, (int, float))}
     terms = [t for t in cap.TERMS if t in measured or t in predicted]
     terms += [t for t in list(measured) + list(predicted) if t not in terms]
     terms = list(dict.fromkeys(terms))
@@ -557,7 +573,7 @@ PLOTLY_CONFIG = {
 
 def style(fig: go.Figure, title: str) -> go.Figure:
     fig.update_layout(template="plotly_white", title={"text": title, "x": 0.0, "xanchor": "left"},
-                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0},
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0, "traceorder": "normal"},
                       margin={"t": 110, "l": 70, "r": 70, "b": 60}, font={"size": 13})
     return fig
 

@@ -31,7 +31,7 @@ if not available:
 method_col, device_col, steps_col, limit_col = st.columns(4)
 method = _ui.control(method_col.selectbox, "Method", "v_method", options=list(_ui.VALIDATE_METHODS))
 device = _ui.control(device_col.selectbox, "Device", "v_device", options=list(_ui.VALIDATE_DEVICES),
-                     help="auto: the GPU when torch sees one, else the CPU.")
+                     help="auto: the GPU when torch sees one, else the CPU, else trace when the run would not fit in RAM.")
 steps = _ui.control(steps_col.number_input, "Steps", "v_steps", min_value=2, max_value=_ui.MAX_VALIDATE_STEPS)
 limit = _ui.control(limit_col.number_input, "Time limit [s]", "v_limit", min_value=10,
                     max_value=_ui.MAX_VALIDATE_SECONDS, step=30)
@@ -66,28 +66,36 @@ if busy:
 latest = history[-1] if history else None
 if latest and not busy:
     st.subheader(f"Latest run: {latest['run']}")
+    result = latest["result"]
     if latest["status"] != "done":
         st.error(f"The run {latest['status']}: {latest['message']}")
         if latest.get("stderr"):
             with st.expander("The engine's messages"):
                 st.code(latest["stderr"], language=None)
-    else:
-        result = latest["result"]
+    if result and "measured_peak_bytes" in result:
+        measured, predicted = result.get("measured_peak_bytes"), result.get("predicted_peak_bytes")
         m1, m2, m3, m4 = st.columns(4)
-        m1.metric("Measured peak", _ui.gb_text(result["measured_peak_bytes"]), help=_ui.gib_text(result["measured_peak_bytes"]))
-        m2.metric("Predicted peak", _ui.gb_text(result["predicted_peak_bytes"]), help=_ui.gib_text(result["predicted_peak_bytes"]))
-        m3.metric("Error", f"{result['error_pct']:+.2f} %", help="(predicted − measured) / measured, as the engine reports it.")
+        m1.metric("Measured peak", _ui.gb_text(measured), help=_ui.gib_text(measured))
+        m2.metric("Predicted peak", _ui.gb_text(predicted), help=_ui.gib_text(predicted))
+        m3.metric("Error", _ui.pct_text(result.get("error_pct")),
+                  help="100·(predicted − measured) / measured, as the engine reports it.")
         m4.metric("Device", str(result.get("device", "?")))
+        if result.get("peak_source"):
+            st.caption(f"Measured: {result['peak_source']}. Predicted: capacity.estimate.")
+        if isinstance(result.get("cuda"), dict):
+            st.dataframe(_ui.cuda_table(result["cuda"]), width="stretch", hide_index=True)
         data = _ui.breakdown_frame(result)
-        st.dataframe(data.drop(columns=["measured_bytes", "predicted_bytes"]).round(3), width="stretch", hide_index=True)
-        fig = go.Figure()
-        fig.add_bar(name="measured", x=data["term"], y=data["measured [GB]"], customdata=data["measured [GiB]"],
-                    hovertemplate="%{x}: %{y:.3f} GB (%{customdata:.3f} GiB)<extra>measured</extra>")
-        fig.add_bar(name="predicted", x=data["term"], y=data["predicted [GB]"], customdata=data["predicted [GiB]"],
-                    hovertemplate="%{x}: %{y:.3f} GB (%{customdata:.3f} GiB)<extra>predicted</extra>")
-        fig.update_layout(barmode="group", xaxis_title="term", yaxis_title=_ui.GB_AXIS)
-        _ui.style(fig, f"Measured vs predicted by term: {latest['run']}")
-        _ui.show_figure(fig, _ui.slug(f"validation-{latest['run']}"), data)
+        if not data.empty:
+            st.dataframe(data.drop(columns=["measured_bytes", "predicted_bytes"]).round(3), width="stretch",
+                         hide_index=True)
+            fig = go.Figure()
+            fig.add_bar(name="measured", x=data["term"], y=data["measured [GB]"], customdata=data["measured [GiB]"],
+                        hovertemplate="%{x}: %{y:.3f} GB (%{customdata:.3f} GiB)<extra>measured</extra>")
+            fig.add_bar(name="predicted", x=data["term"], y=data["predicted [GB]"], customdata=data["predicted [GiB]"],
+                        hovertemplate="%{x}: %{y:.3f} GB (%{customdata:.3f} GiB)<extra>predicted</extra>")
+            fig.update_layout(barmode="group", xaxis_title="term", yaxis_title=_ui.GB_AXIS)
+            _ui.style(fig, f"Measured vs predicted by term: {latest['run']}")
+            _ui.show_figure(fig, _ui.slug(f"validation-{latest['run']}"), data)
         extra = {k: v for k, v in result.items() if k not in _ui.RESULT_SHOWN}
         if extra:
             with st.expander("Everything else the engine reported"):

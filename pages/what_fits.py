@@ -32,12 +32,11 @@ st.download_button("Download the table (CSV)", fits.to_csv(index=False).encode()
 
 # The continuous family of the sidebar's model: same depth-to-width, any size.
 st.subheader(f"Models shaped like {_ui.model_name()}")
+st.caption("The largest model of the same depth-to-width family that fits the budget, in parameters.")
 shape = _ui.model_shape()
-cols = st.columns(len(methods))
-for col, (label, sc) in zip(cols, methods):
+for col, (label, sc) in zip(st.columns(len(methods)), methods):
     _, params = _ui.largest_scaled_model(shape, budget, sc)
-    col.metric(f"{label}: largest", _ui.params_text(params),
-               help="The largest model of the same depth-to-width family that fits the budget.")
+    col.metric(label, _ui.params_text(params))
 bp_sc, ckpt_sc = methods[2][1], methods[3][1]
 mezo_sc = methods[1][1]
 r1, r2, _ = st.columns([1, 1, 2])
@@ -61,8 +60,9 @@ fig.add_scatter(x=curve["budget [GB]"], y=curve["P_MeZO/P_BP"], name="vs BP", mo
 fig.add_scatter(x=curve["budget [GB]"], y=curve["P_MeZO/P_BP checkpointed"], mode="lines+markers",
                 name=f"vs BP checkpointed (L'/L={float(s['keep']):g})", customdata=curve["budget [GiB]"],
                 hovertemplate="%{x:.1f} GB (%{customdata:.1f} GiB): %{y:.2f}x<extra>vs checkpointed</extra>")
-fig.add_vline(x=budget / cap.GB, line_dash="dash", line_color="firebrick",
-              annotation_text=f"this budget {_ui.gb_text(budget)}", annotation_position="top right")
+top = max(curve["P_MeZO/P_BP"].max(), curve["P_MeZO/P_BP checkpointed"].max())
+fig.add_scatter(x=[budget / cap.GB] * 2, y=[0, top], name=f"this budget, {_ui.gb_text(budget)}", mode="lines",
+                line={"color": "firebrick", "dash": "dash"}, hoverinfo="skip")
 fig.update_xaxes(type="log", title_text="memory budget [GB = 10⁹ bytes], log scale")
 fig.update_yaxes(title_text="P_MeZO / P_BP (parameters)", rangemode="tozero")
 _ui.style(fig, f"Relative model size MeZO / BP vs budget: models shaped like {_ui.model_name()}")

@@ -224,7 +224,12 @@ mode = argv[0]
 for i in range(3):
     print(json.dumps({"event": "progress", "step": i + 1, "total": 3, "message": "step"}), file=sys.stderr, flush=True)
 if mode == "fail":
-    print("out of memory: the model does not fit on cpu", file=sys.stderr); sys.exit(3)
+    print("error: CUDA requested but not available", file=sys.stderr); sys.exit(3)
+if mode == "oom":
+    print(json.dumps({"oom": True, "message": "out of memory at step 2", "measured_peak_bytes": None,
+                      "predicted_peak_bytes": 9_000_000_000, "error_pct": None,
+                      "breakdown": {"measured": None, "predicted": {"weights": 9_000_000_000}}, "device": "cuda"}))
+    print("error: out of memory at step 2", file=sys.stderr); sys.exit(5)
 if mode == "sleep":
     time.sleep(60)
 result = {"measured_peak_bytes": 2_000_000_000, "predicted_peak_bytes": 2_100_000_000, "error_pct": 5.0,
@@ -244,6 +249,7 @@ def fake_engine(tmp_path, monkeypatch):
 
     def use(mode="ok"):
         monkeypatch.setattr(_runner, "ENGINE", [sys.executable, str(script), mode])
+        monkeypatch.setattr(_runner, "ENGINES", ([sys.executable, str(script), mode],))
         _ui.engine_available.clear()
     yield use
     _ui.engine_available.clear()
@@ -257,7 +263,9 @@ def wait_until_finished(at, limit_s=20):
 
 
 def test_validate_without_an_engine_says_so(monkeypatch):
-    monkeypatch.setattr(_runner, "ENGINE", [sys.executable, "-c", "import sys; sys.exit('No module named capacity.validation')"])
+    missing = [sys.executable, "-c", "import sys; sys.exit('No module named capacity.validation')"]
+    monkeypatch.setattr(_runner, "ENGINE", missing)
+    monkeypatch.setattr(_runner, "ENGINES", (missing,))
     _ui.engine_available.clear()
     try:
         at = open_page("validate")
@@ -280,7 +288,7 @@ def test_validate_runs_the_engine_and_keeps_the_history(fake_engine):
     assert metrics["Error"] == "+5.00 %"
     argv = at.session_state["validate_history"][-1]["result"]["argv"]
     assert argv[argv.index("--preset") + 1] == "llama-2-7b" and argv[argv.index("--batch") + 1] == "8"
-    assert argv[argv.index("--device") + 1] == "trace"
+    assert argv[argv.index("--device") + 1] == "auto" and argv[argv.index("--timeout") + 1] == "300"
     breakdown = at.dataframe[0].value.set_index("term")
     assert breakdown.loc["activations", "predicted [GB]"] == 0.6
     at.button[0].click().run()          # a second run: two rows in the history
@@ -294,11 +302,23 @@ def test_a_failed_run_is_a_message(fake_engine):
     at.button[0].click().run()
     wait_until_finished(at)
     assert not at.exception
-    assert any("failed" in e.value and "out of memory" in e.value for e in at.error)
+    assert any(e.value == "The run failed: CUDA requested but not available" for e in at.error)
 
 
-def test_cancel_and_time_limit_end_the_child(fake_engine):
+def test_out_of_memory_is_a_result(fake_engine):
+    fake_engine("oom")
+    at = open_page("validate")
+    at.button[0].click().run()
+    wait_until_finished(at)
+    assert not at.exception
+    assert any("out of memory at step 2" in e.value for e in at.error)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Measured peak"] == "n/a" and metrics["Predicted peak"] == "9.00 GB"
+
+
+def test_cancel_and_time_limit_end_the_child(fake_engine, monkeypatch):
     fake_engine("sleep")
+    monkeypatch.setattr(_runner, "EXTRA_SECONDS", 0)
     run = _runner.EngineRun([], time_limit_s=30, label="cancel me")
     time.sleep(0.5)
     run.cancel()
