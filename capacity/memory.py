@@ -143,8 +143,6 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
         is_ckpt = i < ckpt
         below = act.embedding_saved_bytes(s, sc) + shared + \
             sum(c_layer if j < ckpt else a_layer for j in range(i))
-        if i > 0 and not is_ckpt and i == L - 1:
-            pass
         own = a_layer + (c_layer if is_ckpt else 0)
         at_mlp = own + grad_flow + t_mlp
         at_attn = parts["attention"] + (c_layer if is_ckpt else 0) + g_mlp + grad_flow + t_attn
@@ -163,7 +161,8 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     end_state = {**state, "weights": 0 if sc.mixed_precision else state["weights"]}
     phases["backward end"] = {**end_state, "gradients": g_all, "logits_and_loss": logits,
                               "temporaries": tied_extra}
-    phases["optimizer step"] = {**end_state, "gradients": g_all,
+    # The output (and its logits) is still referenced until the step ends.
+    phases["optimizer step"] = {**end_state, "gradients": g_all, "logits_and_loss": logits,
                                 "temporaries": optimizer_step_temp_bytes(s, sc)}
     return phases
 
@@ -173,28 +172,42 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
 def forward_live_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
     """Largest set of tensors live at once in a forward pass without autograd.
 
-    Inside a layer, the residual stream x and the normalised input y stay live; attention
-    adds q, k, v (plus their repeats for grouped-query eager attention) and the scores at
-    the softmax (its input and its output); the MLP adds its three widest intermediates.
-    After the last layer: the final hidden state, the logits, their fp32 copy and the
-    log_softmax output.
+    Throughout the layers: the token ids, the embedding output (the model's forward keeps
+    a reference to it), the residual stream x, the normalised input y, the causal mask
+    and the rotary tables. Attention adds the q, k, v projections (their rotated copies,
+    and repeats for grouped-query eager attention) and, at the softmax, the scores, an
+    fp32 copy of them (softmax(dtype=float32) converts first, except fp16 on CUDA) and the
+    fp32 output; GPT-2's softmax stays in dtype. The MLP adds its widest intermediates.
+    After the last layer: the final hidden state, the logits, their fp32 copy, the
+    log_softmax output and the shifted labels.
     """
     n, h, p = sc.tokens, s.hidden_size, sc.bytes_per_value
     b, seq, a = sc.batch, sc.seq, s.num_heads
-    resid = 2 * p * n * h
-    shared = act.rotary_bytes(s, sc) + act.causal_mask_bytes(s, sc) + 8 * n
+    base = 8 * n + 3 * p * n * h + act.rotary_bytes(s, sc) + act.causal_mask_bytes(s, sc)
+    if s.parallel_residual:
+        base_mlp = base + p * n * h          # the attention branch's output waits for the sum
+    else:
+        base_mlp = base
     qkv = p * n * (s.q_dim + 2 * s.kv_dim)
+    if 0 < s.rotary_fraction < 1 or s.model_type == "gpt_neox":
+        qkv += p * n * (s.q_dim + s.kv_dim)  # rotated copies; the pass-through views keep the originals
+    scores = b * a * seq * seq
     if sc.attention == "eager":
         if s.num_kv_heads != s.num_heads:
-            qkv += 2 * p * n * s.q_dim
-        score_bytes = (p + p) if s.model_type == "gpt2" else (FP32 + (p if p != FP32 else FP32))
-        attn_peak = qkv + score_bytes * b * a * seq * seq
+            qkv += 2 * p * n * s.q_dim       # repeat_kv copies of k and v
+        if s.model_type == "gpt2":
+            score_bytes = 2 * p
+        else:
+            copy = 0 if (p == FP32 or (sc.target == "cuda" and sc.dtype == "fp16")) else FP32
+            score_bytes = p + copy + FP32
+        attn_peak = qkv + score_bytes * scores
     else:
         attn_peak = qkv + p * n * s.q_dim + FP32 * b * a * seq
-    mlp_peak = 3 * p * n * s.intermediate_size
-    layer_peak = resid + shared + max(attn_peak, mlp_peak)
+    widest = 3 if s.gated_mlp else {"gelu_new": 4}.get(s.activation, 2)
+    mlp_peak = widest * p * n * s.intermediate_size
+    layer_peak = max(base + attn_peak, base_mlp + mlp_peak)
     nv = n * s.vocab_size
-    head_peak = p * n * h + 8 * n
+    head_peak = p * n * h + 8 * n + 16 * n
     logits_loss = p * nv + (FP32 * nv if p != FP32 else 0) + FP32 * nv
     if head_peak + logits_loss >= layer_peak:
         return {"activations": head_peak, "logits_and_loss": logits_loss}

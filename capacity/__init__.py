@@ -1,0 +1,20 @@
+"""capacity: how large a language model can be fine-tuned in a memory budget, with
+backpropagation (plain or checkpointed) or MeZO, and at what cost in time.
+
+Standard library only. See docs/api.md for the API and docs/equations.md for the formulas.
+"""
+
+from .compute import (MEZO_STEPS_MULTIPLIER, MEZO_STEPS_SOURCE, bytes_per_step, flops_per_step,
+                      forward_flops, step_time_seconds)
+from .hf_config import from_hf_config, load_hf_config, parse_hf_config_text
+from .inverse import (largest_batch, largest_preset, largest_scaled_model, longest_context,
+                      relative_model_size)
+from .memory import CUDA_CONTEXT_BYTES, TERMS, estimate
+from .params import parameter_count
+from .presets import (Device, device_names, families, load_device, load_preset, preset_config,
+                      preset_family, preset_names)
+from .scenario import ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, TARGETS, Estimate, Scenario
+from .shape import MODEL_TYPES, ModelShape
+from .units import GB, GiB, format_bytes, parse_bytes
+
+__all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,0 +1,170 @@
+"""The command line: `python -m capacity {estimate,fit,presets,validate} ...`.
+
+Bad input exits with status 2 and one line on stderr naming the problem; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import (ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, TERMS, CUDA_CONTEXT_BYTES, GB, GiB,
+               Scenario, estimate, families, largest_batch, largest_preset, largest_scaled_model,
+               load_hf_config, load_preset, longest_context, parameter_count, parse_bytes,
+               preset_family, preset_names, relative_model_size)
+from .shape import ModelShape
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors on one line and exits 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", metavar="PATH", help="a Hugging Face config.json (or its folder)")
+    src.add_argument("--preset", metavar="NAME", help="a preset; see `python -m capacity presets`")
+
+
+def _add_scenario_args(p: argparse.ArgumentParser, method_required: bool = True) -> None:
+    if method_required:
+        p.add_argument("--method", required=True, choices=METHODS)
+    p.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS, help="BP optimizer (default adamw)")
+    p.add_argument("--batch", type=int, default=1, help="sequences per step (default 1)")
+    p.add_argument("--seq", type=int, default=512, help="tokens per sequence (default 512)")
+    p.add_argument("--dtype", default="bf16", choices=tuple(DTYPES),
+                   help="precision the model is held and trained in (default bf16)")
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="fp32 master weights, gradients and optimizer states with 16-bit compute")
+    p.add_argument("--keep", type=float, default=1.0,
+                   help="checkpoint ratio L'/L: share of layers keeping activations (1: no checkpointing)")
+    p.add_argument("--attention", default="eager", choices=ATTENTIONS, help="default eager")
+    p.add_argument("--target", default="cuda", choices=("cuda", "cpu"),
+                   help="kernels to model: cuda (default) or cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _shape(args) -> ModelShape:
+    return load_preset(args.preset) if args.preset else load_hf_config(args.config)
+
+
+def _scenario(args, method: str | None = None) -> Scenario:
+    return Scenario(method=method or args.method, optimizer=args.optimizer, batch=args.batch,
+                    seq=args.seq, dtype=args.dtype, mixed_precision=args.mixed_precision,
+                    keep=args.keep, attention=args.attention, target=args.target)
+
+
+def _row(label: str, n: int) -> str:
+    return f"  {label:<20s} {n / GB:>12,.3f} GB {n / GiB:>12,.3f} GiB"
+
+
+def cmd_estimate(args) -> int:
+    shape, sc = _shape(args), _scenario(args)
+    est = estimate(shape, sc)
+    if args.json:
+        print(json.dumps({"model": shape.name, "params": est.params, "peak_bytes": est.peak_bytes,
+                          "phase": est.phase, "breakdown": est.breakdown, "phases": est.phases,
+                          "textbook": est.textbook, "cuda_context_bytes": CUDA_CONTEXT_BYTES,
+                          "scenario": sc.__dict__}))
+        return 0
+    print(f"{shape.name}: {est.params:,} parameters; {sc.method}, batch {sc.batch}, seq {sc.seq}, "
+          f"{sc.dtype}{' mixed' if sc.mixed_precision else ''}, L'/L={sc.keep}, {sc.attention}")
+    print(f"Peak at '{est.phase}' (live tensors; CUDA context of about "
+          f"{CUDA_CONTEXT_BYTES / GiB:.2f} GiB not included):")
+    for term in TERMS:
+        if est.breakdown.get(term):
+            print(_row(term, est.breakdown[term]))
+    print(_row("peak", est.peak_bytes))
+    print("Textbook form (weights + gradients + optimizer states + Korthikanti activations):")
+    for term, n in est.textbook.items():
+        print(_row(term, n))
+    return 0
+
+
+def cmd_fit(args) -> int:
+    budget = parse_bytes(args.budget)
+    shape = _shape(args) if (args.preset or args.config) else None
+    out: dict = {"budget_bytes": budget}
+    methods = [args.method] if args.method else ["bp", "mezo", "inference"]
+    family = args.family or (preset_family(args.preset) if args.preset else None)
+    for m in methods:
+        sc = _scenario(args, m)
+        res: dict = {}
+        if family:
+            name, est = largest_preset(family, budget, sc)
+            res["largest_preset"] = name
+            res["largest_preset_peak_bytes"] = est.peak_bytes if est else None
+        if shape is not None:
+            big, params = largest_scaled_model(shape, budget, sc)
+            res["largest_scaled_params"] = params
+            res["longest_context"] = longest_context(shape, sc, budget)
+            res["largest_batch"] = largest_batch(shape, sc, budget)
+        out[m] = res
+    if shape is not None:
+        out["relative_model_size_mezo_over_bp"] = relative_model_size(
+            shape, budget, _scenario(args, "bp"), _scenario(args, "mezo"))
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"Budget {budget / GB:,.2f} GB ({budget / GiB:,.2f} GiB)")
+    for m in methods:
+        print(f"{m}:")
+        for k, v in out[m].items():
+            print(f"  {k:<26s} {v if not isinstance(v, int) or v < 10**6 else f'{v:,}'}")
+    if "relative_model_size_mezo_over_bp" in out:
+        print(f"P_MeZO / P_BP = {out['relative_model_size_mezo_over_bp']:.2f}")
+    return 0
+
+
+def cmd_presets(args) -> int:
+    fams = families()
+    if args.json:
+        print(json.dumps({f: {n: parameter_count(load_preset(n)) for n in names} for f, names in fams.items()}))
+        return 0
+    for f, names in fams.items():
+        print(f"{f}: " + ", ".join(f"{n} ({parameter_count(load_preset(n)) / 1e9:.2f}B)" for n in names))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m capacity", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("estimate", help="peak memory of one step, by term")
+    _add_model_args(p)
+    _add_scenario_args(p)
+    p.set_defaults(func=cmd_estimate)
+    p = sub.add_parser("fit", help="what fits a budget: largest model, context, batch; P_MeZO/P_BP")
+    p.add_argument("--budget", required=True, help="e.g. 16GB, 12GiB, 8e9")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--config", metavar="PATH")
+    src.add_argument("--preset", metavar="NAME")
+    p.add_argument("--family", help="a preset family, e.g. OPT, Llama-2, GPT-2")
+    p.add_argument("--method", choices=METHODS, help="one method (default: all)")
+    _add_scenario_args(p, method_required=False)
+    p.set_defaults(func=cmd_fit)
+    p = sub.add_parser("presets", help="list the model presets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_presets)
+    from .validation.cli import add_parser   # standard library only until `validate` runs
+    add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "fit" and not (args.preset or args.config or args.family):
+        parser.exit(2, "python -m capacity fit: error: give --preset, --config or --family\n")
+    try:
+        return args.func(args)
+    except ValueError as err:
+        print(f"python -m capacity {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    except OverflowError as err:
+        print(f"python -m capacity {args.command}: error: a size is too large ({err})", file=sys.stderr)
+        return 2

@@ -1,0 +1,74 @@
+"""Compute and time per step: FLOPs, bytes moved, and a roofline time on a device.
+
+FLOPs count multiply-adds as 2. The roofline time max(FLOPs / peak, bytes / bandwidth)
+is a lower bound: real steps reach a fraction of peak (the `efficiency` argument).
+"""
+
+from __future__ import annotations
+
+from .memory import kept_layers, optimizer_state_bytes
+from .params import parameter_count
+from .presets import Device
+from .scenario import Scenario
+from .shape import ModelShape
+
+# MeZO needs many more steps than BP. The MeZO paper (Malladi et al. 2023, Sec. 4 and
+# Table 23 discussion) reports about 32x more steps than fine-tuning at OPT-30B.
+MEZO_STEPS_MULTIPLIER = 32
+MEZO_STEPS_SOURCE = ("Malladi et al. 2023, 'Fine-Tuning Language Models with Just Forward Passes' "
+                     "(arXiv 2305.17333): at OPT-30B MeZO needed about 32x more steps than FT.")
+
+# Passes MeZO makes over every weight per step: perturb +eps, perturb -2eps, restore, update
+# (Algorithm 1). Each reads and writes the weight and draws z.
+MEZO_WEIGHT_PASSES = 4
+
+
+def matmul_params(s: ModelShape) -> int:
+    """Weights that take part in a matmul per token (all but norms and embedding lookups)."""
+    per_layer = s.hidden_size * (2 * s.q_dim + 2 * s.kv_dim) + \
+        (3 if s.gated_mlp else 2) * s.hidden_size * s.intermediate_size
+    return s.num_layers * per_layer + s.vocab_size * s.embed_dim
+
+
+def forward_flops(s: ModelShape, sc: Scenario) -> float:
+    """2·N·(matmul weights) + attention 4·b·s²·(a·d) per layer (QKᵀ and PV; the eager path
+    computes the full square, SDPA's causal kernels about half)."""
+    n = sc.tokens
+    attn = 4 * sc.batch * sc.seq * sc.seq * s.q_dim * s.num_layers
+    if sc.attention == "sdpa":
+        attn /= 2
+    return 2.0 * n * matmul_params(s) + attn
+
+
+def flops_per_step(s: ModelShape, sc: Scenario) -> float:
+    """BP: forward + backward (twice the forward) + recomputation of the checkpointed
+    layers. MeZO: two forwards (the weight passes are memory-bound, see bytes_per_step).
+    Inference: one forward."""
+    fwd = forward_flops(s, sc)
+    if sc.method == "inference":
+        return fwd
+    if sc.method == "mezo":
+        return 2 * fwd
+    recompute = (s.num_layers - kept_layers(s, sc)) / s.num_layers * fwd
+    return 3 * fwd + recompute
+
+
+def bytes_per_step(s: ModelShape, sc: Scenario) -> float:
+    """Bytes moved through memory at least once per step: the weights per forward, and
+    for BP the gradients and optimizer states read and written; for MeZO the four
+    read-and-write passes over the weights."""
+    p = parameter_count(s)
+    w = p * sc.bytes_per_value
+    if sc.method == "inference":
+        return w
+    if sc.method == "mezo":
+        return 2 * w + MEZO_WEIGHT_PASSES * 2 * w
+    return 3 * w + 2 * w + 2 * optimizer_state_bytes(s, sc) + 2 * w
+
+
+def step_time_seconds(s: ModelShape, sc: Scenario, device: Device, efficiency: float = 1.0) -> float:
+    """Roofline time of one step: max(FLOPs / (peak · efficiency), bytes / (bandwidth · efficiency))."""
+    if not 0 < efficiency <= 1:
+        raise ValueError(f"efficiency: must be in (0, 1], got {efficiency!r}")
+    return max(flops_per_step(s, sc) / (device.peak_flops * efficiency),
+               bytes_per_step(s, sc) / (device.bandwidth_bytes_s * efficiency))

@@ -1,0 +1,96 @@
+"""Inverse questions: what fits a memory budget.
+
+Every search relies on the peak growing with the searched quantity (model width, context,
+batch), which tests/test_properties.py checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .memory import estimate
+from .params import parameter_count
+from .presets import families, load_preset
+from .scenario import MAX_BATCH, MAX_SEQ, Estimate, Scenario
+from .shape import MAX_DIM, ModelShape
+
+
+def _check_budget(budget: int) -> None:
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
+        raise ValueError(f"budget: must be a positive number of bytes, got {budget!r}")
+
+
+def fits(shape: ModelShape, sc: Scenario, budget: int) -> bool:
+    return estimate(shape, sc).peak_bytes <= budget
+
+
+def largest_preset(family: str, budget: int, sc: Scenario) -> tuple[str | None, Estimate | None]:
+    """The largest preset of `family` whose peak fits `budget` (None if none does)."""
+    _check_budget(budget)
+    fams = families()
+    if family not in fams:
+        raise ValueError(f"family: unknown {family!r}; known: {', '.join(fams)}")
+    best = (None, None)
+    for name in fams[family]:
+        est = estimate(load_preset(name), sc)
+        if est.peak_bytes <= budget:
+            best = (name, est)
+    return best
+
+
+def _largest_int(ok, low: int, high: int) -> int:
+    """Largest x in [low, high] with ok(x), assuming ok is monotone; low - 1 if none."""
+    if not ok(low):
+        return low - 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        if ok(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def scaled_shape(base: ModelShape, width_units: int) -> ModelShape:
+    """The continuous family of `base` at fixed depth-to-width ratio L/h: hidden size
+    width_units · head_dim, depth scaled in proportion (at least 1 layer)."""
+    hidden = width_units * base.head_dim
+    layers = max(1, round(base.num_layers * hidden / base.hidden_size))
+    return base.scaled(num_layers=layers, hidden_size=hidden)
+
+
+def largest_scaled_model(base: ModelShape, budget: int, sc: Scenario) -> tuple[ModelShape | None, int]:
+    """The largest member of `base`'s continuous family (fixed L/h) that fits `budget`:
+    (shape, parameter count), or (None, 0)."""
+    _check_budget(budget)
+    top = max(1, min(MAX_DIM // base.head_dim, 4096))   # up to h = 4096 head dims (far past 1T params)
+    units = _largest_int(lambda u: fits(scaled_shape(base, u), sc, budget), 1, top)
+    if units < 1:
+        return None, 0
+    shape = scaled_shape(base, units)
+    return shape, parameter_count(shape)
+
+
+def longest_context(shape: ModelShape, sc: Scenario, budget: int) -> int:
+    """Longest sequence (tokens per example) whose step fits `budget`; 0 if none."""
+    _check_budget(budget)
+    best = _largest_int(lambda s: fits(shape, replace(sc, seq=s), budget), 1, MAX_SEQ)
+    return max(best, 0)
+
+
+def largest_batch(shape: ModelShape, sc: Scenario, budget: int) -> int:
+    """Largest batch whose step fits `budget`; 0 if none."""
+    _check_budget(budget)
+    best = _largest_int(lambda b: fits(shape, replace(sc, batch=b), budget), 1, MAX_BATCH)
+    return max(best, 0)
+
+
+def relative_model_size(base: ModelShape, budget: int, bp: Scenario, mezo: Scenario) -> float:
+    """P_MeZO / P_BP: parameters of the largest model of base's continuous family that
+    MeZO fits in `budget`, over the same for BP (the paper's headline ratio).
+    0.0 if MeZO fits nothing; inf if MeZO fits something and BP nothing."""
+    _, p_mezo = largest_scaled_model(base, budget, mezo)
+    _, p_bp = largest_scaled_model(base, budget, bp)
+    if p_mezo == 0:
+        return 0.0
+    return p_mezo / p_bp if p_bp else float("inf")
