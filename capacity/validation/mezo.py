@@ -22,9 +22,18 @@ import random
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
-# Elements of z drawn at once: 2**20 values are 2 MiB in 16-bit and 4 MiB in fp32, well
-# under the activations of one forward pass of any real model.
-CHUNK_ELEMENTS = 2**20
+# Elements of z drawn at once (the only temporary MeZO adds): at most 2**20 (2 MiB in
+# 16-bit, 4 MiB in fp32) and at most 1/1024 of the parameters, so that the temporary stays
+# under 0.1% of the weights (hence of the inference peak) even for a small model at a short
+# context, where one forward pass's activations are smaller than 2**20 values. Not below
+# 2**10 values, so a tiny model is not drawn value by value.
+MAX_CHUNK_ELEMENTS = 2**20
+MIN_CHUNK_ELEMENTS = 2**10
+CHUNK_SHARE = 1024
+
+
+def default_chunk_elements(num_params: int) -> int:
+    return max(MIN_CHUNK_ELEMENTS, min(MAX_CHUNK_ELEMENTS, num_params // CHUNK_SHARE))
 
 # Seeds of the per-chunk generators: s, tensor index and chunk index mixed with a large
 # odd multiplier, kept in the 63 bits torch.Generator.manual_seed accepts.
@@ -41,12 +50,12 @@ class MeZO:
     """In-place zeroth-order SGD over `params` (those with requires_grad, in order)."""
 
     def __init__(self, params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
-                 seed: int = 0, chunk_elements: int = CHUNK_ELEMENTS):
+                 seed: int = 0, chunk_elements: int | None = None):
         self.params = [p for p in params if p.requires_grad]
         if not self.params:
             raise ValueError("MeZO: no trainable parameters")
         self.lr, self.eps, self.weight_decay = lr, eps, weight_decay
-        self.chunk_elements = chunk_elements
+        self.chunk_elements = chunk_elements or default_chunk_elements(sum(p.numel() for p in self.params))
         self._seeds = random.Random(seed)    # draws one seed per step
         self.last_seed: int | None = None
         self.last_projected_grad = None
@@ -72,6 +81,20 @@ class MeZO:
         g = torch.Generator(device=chunk.device)
         g.manual_seed(chunk_seed(seed, i, j))
         return torch.randn(chunk.shape, generator=g, dtype=chunk.dtype, device=chunk.device)
+
+    @torch.no_grad()
+    def direction(self, seed: int) -> list[torch.Tensor]:
+        """z(seed) as one full tensor per parameter. For tests only: it allocates a copy of
+        the model, which the optimizer itself never does."""
+        out = []
+        for i, p in enumerate(self.params):
+            z = torch.empty_like(p)
+            flat = z.view(-1)
+            for j, start in enumerate(range(0, flat.numel(), self.chunk_elements)):
+                chunk = flat[start:start + self.chunk_elements]
+                chunk.copy_(self._z(chunk, seed, i, j))
+            out.append(z)
+        return out
 
     @torch.no_grad()
     def perturb(self, seed: int, scale: float) -> None:
