@@ -103,7 +103,7 @@ class ValidationRun:
             self.status = self._stopped_as
             message = (f"stopped after the time limit of {self.time_limit_s:g} s"
                        if self._stopped_as == "timed out" else "cancelled")
-            self.result = {"message": message, **(result or {})}
+            self.result = {**(result or {}), "message": message}
         elif code == 0 and result is not None:
             self.status, self.result = "done", result
         elif code == 5 and result is not None:
