@@ -1,0 +1,51 @@
+"""Predicted peak within 3% of the traced peak of the real transformers models.
+
+Each supported model type is traced (fake tensors, MemTracker) over a matrix of method,
+optimizer, L'/L, dtype and attention. Cases in a known class of deviation
+(capacity.accuracy.known_deviation, explained in docs/accuracy.md) are strict xfails:
+if the model gets them right, the test says so and the class must be narrowed.
+"""
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from capacity import Scenario  # noqa: E402
+from capacity.accuracy import accuracy_models, known_deviation  # noqa: E402
+from capacity.validation import compare  # noqa: E402
+
+TOLERANCE_PCT = 3.0
+
+SCENARIOS = [
+    Scenario(method="bp", optimizer="adamw", keep=1.0, dtype="bf16", attention="eager", batch=2, seq=64, target="cpu"),
+    Scenario(method="bp", optimizer="sgd", keep=1.0, dtype="fp32", attention="eager", batch=1, seq=256, target="cpu"),
+    Scenario(method="bp", optimizer="momentum", keep=1.0, dtype="bf16", attention="sdpa", batch=4, seq=32, target="cpu"),
+    Scenario(method="bp", optimizer="adam", keep=0.5, dtype="bf16", attention="eager", batch=2, seq=64, target="cpu"),
+    Scenario(method="mezo", dtype="bf16", attention="eager", batch=2, seq=128, target="cpu"),
+    Scenario(method="inference", dtype="fp32", attention="eager", batch=8, seq=32, target="cpu"),
+]
+
+CASES = []
+for model_type in accuracy_models():
+    for sc in SCENARIOS:
+        reason = known_deviation(model_type, sc)
+        marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+        CASES.append(pytest.param(model_type, sc, marks=marks,
+                                  id=f"{model_type}-{sc.method}-{sc.optimizer}-k{sc.keep}-{sc.dtype}-{sc.attention}-b{sc.batch}s{sc.seq}"))
+
+
+@pytest.mark.parametrize("model_type,sc", CASES)
+def test_predicted_peak_within_tolerance(model_type, sc):
+    result = compare(dict(accuracy_models()[model_type]), sc, steps=2, device="trace")
+    assert abs(result["error_pct"]) <= TOLERANCE_PCT, (
+        f"predicted {result['predicted_peak_bytes']:,} vs traced {result['measured_peak_bytes']:,} "
+        f"({result['error_pct']:+.2f}%, predicted phase {result['predicted_phase']})")
+
+
+def test_large_model_trace_llama2_7b():
+    """A full-size model traces on this machine and lands within tolerance."""
+    from capacity import load_preset
+    sc = Scenario(method="bp", optimizer="adamw", batch=1, seq=128, dtype="bf16", target="cpu")
+    result = compare(load_preset("llama-2-7b"), sc, steps=2, device="trace")
+    assert abs(result["error_pct"]) <= TOLERANCE_PCT

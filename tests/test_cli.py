@@ -1,0 +1,79 @@
+"""The command line users script against: names, JSON contract, exit codes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from capacity import Scenario, estimate, load_preset, parameter_count
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "capacity", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_estimate_json_matches_library():
+    r = run("estimate", "--preset", "gpt2-medium", "--method", "bp", "--optimizer", "adamw",
+            "--batch", "8", "--seq", "512", "--dtype", "bf16", "--keep", "0.5", "--attention", "sdpa", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    sc = Scenario(method="bp", optimizer="adamw", batch=8, seq=512, dtype="bf16", keep=0.5, attention="sdpa")
+    est = estimate(load_preset("gpt2-medium"), sc)
+    assert out["params"] == parameter_count(load_preset("gpt2-medium"))
+    assert out["peak_bytes"] == est.peak_bytes
+    assert sum(out["breakdown"].values()) == out["peak_bytes"]
+
+
+def test_estimate_table_labels_units():
+    r = run("estimate", "--preset", "llama-2-7b", "--method", "mezo")
+    assert r.returncode == 0 and " GB " in r.stdout and " GiB" in r.stdout
+
+
+def test_estimate_from_config_file(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+                               "intermediate_size": 128, "num_hidden_layers": 2, "vocab_size": 100}))
+    r = run("estimate", "--config", str(cfg), "--method", "inference", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["params"] > 0
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["estimate", "--preset", "nope", "--method", "bp"], "unknown model"),
+    (["estimate", "--preset", "gpt2", "--method", "bp", "--batch", "0"], "batch"),
+    (["estimate", "--preset", "gpt2", "--method", "bp", "--keep", "2"], "keep"),
+    (["estimate", "--preset", "gpt2", "--method", "sgdx"], "invalid choice"),
+    (["estimate", "--config", "/no/such/config.json", "--method", "bp"], "no file"),
+    (["fit", "--budget", "-3GB", "--preset", "gpt2"], "budget"),
+    (["fit", "--budget", "lots", "--preset", "gpt2"], "budget"),
+])
+def test_bad_input_exits_2_with_one_line(args, needle):
+    r = run(*args)
+    assert r.returncode == 2
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_fit_answers_the_paper_question():
+    r = run("fit", "--budget", "17GB", "--preset", "llama-2-7b", "--batch", "8", "--seq", "512", "--json")
+    out = json.loads(r.stdout)
+    assert out["mezo"]["largest_preset"] == "llama-2-7b"
+    assert out["relative_model_size_mezo_over_bp"] > 1
+
+
+def test_fit_nothing_fits():
+    r = run("fit", "--budget", "1MB", "--family", "OPT", "--json")
+    out = json.loads(r.stdout)
+    assert out["bp"]["largest_preset"] is None and out["mezo"]["largest_preset"] is None
+
+
+def test_presets_lists_families():
+    r = run("presets", "--json")
+    fams = json.loads(r.stdout)
+    assert {"GPT-2", "OPT", "Llama-2", "Qwen2", "Pythia"} <= set(fams)
+
+
+def test_import_capacity_is_stdlib_only():
+    code = "import sys, capacity, capacity.cli; print(any(m.split('.')[0] in ('torch','transformers','numpy') for m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "False"

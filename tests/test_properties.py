@@ -1,0 +1,48 @@
+"""Properties that hold for every valid input (hypothesis)."""
+
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from capacity import Scenario, estimate, load_preset, preset_names
+
+shapes = st.sampled_from([n for n in preset_names() if "70b" not in n and "66b" not in n])
+scenarios = st.builds(
+    Scenario,
+    method=st.sampled_from(["bp", "mezo", "inference"]),
+    optimizer=st.sampled_from(["sgd", "momentum", "adam", "adamw"]),
+    batch=st.integers(1, 16), seq=st.integers(1, 4096),
+    dtype=st.sampled_from(["fp32", "bf16", "fp16"]),
+    keep=st.floats(0, 1), attention=st.sampled_from(["eager", "sdpa"]),
+    target=st.sampled_from(["cuda", "cpu"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(shapes, scenarios)
+def test_positive_and_breakdown_sums_to_peak(name, sc):
+    est = estimate(load_preset(name), sc)
+    assert est.peak_bytes > 0
+    assert sum(est.breakdown.values()) == est.peak_bytes
+    assert est.peak_bytes == max(est.phases.values())
+
+
+@settings(max_examples=300, deadline=None)
+@given(shapes, scenarios)
+def test_grows_with_batch_context_and_keep(name, sc):
+    shape = load_preset(name)
+    peak = estimate(shape, sc).peak_bytes
+    assert estimate(shape, replace(sc, batch=sc.batch + 1)).peak_bytes >= peak
+    assert estimate(shape, replace(sc, seq=sc.seq + 1)).peak_bytes >= peak
+    assert estimate(shape, replace(sc, keep=min(1.0, sc.keep + 0.25))).peak_bytes >= peak
+
+
+@settings(max_examples=300, deadline=None)
+@given(shapes, scenarios)
+def test_mezo_never_needs_more_than_bp(name, sc):
+    shape = load_preset(name)
+    mezo = estimate(shape, replace(sc, method="mezo")).peak_bytes
+    for opt in ("sgd", "adamw"):
+        bp = estimate(shape, replace(sc, method="bp", optimizer=opt, keep=0.0)).peak_bytes
+        assert mezo <= bp
