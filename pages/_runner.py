@@ -68,6 +68,7 @@ class EngineRun:
         self.total = 0
         self.progress_message = "starting"
         self.recorded = False            # set by the page once the run is in the history
+        self._cancelled = False
         self._stdout: list[str] = []
         self._stderr: deque[str] = deque(maxlen=STDERR_LINES_KEPT)
         self._lock = threading.Lock()
@@ -100,9 +101,11 @@ class EngineRun:
             return "\n".join(list(self._stderr)[-n:])
 
     def cancel(self) -> None:
+        """Stop the run: SIGTERM to its process group, SIGKILL after a grace period."""
         if self.running:
-            self._finish("cancelled", "cancelled by the user")
+            self._cancelled = True
             self._kill()
+            self._finish("cancelled", "cancelled by the user")
 
     # -- internals ------------------------------------------------------------------
 
@@ -132,13 +135,13 @@ class EngineRun:
         try:
             code = self._proc.wait(timeout=self.time_limit_s + EXTRA_SECONDS)
         except subprocess.TimeoutExpired:
-            self._finish("timed out", f"stopped after the time limit of {self.time_limit_s:g} s")
             self._kill()
+            self._finish("timed out", f"stopped after the time limit of {self.time_limit_s:g} s")
             return
         for t in self._readers:
             t.join(timeout=5)
-        if not self.running:
-            return                        # cancelled meanwhile
+        if self._cancelled or not self.running:
+            return                        # cancel() reports it
         result = next((obj for obj in map(_json_object, reversed(self._stdout)) if obj), None)
         if code == 0 and result is not None:
             self.result = result

@@ -8,10 +8,13 @@ URL's query parameters, so a link reproduces it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import math
 import re
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -209,7 +212,7 @@ def sidebar() -> None:
         if s["device"] == CUSTOM:
             control(st.number_input, "Budget [GB = 10⁹ bytes]", "budget_gb",
                     min_value=MIN_BUDGET_GB, max_value=MAX_BUDGET_GB, step=1.0, format="%.2f")
-        control(st.checkbox, f"Reserve the CUDA context ({cap.format_bytes(cap.CUDA_CONTEXT_BYTES)})",
+        control(st.checkbox, f"Reserve the CUDA context: {cap.format_bytes(cap.CUDA_CONTEXT_BYTES)}",
                 "ctx", help="The calculator's peak counts live tensors only (torch.cuda.max_memory_allocated); "
                             "nvidia-smi also shows the CUDA context.")
         st.caption(f"Budget: **{cap.format_bytes(budget_bytes())}** usable.")
@@ -351,14 +354,35 @@ def largest_preset(family: str, budget: int, sc):
     return cap.largest_preset(family, budget, sc)
 
 
-@functools.lru_cache(maxsize=CACHE_SIZE)
-def largest_scaled_model(shape, budget: int, sc):
-    return cap.largest_scaled_model(shape, budget, sc)
+# Slow answers (a P_MeZO/P_BP curve is dozens of searches) are computed off the script's
+# thread, one at a time, so that the page re-renders at once and fills in when they land.
+# Futures are kept per process, keyed by the call, like the caches above.
+_WORKER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="capacity-background")
+_FUTURES: dict = {}
+_FUTURES_LOCK = threading.Lock()
 
 
-@functools.lru_cache(maxsize=CACHE_SIZE)
-def relative_model_size(shape, budget: int, bp_sc, mezo_sc) -> float:
-    return cap.relative_model_size(shape, budget, bp_sc, mezo_sc)
+def background(fn, *args) -> concurrent.futures.Future:
+    """fn(*args) in the background worker, once per process; its Future."""
+    key = (fn.__module__, fn.__qualname__, args)
+    with _FUTURES_LOCK:
+        future = _FUTURES.get(key)
+        if future is None or future.cancelled():
+            if len(_FUTURES) >= CACHE_SIZE:
+                for k in [k for k, f in _FUTURES.items() if f.done()]:
+                    del _FUTURES[k]
+            future = _FUTURES[key] = _WORKER.submit(fn, *args)
+    return future
+
+
+def keep_only(futures, slot: str) -> None:
+    """Cancel what this session queued under `slot` before and no longer needs (a newer
+    interaction supersedes it), so that stale work does not delay the current answer."""
+    wanted = set(map(id, futures))
+    for future in st.session_state.get(f"futures_{slot}", []):
+        if id(future) not in wanted:
+            future.cancel()            # a no-op for work already running or done
+    st.session_state[f"futures_{slot}"] = list(futures)
 
 
 @functools.lru_cache(maxsize=None)
@@ -367,10 +391,9 @@ def preset_params(name: str) -> int:
 
 
 def budget_grid(current: int) -> list[int]:
-    """Budgets to sample for a curve: 2 to 192 GB in steps of about x1.5, every device
-    preset's memory, and the current budget."""
-    grid = {int(g * cap.GB) for g in (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192)}
-    grid |= {cap.load_device(name).memory_bytes for name in cap.device_names()}
+    """Budgets to sample for a curve: 2 to 256 GB, doubling with a midpoint (x1.5) between,
+    and the current budget."""
+    grid = {int(g * cap.GB) for g in (2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)}
     return sorted(grid | {current})
 
 
@@ -384,12 +407,41 @@ def params_text(n: int) -> str:
     return f"{n}"
 
 
+# Display units: decimal and binary, always both and labelled. Small models (an upload,
+# tiny-llama) are shown in MB / MiB, so that their numbers do not round to 0.00 GB.
+UNITS = {"GB": (cap.GB, "GiB", cap.GiB), "MB": (10**6, "MiB", 2**20)}
+AXIS_TITLES = {"GB": "memory [GB = 10⁹ bytes]", "MB": "memory [MB = 10⁶ bytes]"}
+GB_AXIS = AXIS_TITLES["GB"]
+SMALL_BYTES = 10**8           # below 0.1 GB, use MB
+
+
+def unit_for(n: int | float | None) -> str:
+    """"GB", or "MB" when the largest number to show is under 0.1 GB."""
+    return "MB" if n is not None and n < SMALL_BYTES else "GB"
+
+
+def size_text(n: int | float | None, unit: str | None = None) -> str:
+    """'14.15 GB' (or '481.49 MB' for small numbers)."""
+    if n is None:
+        return "n/a"
+    unit = unit or unit_for(n)
+    return f"{n / UNITS[unit][0]:,.2f} {unit}"
+
+
+def binary_text(n: int | float | None, unit: str | None = None) -> str:
+    """'13.18 GiB' (or MiB): the binary twin of size_text."""
+    if n is None:
+        return "n/a"
+    _, name, size = UNITS[unit or unit_for(n)]
+    return f"{n / size:,.2f} {name}"
+
+
 def gb_text(n: int | float | None) -> str:
-    return "n/a" if n is None else f"{n / cap.GB:,.2f} GB"
+    return size_text(n, "GB")
 
 
 def gib_text(n: int | float | None) -> str:
-    return "n/a" if n is None else f"{n / cap.GiB:,.2f} GiB"
+    return binary_text(n, "GB")
 
 
 def pct_text(x: float | None) -> str:
@@ -401,6 +453,16 @@ def fit_text(need: int, budget: int) -> str:
     if need <= budget:
         return f"fits, {gb_text(budget - need)} free"
     return f"-{gb_text(need - budget)} over budget"
+
+
+def times_text(x: float) -> str:
+    """A P_MeZO/P_BP ratio: '6.33', or '∞ (BP fits nothing)'."""
+    return "∞ (BP fits nothing)" if math.isinf(x) else f"{x:.2f}"
+
+
+def finite(values: pd.Series) -> pd.Series:
+    """Infinite values become gaps in a chart."""
+    return values.where(values.map(math.isfinite))
 
 
 def ratio(a: int | float, b: int | float) -> float:
@@ -416,14 +478,14 @@ def term_label(term: str) -> str:
     return term.replace("_", " ")
 
 
-def terms_table(breakdowns: dict, terms, totals: dict) -> pd.DataFrame:
-    """Rows: the terms and the total; two columns per method, GB and GiB."""
+def terms_table(breakdowns: dict, terms, totals: dict, unit: str = "GB") -> pd.DataFrame:
+    """Rows: the terms and the total; two columns per method (GB and GiB, or MB and MiB)."""
     rows = {}
     for term in list(terms) + ["total"]:
         row = {}
         for label, breakdown in breakdowns.items():
             n = totals[label] if term == "total" else breakdown.get(term, 0)
-            row.update(gb_columns(label, n))
+            row.update(size_columns(label, n, unit))
         rows["total (peak)" if term == "total" else term_label(term)] = row
     return pd.DataFrame.from_dict(rows, orient="index").round(3)
 
@@ -440,7 +502,13 @@ def context_grid(longest: int) -> list[int]:
 
 def gb_columns(label: str, n: int | float) -> dict:
     """Two labelled columns: bytes in GB (10^9) and in GiB (2^30)."""
-    return {f"{label} [GB]": n / cap.GB, f"{label} [GiB]": n / cap.GiB}
+    return size_columns(label, n, "GB")
+
+
+def size_columns(label: str, n: int | float, unit: str = "GB") -> dict:
+    """Two labelled columns in `unit` and its binary twin, e.g. 'x [MB]' and 'x [MiB]'."""
+    size, binary, binary_size = UNITS[unit]
+    return {f"{label} [{unit}]": n / size, f"{label} [{binary}]": n / binary_size}
 
 
 # --- time ----------------------------------------------------------------------------
@@ -544,7 +612,7 @@ def cuda_table(cuda: dict) -> pd.DataFrame:
                          if isinstance(n, (int, float))]).round(3)
 
 
-def breakdown_frame(result: dict) -> pd.DataFrame:
+def breakdown_frame(result: dict, unit: str = "GB") -> pd.DataFrame:
     """Measured against predicted, one row per term (the union of both sides)."""
     breakdown = result.get("breakdown") or {}
     measured, predicted = breakdown.get("measured") or {}, breakdown.get("predicted") or {}
@@ -555,20 +623,23 @@ def breakdown_frame(result: dict) -> pd.DataFrame:
     terms = list(dict.fromkeys(terms))
     return pd.DataFrame([
         {"term": term_label(t), "measured_bytes": measured.get(t, 0), "predicted_bytes": predicted.get(t, 0),
-         **gb_columns("measured", measured.get(t, 0)), **gb_columns("predicted", predicted.get(t, 0))}
-        for t in terms
+         **size_columns("measured", measured.get(t, 0), unit), **size_columns("predicted", predicted.get(t, 0), unit)}
+        for t in terms if measured.get(t) or predicted.get(t)
     ])
 
 
 # --- figures -------------------------------------------------------------------------
 
-GB_AXIS = "memory [GB = 10⁹ bytes]"
 EXPORT_SIZE = {"width": 1100, "height": 650, "scale": 2}    # pixels of exported files
 PLOTLY_CONFIG = {
     "displaylogo": False,
     # The toolbar's camera button saves a PNG at the export size.
     "toImageButtonOptions": {"format": "png", **EXPORT_SIZE},
 }
+
+
+# One colour per memory term on every chart (Plotly's default palette, in TERMS order).
+TERM_COLOURS = dict(zip(cap.TERMS, ("#636efa", "#ab63fa", "#ef553b", "#00cc96", "#ffa15a", "#19d3f3", "#b6e880")))
 
 
 def style(fig: go.Figure, title: str) -> go.Figure:

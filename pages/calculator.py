@@ -13,6 +13,7 @@ shape = _ui.model_shape()
 budget = _ui.budget_bytes()
 estimates = {label: cap.estimate(shape, sc) for label, sc in _ui.methods()}
 labels = list(estimates)
+unit = _ui.unit_for(max(est.peak_bytes for est in estimates.values()))
 s = _ui.scenario()
 st.caption(f"**{_ui.model_name()}**: {cap.parameter_count(shape):,} parameters · batch {s['batch']} · "
            f"context {s['seq']} tokens · {s['dtype']}{' mixed precision' if s['mixed'] else ''} · "
@@ -20,8 +21,8 @@ st.caption(f"**{_ui.model_name()}**: {cap.parameter_count(shape):,} parameters �
 
 # Peak memory per method, and whether it fits.
 for col, (label, est) in zip(st.columns(len(estimates)), estimates.items()):
-    col.metric(label, _ui.gb_text(est.peak_bytes), delta=_ui.fit_text(est.peak_bytes, budget),
-               delta_color="normal", help=f"{_ui.gib_text(est.peak_bytes)}; the peak falls in the {est.phase} phase.")
+    col.metric(label, _ui.size_text(est.peak_bytes, unit), delta=_ui.fit_text(est.peak_bytes, budget),
+               delta_color="normal", help=f"{_ui.binary_text(est.peak_bytes, unit)}; the peak falls in the {est.phase} phase.")
 
 mezo, bp, ckpt = (estimates[label].peak_bytes for label in labels[1:])
 r1, r2, _ = st.columns([1, 1, 2])
@@ -30,7 +31,7 @@ r2.metric("MeZO / checkpointed BP", _ui.ratio_text(mezo, ckpt), help=f"Against {
 
 # The stacked bar: one bar per method, one colour per term.
 data = pd.DataFrame([
-    {"method": label, "term": term, "bytes": est.breakdown.get(term, 0), **_ui.gb_columns("memory", est.breakdown.get(term, 0))}
+    {"method": label, "term": term, "bytes": est.breakdown.get(term, 0), **_ui.size_columns("memory", est.breakdown.get(term, 0), unit)}
     for label, est in estimates.items() for term in cap.TERMS
 ])
 fig = go.Figure()
@@ -38,24 +39,27 @@ for term in cap.TERMS:
     rows = data[data["term"] == term]
     if rows["bytes"].sum() == 0:
         continue
-    fig.add_bar(name=_ui.term_label(term), x=rows["method"], y=rows["memory [GB]"],
-                customdata=rows["memory [GiB]"],
-                hovertemplate="%{x}<br>" + _ui.term_label(term) + ": %{y:.3f} GB (%{customdata:.3f} GiB)<extra></extra>")
-fig.add_hline(y=budget / cap.GB, line_dash="dash", line_color="firebrick",
-              annotation_text=f"budget {_ui.gb_text(budget)}", annotation_position="top left")
-fig.update_layout(barmode="stack", yaxis_title="peak " + _ui.GB_AXIS, xaxis_title="method")
+    binary = _ui.UNITS[unit][1]
+    fig.add_bar(name=_ui.term_label(term), x=rows["method"], y=rows[f"memory [{unit}]"],
+                customdata=rows[f"memory [{binary}]"], marker_color=_ui.TERM_COLOURS.get(term),
+                hovertemplate=f"%{{x}}<br>{_ui.term_label(term)}: %{{y:.3f}} {unit} (%{{customdata:.3f}} {binary})<extra></extra>")
+tallest = max(est.peak_bytes for est in estimates.values())
+if budget <= 2 * tallest:       # a line far above every bar would flatten them (the metrics say it all)
+    fig.add_hline(y=budget / _ui.UNITS[unit][0], line_dash="dash", line_color="firebrick",
+                  annotation_text=f"budget {_ui.gb_text(budget)}", annotation_position="top left")
+fig.update_layout(barmode="stack", yaxis_title="peak " + _ui.AXIS_TITLES[unit], xaxis_title="method")
 _ui.style(fig, f"Peak memory by term: {_ui.model_name()}, batch {s['batch']}, context {s['seq']}")
 _ui.show_figure(fig, _ui.slug(f"memory-by-term-{_ui.model_name()}"), data)
 
 st.subheader("Terms at the peak")
 st.dataframe(_ui.terms_table({label: est.breakdown for label, est in estimates.items()}, cap.TERMS,
-                             {label: est.peak_bytes for label, est in estimates.items()}),
+                             {label: est.peak_bytes for label, est in estimates.items()}, unit),
              width="stretch")
 
 with st.expander("The textbook form (weights + gradients + optimizer states + Korthikanti activations)"):
     textbook = {label: est.textbook for label, est in estimates.items()}
     terms = list(dict.fromkeys(t for tb in textbook.values() for t in tb))
-    st.dataframe(_ui.terms_table(textbook, terms, {label: sum(tb.values()) for label, tb in textbook.items()}),
+    st.dataframe(_ui.terms_table(textbook, terms, {label: sum(tb.values()) for label, tb in textbook.items()}, unit),
                  width="stretch")
     st.caption("The classic closed form, kept as the explanation; the peak above models the framework "
                "(what torch.cuda.max_memory_allocated reports).")

@@ -74,9 +74,11 @@ if latest and not busy:
                 st.code(latest["stderr"], language=None)
     if result and "measured_peak_bytes" in result:
         measured, predicted = result.get("measured_peak_bytes"), result.get("predicted_peak_bytes")
+        unit = _ui.unit_for(max((n for n in (measured, predicted) if isinstance(n, (int, float))), default=None))
+        binary = _ui.UNITS[unit][1]
         m1, m2, m3, m4 = st.columns(4)
-        m1.metric("Measured peak", _ui.gb_text(measured), help=_ui.gib_text(measured))
-        m2.metric("Predicted peak", _ui.gb_text(predicted), help=_ui.gib_text(predicted))
+        m1.metric("Measured peak", _ui.size_text(measured, unit), help=_ui.binary_text(measured, unit))
+        m2.metric("Predicted peak", _ui.size_text(predicted, unit), help=_ui.binary_text(predicted, unit))
         m3.metric("Error", _ui.pct_text(result.get("error_pct")),
                   help="100·(predicted − measured) / measured, as the engine reports it.")
         m4.metric("Device", str(result.get("device", "?")))
@@ -84,16 +86,15 @@ if latest and not busy:
             st.caption(f"Measured: {result['peak_source']}. Predicted: capacity.estimate.")
         if isinstance(result.get("cuda"), dict):
             st.dataframe(_ui.cuda_table(result["cuda"]), width="stretch", hide_index=True)
-        data = _ui.breakdown_frame(result)
+        data = _ui.breakdown_frame(result, unit)
         if not data.empty:
             st.dataframe(data.drop(columns=["measured_bytes", "predicted_bytes"]).round(3), width="stretch",
                          hide_index=True)
             fig = go.Figure()
-            fig.add_bar(name="measured", x=data["term"], y=data["measured [GB]"], customdata=data["measured [GiB]"],
-                        hovertemplate="%{x}: %{y:.3f} GB (%{customdata:.3f} GiB)<extra>measured</extra>")
-            fig.add_bar(name="predicted", x=data["term"], y=data["predicted [GB]"], customdata=data["predicted [GiB]"],
-                        hovertemplate="%{x}: %{y:.3f} GB (%{customdata:.3f} GiB)<extra>predicted</extra>")
-            fig.update_layout(barmode="group", xaxis_title="term", yaxis_title=_ui.GB_AXIS)
+            for side in ("measured", "predicted"):
+                fig.add_bar(name=side, x=data["term"], y=data[f"{side} [{unit}]"], customdata=data[f"{side} [{binary}]"],
+                            hovertemplate=f"%{{x}}: %{{y:.3f}} {unit} (%{{customdata:.3f}} {binary})<extra>{side}</extra>")
+            fig.update_layout(barmode="group", xaxis_title="term", yaxis_title=_ui.AXIS_TITLES[unit])
             _ui.style(fig, f"Measured vs predicted by term: {latest['run']}")
             _ui.show_figure(fig, _ui.slug(f"validation-{latest['run']}"), data)
         extra = {k: v for k, v in result.items() if k not in _ui.RESULT_SHOWN}

@@ -47,8 +47,32 @@ def assert_clean(at):
     assert not at.error, [e.value for e in at.error]
 
 
+def wait_for_background(at, limit_s=90):
+    """Rerun until the page's background searches have landed (no progress bar left)."""
+    deadline = time.time() + limit_s
+    while at.get("progress") and time.time() < deadline:
+        time.sleep(0.3)
+        at.run()
+    assert not at.get("progress"), "the background searches did not finish in time"
+    return at
+
+
+def trace_values(trace, axis):
+    """A Plotly trace's x or y as a list (Plotly sends numeric arrays base64-encoded)."""
+    values = trace[axis]
+    if isinstance(values, dict):
+        import base64
+        import numpy as np
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]).tolist()
+    return values
+
+
 def gb(n):
     return f"{n / 1e9:,.2f} GB"
+
+
+def mb(n):
+    return f"{n / 1e6:,.2f} MB"
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -123,14 +147,16 @@ def test_a_bad_upload_shows_an_error_not_a_traceback():
 
 
 def test_an_uploaded_config_becomes_the_model():
-    config = {"model_type": "gpt2", "n_embd": 256, "n_layer": 4, "n_head": 4, "vocab_size": 1000}
+    config = {"model_type": "gpt2", "n_embd": 128, "n_layer": 2, "n_head": 4, "vocab_size": 1000}
     text = json.dumps(config).encode()
-    at = open_page("calculator")
+    at = open_page("calculator", query={"batch": "1", "seq": "64"})
     at.file_uploader[0].set_value(("tiny.json", text, "application/json")).run()
     assert_clean(at)
     shape = cap.parse_hf_config_text(text)
-    est = cap.estimate(shape, scenario("bp"))
-    assert {m.label: m.value for m in at.metric}["BP"] == gb(est.peak_bytes)
+    est = cap.estimate(shape, scenario("bp", batch=1, seq=64))
+    assert est.peak_bytes < 10**8     # a small model: shown in MB and MiB, not as 0.00 GB
+    assert {m.label: m.value for m in at.metric}["BP"] == mb(est.peak_bytes)
+    assert at.dataframe[0].value.loc["total (peak)", "BP [MiB]"] == round(est.peak_bytes / 2**20, 3)
 
 
 def test_an_oversized_upload_is_refused_with_a_reason():
@@ -163,7 +189,7 @@ def test_memory_vs_context_log_axes():
 
 
 def test_what_fits_shows_the_largest_presets_capacity_finds():
-    at = open_page("what_fits")
+    at = wait_for_background(open_page("what_fits"))
     assert_clean(at)
     table = at.dataframe[0].value
     for family in cap.families():
@@ -171,8 +197,14 @@ def test_what_fits_shows_the_largest_presets_capacity_finds():
             name, _ = cap.largest_preset(family, BUDGET, scenario(method, keep))
             assert table.loc[family, label] == (name or "none fits")
     shape = cap.load_preset("llama-2-7b")
+    metrics = {m.label: m.value for m in at.metric}
     ratio = cap.relative_model_size(shape, BUDGET, scenario("bp"), scenario("mezo"))
-    assert {m.label: m.value for m in at.metric}["P_MeZO / P_BP"] == f"{ratio:.2f}"
+    assert metrics["P_MeZO / P_BP"] == f"{ratio:.2f}"
+    _, params = cap.largest_scaled_model(shape, BUDGET, scenario("mezo"))
+    assert metrics["MeZO"] == f"{params / 1e9:,.2f} B"
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    point = trace_values(spec["data"][0], "x").index(BUDGET / 1e9)
+    assert trace_values(spec["data"][0], "y")[point] == pytest.approx(ratio)
 
 
 def test_what_fits_follows_the_device():
