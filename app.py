@@ -20,6 +20,10 @@ PAGES = [
 
 # Each page draws the shared sidebar itself (_ui.start_page).
 page = st.navigation(PAGES)
+st.session_state[_ui.ENTRY_FLAG] = True
+requested = st.session_state.pop(_ui.REQUESTED_PAGE, None)
+if requested:            # a deep link that Streamlit first ran without this file
+    st.switch_page(requested)
 try:
     page.run()
 finally:

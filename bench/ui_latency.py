@@ -8,6 +8,10 @@ runs the same script the server runs. Every interaction sets a value not seen be
 that nothing comes from a cache (the inverse questions are cached per process, as in the
 server: a value seen before is cheaper). Prints a table and exits 1 if any median is over
 the target.
+
+Some answers (What fits: the P_MeZO/P_BP curve, dozens of searches) are computed in a
+background thread while the page shows a progress bar; the column "complete" is the time
+until they are drawn (polled every POLL_S), reported beside the re-render time.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 TARGET_S = 1.0
 RUN_TIMEOUT_S = 120
+POLL_S = 0.2
 
 # (page, widget kind, widget key, values: one per timed interaction, all new to the page)
 BATCHES = (3, 5, 6, 7, 9, 10, 11, 12)
@@ -55,17 +60,22 @@ def open_page(page: str) -> AppTest:
     return at
 
 
-def time_interaction(at: AppTest, kind: str, key: str, values, repeat: int) -> list[float]:
-    seconds = []
+def time_interaction(at: AppTest, kind: str, key: str, values, repeat: int) -> tuple[list[float], list[float]]:
+    """(re-render seconds, seconds until background work is drawn) per interaction."""
+    rerender, complete = [], []
     for i in range(repeat):
         widget = getattr(at, kind)(key=key)
         widget.set_value(values[i])
         start = time.perf_counter()
         at.run()
-        seconds.append(time.perf_counter() - start)
+        rerender.append(time.perf_counter() - start)
+        while at.get("progress"):
+            time.sleep(POLL_S)
+            at.run()
+        complete.append(time.perf_counter() - start)
         if at.exception:
             raise SystemExit(f"{key}: {at.exception[0].message}")
-    return seconds
+    return rerender, complete
 
 
 def main() -> int:
@@ -74,18 +84,20 @@ def main() -> int:
                         help=f"interactions timed per control, 1 to {len(BATCHES)} (default 5)")
     args = parser.parse_args()
 
-    print(f"{'page':<20}{'control':<16}{'first open [s]':>16}{'median [s]':>12}{'max [s]':>10}  target {TARGET_S:g} s")
+    print(f"{'page':<20}{'control':<16}{'first open [s]':>16}{'median [s]':>12}{'max [s]':>10}"
+          f"{'complete [s]':>14}  target {TARGET_S:g} s")
     worst = 0.0
     opened: dict[str, float] = {}
     for page, kind, key, values in INTERACTIONS:
         start = time.perf_counter()
         at = open_page(page)
         opened.setdefault(page, time.perf_counter() - start)
-        seconds = time_interaction(at, kind, key, values, args.repeat)
+        seconds, complete = time_interaction(at, kind, key, values, args.repeat)
         median = statistics.median(seconds)
         worst = max(worst, median)
         flag = "" if median < TARGET_S else "  OVER"
-        print(f"{page:<20}{key:<16}{opened[page]:>16.2f}{median:>12.3f}{max(seconds):>10.3f}{flag}")
+        print(f"{page:<20}{key:<16}{opened[page]:>16.2f}{median:>12.3f}{max(seconds):>10.3f}"
+              f"{statistics.median(complete):>14.3f}{flag}")
     print(f"slowest median: {worst:.3f} s ({'within' if worst < TARGET_S else 'over'} the {TARGET_S:g} s target)")
     return 0 if worst < TARGET_S else 1
 

@@ -149,10 +149,10 @@ def url_params(values: dict) -> dict:
 
 
 def write_url() -> None:
-    """Mirror the scenario into the URL."""
-    params = url_params(scenario())
-    if st.query_params.to_dict() != params:
-        st.query_params.from_dict(params)
+    """Mirror the scenario into the URL. Sent on every run, not only on a change: a run
+    that ends in st.rerun() (the background searches landing) loses its messages, and the
+    server's copy of the URL would already match."""
+    st.query_params.from_dict(url_params(scenario()))
 
 
 def control(widget, label: str, key: str, **kwargs):
@@ -223,11 +223,27 @@ def sidebar() -> None:
         st.caption("The uploaded model cannot travel in a link; the link carries the other settings.")
 
 
-def start_page(title: str) -> None:
-    """Every page begins here: the shared sidebar, the title, an upload's error if any."""
+ENTRY_FLAG = "_ran_through_app"     # set by app.py on every run
+REQUESTED_PAGE = "_requested_page"  # a page to open once app.py has taken over
+
+
+def start_page(title: str, page_file: str) -> None:
+    """Every page begins here (page_file: its __file__): the shared sidebar, the title, an
+    upload's error if any."""
+    if not st.session_state.get(ENTRY_FLAG):
+        _reroute_through_app(page_file)
     sidebar()
     st.title(title)
     show_upload_error()
+
+
+def _reroute_through_app(page_file: str) -> None:
+    """Streamlit runs a pages/ file on its own (its older pages-folder mode) when a fresh
+    server's first request is a deep link such as /what_fits, before app.py has called
+    st.navigation. Keep the link's scenario, then let app.py run and open this page."""
+    scenario()                                   # reads the link's query parameters
+    st.session_state[REQUESTED_PAGE] = f"pages/{Path(page_file).name}"
+    st.switch_page("app.py")
 
 
 def _reset() -> None:
@@ -391,9 +407,9 @@ def preset_params(name: str) -> int:
 
 
 def budget_grid(current: int) -> list[int]:
-    """Budgets to sample for a curve: 2 to 256 GB, doubling with a midpoint (x1.5) between,
-    and the current budget."""
-    grid = {int(g * cap.GB) for g in (2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)}
+    """Budgets to sample for a curve: 2 to 256 GB, doubling, and the current budget (each
+    point costs capacity two searches per method, so the grid stays coarse)."""
+    grid = {int(g * cap.GB) for g in (2, 4, 8, 16, 32, 64, 128, 256)}
     return sorted(grid | {current})
 
 

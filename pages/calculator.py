@@ -7,7 +7,7 @@ import streamlit as st
 import capacity as cap
 from pages import _ui
 
-_ui.start_page("Memory calculator")
+_ui.start_page("Memory calculator", __file__)
 
 shape = _ui.model_shape()
 budget = _ui.budget_bytes()

@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 import capacity as cap
 from pages import _ui
 
-_ui.start_page("Memory vs context length")
+_ui.start_page("Memory vs context length", __file__)
 st.caption("The paper's memory figure for the sidebar's model and batch: total memory of BP "
            "(top: conventional, bottom: checkpointed at the chosen L'/L) and of MeZO, and the "
            "MeZO/BP ratio on the right-hand axis.")

@@ -8,7 +8,7 @@ import streamlit as st
 import capacity as cap
 from pages import _ui
 
-_ui.start_page("Time trade-off")
+_ui.start_page("Time trade-off", __file__)
 s = _ui.scenario()
 
 device_col, mult_col, steps_col = st.columns(3)

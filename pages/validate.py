@@ -12,7 +12,7 @@ import streamlit as st
 
 from pages import _runner, _ui
 
-_ui.start_page("Validate on this machine")
+_ui.start_page("Validate on this machine", __file__)
 st.caption("A few real steps of BP or MeZO with the sidebar's model and settings: the engine measures the "
            "peak memory and sets it beside capacity's prediction, term by term. 'trace' runs the same "
            "steps on fake tensors (any model size, no memory used); 'cpu' and 'cuda' use real memory.")

@@ -7,7 +7,7 @@ import streamlit as st
 import capacity as cap
 from pages import _ui
 
-_ui.start_page("What fits a device")
+_ui.start_page("What fits a device", __file__)
 budget = _ui.budget_bytes()
 methods = _ui.methods()
 s = _ui.scenario()
