@@ -123,8 +123,9 @@ def test_a_deep_link_on_a_fresh_server_reproduces_the_scenario(server, page):
     page.goto(f"{server}/memory_vs_context?model=opt-1.3b&batch=2&seq=1024")
     settle(page)
     page.get_by_role("heading", name="Memory vs context length").wait_for()
-    assert page.get_by_label("Batch size", exact=True).input_value() == "2"
-    assert page.get_by_label("Context length (tokens per example)", exact=True).input_value() == "1024"
+    # (the number boxes settle a moment after the heading: expect() retries)
+    sync_api.expect(page.get_by_label("Batch size", exact=True)).to_have_value("2")
+    sync_api.expect(page.get_by_label("Context length (tokens per example)", exact=True)).to_have_value("1024")
     chart_drawn(page)
     assert "opt-1.3b, batch 2" in page.locator(".js-plotly-plot .gtitle").first.text_content()
     nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
