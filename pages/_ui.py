@@ -705,16 +705,16 @@ def show_figure(fig: go.Figure, name: str, data: pd.DataFrame) -> None:
 # --- the accuracy note ---------------------------------------------------------------
 
 def accuracy_summary() -> str | None:
-    """The summary section of docs/accuracy.md, or None when the file is not there."""
+    """The opening paragraph and the summary section of docs/accuracy.md (the whole file
+    when it has no summary heading), or None when the file is not there."""
     if not ACCURACY_DOC.is_file():
         return None
-    text = ACCURACY_DOC.read_text(encoding="utf-8", errors="replace")
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines)
-                  if re.match(r"^#{1,6}\s.*summary", line, re.IGNORECASE)), None)
+    lines = ACCURACY_DOC.read_text(encoding="utf-8", errors="replace").splitlines()
+    start = next((i for i, line in enumerate(lines) if re.match(r"^#{1,6}\s.*summary", line, re.IGNORECASE)), None)
     if start is None:
-        return text
+        return "\n".join(lines)
+    first_heading = next((i for i, line in enumerate(lines) if line.startswith("#")), start)
+    intro = [line for line in lines[first_heading + 1:start] if not line.startswith("#")]
     level = len(lines[start]) - len(lines[start].lstrip("#"))
-    end = next((j for j in range(start + 1, len(lines))
-                if re.match(rf"^#{{1,{level}}}\s", lines[j])), len(lines))
-    return "\n".join(lines[start + 1:end]).strip()
+    end = next((j for j in range(start + 1, len(lines)) if re.match(rf"^#{{1,{level}}}\s", lines[j])), len(lines))
+    return "\n".join(intro + lines[start + 1:end]).strip()

@@ -71,3 +71,5 @@ with st.expander("How accurate is this?"):
                 "figures have been published for this build. The Validate page measures your own GPU.")
     else:
         st.markdown(summary)
+        st.caption("Where the model is off and why, and every case: docs/accuracy.md "
+                   "(`python bench/accuracy.py` regenerates it).")

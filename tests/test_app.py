@@ -103,6 +103,21 @@ def test_calculator_shows_what_capacity_returns():
             assert table.loc[term.replace("_", " "), f"{label} [GB]"] == round(est.breakdown.get(term, 0) / 1e9, 3)
 
 
+def test_accuracy_expander_shows_the_summary_or_says_it_is_missing(tmp_path, monkeypatch):
+    doc = tmp_path / "accuracy.md"
+    doc.write_text("# Accuracy\n\nHow it was measured.\n\n## Summary\n\n| method | error |\n|---|---|\n"
+                   "| bp | 0.65% |\n\n## Details\n\nnot in the summary\n")
+    monkeypatch.setattr(_ui, "ACCURACY_DOC", doc)
+    at = open_page("calculator")
+    accuracy = next(e for e in at.expander if e.label == "How accurate is this?")
+    shown = " ".join(m.value for m in accuracy.markdown)
+    assert "How it was measured." in shown and "| bp | 0.65% |" in shown and "not in the summary" not in shown
+    monkeypatch.setattr(_ui, "ACCURACY_DOC", tmp_path / "missing.md")
+    at = open_page("calculator")
+    accuracy = next(e for e in at.expander if e.label == "How accurate is this?")
+    assert "not there yet" in accuracy.info[0].value
+
+
 def test_calculator_follows_a_sidebar_change_and_puts_it_in_the_url():
     at = open_page("calculator")
     at.number_input(key="w_batch").set_value(2).run()
