@@ -54,6 +54,7 @@ DEFAULTS = {
     "time_device": "A100 80GB",  # the throughput figures of the time page
     "steps": 1000,               # BP-equivalent steps of the time page
     "mult": float(cap.MEZO_STEPS_MULTIPLIER),
+    "eff": 1.0,                  # share of peak throughput reached (1: the roofline bound)
     "ctx_max": 8192,             # longest context of the memory figure
     "log": False,
     "v_method": "mezo",          # the Validate page's run
@@ -98,7 +99,7 @@ def _choices() -> dict:
 _RANGES = {
     "batch": (1, MAX_BATCH), "seq": (1, MAX_SEQ), "keep": (0.0, 1.0),
     "budget_gb": (MIN_BUDGET_GB, MAX_BUDGET_GB), "steps": (1, MAX_STEPS),
-    "mult": (1.0, MAX_MULT), "ctx_max": (128, MAX_SEQ),
+    "mult": (1.0, MAX_MULT), "ctx_max": (128, MAX_SEQ), "eff": (0.01, 1.0),
     "v_steps": (2, 100), "v_limit": (10, 3600),
 }
 
@@ -516,6 +517,15 @@ def context_grid(longest: int) -> list[int]:
     return sorted(points | {longest})
 
 
+def unit_tabs(table: pd.DataFrame, unit: str = "GB") -> None:
+    """A table with '[GB]' and '[GiB]' columns as two tabs, one per unit (names kept)."""
+    binary = UNITS[unit][1]
+    tabs = st.tabs([f"{unit} ({'10⁹' if unit == 'GB' else '10⁶'} bytes)",
+                    f"{binary} ({'2³⁰' if unit == 'GB' else '2²⁰'} bytes)"])
+    for tab, name in zip(tabs, (unit, binary)):
+        tab.dataframe(table[[c for c in table.columns if c.endswith(f"[{name}]")]], width="stretch")
+
+
 def gb_columns(label: str, n: int | float) -> dict:
     """Two labelled columns: bytes in GB (10^9) and in GiB (2^30)."""
     return size_columns(label, n, "GB")
@@ -532,11 +542,12 @@ def size_columns(label: str, n: int | float, unit: str = "GB") -> dict:
 SECONDS_PER_HOUR = 3600
 
 
-def time_row(label: str, shape, sc, device, budget: int, steps: int, mezo_mult: float) -> dict:
+def time_row(label: str, shape, sc, device, budget: int, steps: int, mezo_mult: float,
+             efficiency: float = 1.0) -> dict:
     """One setup of the time tables: capacity's memory, FLOPs and time per step, and the
     time to `steps` BP-equivalent steps (MeZO takes `mezo_mult` steps for each)."""
     est = cap.estimate(shape, sc)
-    per_step = cap.step_time_seconds(shape, sc, device)
+    per_step = cap.step_time_seconds(shape, sc, device, efficiency=efficiency)
     n_steps = steps * mezo_mult if sc.method == "mezo" else steps
     return {"setup": label, "parameters": cap.parameter_count(shape), "peak_bytes": est.peak_bytes,
             **gb_columns("peak", est.peak_bytes), "fits budget": est.peak_bytes <= budget,
@@ -652,6 +663,11 @@ PLOTLY_CONFIG = {
     # The toolbar's camera button saves a PNG at the export size.
     "toImageButtonOptions": {"format": "png", **EXPORT_SIZE},
 }
+
+
+def axis_scale(log: bool) -> dict:
+    """Plotly axis settings: logarithmic with a tick per decade, or linear."""
+    return {"type": "log", "dtick": 1} if log else {"type": "linear"}
 
 
 # One colour per memory term on every chart (Plotly's default palette, in TERMS order).

@@ -52,15 +52,14 @@ _ui.style(fig, f"Peak memory by term: {_ui.model_name()}, batch {s['batch']}, co
 _ui.show_figure(fig, _ui.slug(f"memory-by-term-{_ui.model_name()}"), data)
 
 st.subheader("Terms at the peak")
-st.dataframe(_ui.terms_table({label: est.breakdown for label, est in estimates.items()}, cap.TERMS,
-                             {label: est.peak_bytes for label, est in estimates.items()}, unit),
-             width="stretch")
+_ui.unit_tabs(_ui.terms_table({label: est.breakdown for label, est in estimates.items()}, cap.TERMS,
+                              {label: est.peak_bytes for label, est in estimates.items()}, unit), unit)
 
 with st.expander("The textbook form (weights + gradients + optimizer states + Korthikanti activations)"):
     textbook = {label: est.textbook for label, est in estimates.items()}
     terms = list(dict.fromkeys(t for tb in textbook.values() for t in tb))
-    st.dataframe(_ui.terms_table(textbook, terms, {label: sum(tb.values()) for label, tb in textbook.items()}, unit),
-                 width="stretch")
+    _ui.unit_tabs(_ui.terms_table(textbook, terms, {label: sum(tb.values()) for label, tb in textbook.items()}, unit),
+                  unit)
     st.caption("The classic closed form, kept as the explanation; the peak above models the framework "
                "(what torch.cuda.max_memory_allocated reports).")
 

@@ -65,11 +65,11 @@ for i, (row, _) in enumerate(rows, start=1):
     fig.add_scatter(x=[grid[0], grid[-1]], y=[budget / cap.GB] * 2, name=f"budget {_ui.gb_text(budget)}",
                     mode="lines", line={"color": "firebrick", "dash": "dot"}, showlegend=first,
                     hoverinfo="skip", row=i, col=1, secondary_y=False)
-    fig.update_yaxes(title_text="total " + _ui.GB_AXIS, type="log" if log_axes else "linear",
-                     row=i, col=1, secondary_y=False)
-    fig.update_yaxes(title_text="MeZO / BP", rangemode="tozero", tickformat=".2f", row=i, col=1,
-                     secondary_y=True, showgrid=False)
-fig.update_xaxes(type="log" if log_axes else "linear")
+    fig.update_yaxes(title_text="total " + _ui.GB_AXIS, row=i, col=1, secondary_y=False,
+                     **_ui.axis_scale(log_axes))
+    fig.update_yaxes(title_text="MeZO / BP", type="linear", rangemode="tozero", tickformat=".2f",
+                     row=i, col=1, secondary_y=True, showgrid=False)
+fig.update_xaxes(**_ui.axis_scale(log_axes))
 fig.update_xaxes(title_text="context length [tokens]", row=2, col=1)
 _ui.style(fig, f"Total memory vs context: {_ui.model_name()}, batch {_ui.scenario()['batch']}")
 fig.update_layout(height=800, legend_y=1.06, margin_t=140)

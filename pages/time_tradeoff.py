@@ -11,23 +11,26 @@ from pages import _ui
 _ui.start_page("Time trade-off", __file__)
 s = _ui.scenario()
 
-device_col, mult_col, steps_col = st.columns(3)
+device_col, eff_col, mult_col, steps_col = st.columns(4)
 device = cap.load_device(_ui.control(device_col.selectbox, "Device for throughput", "time_device",
                                      options=cap.device_names()))
+efficiency = _ui.control(eff_col.number_input, "Efficiency (share of peak reached)", "eff",
+                        min_value=0.01, max_value=1.0, step=0.05, format="%.2f",
+                        help="1 gives the roofline bound; real training reaches roughly 0.3 to 0.6 of peak.")
 mult = _ui.control(mult_col.number_input, "MeZO steps per BP step", "mult",
                    min_value=1.0, max_value=_ui.MAX_MULT, step=1.0, format="%.1f")
 steps = _ui.control(steps_col.number_input, "BP-equivalent steps", "steps",
                     min_value=1, max_value=_ui.MAX_STEPS, step=100)
 st.caption(f"**{device.name}**: {device.peak_flops / 1e12:,.0f} TFLOP/s dense 16-bit, "
            f"{device.bandwidth_bytes_s / cap.GB:,.0f} GB/s memory bandwidth ({device.source}). "
-           f"MeZO steps per BP step: default {cap.MEZO_STEPS_MULTIPLIER:g}, from {cap.MEZO_STEPS_SOURCE}.")
+           f"MeZO steps per BP step: default {cap.MEZO_STEPS_MULTIPLIER:g}, from {cap.MEZO_STEPS_SOURCE.rstrip('.')}.")
 
 # 1. The sidebar's model, every training method.
 st.subheader(f"{_ui.model_name()}: per step and to {steps:,} BP-equivalent steps")
 shape = _ui.model_shape()
 budget = _ui.budget_bytes()
 training = [(label, sc) for label, sc in _ui.methods() if sc.method != "inference"]
-data = pd.DataFrame([_ui.time_row(label, shape, sc, device, budget, steps, mult) for label, sc in training])
+data = pd.DataFrame([_ui.time_row(label, shape, sc, device, budget, steps, mult, efficiency) for label, sc in training])
 st.dataframe(_ui.time_table(data), width="stretch", hide_index=True)
 
 fig = go.Figure(go.Bar(x=data["setup"], y=data["time to target [h]"], text=data["time to target [h]"].map("{:,.2f} h".format),
@@ -55,7 +58,7 @@ if mezo_name is None:
 else:
     setups = [(f"BP on {bp_name}", _ui.model_shape(bp_name), bp_sc),
               (f"MeZO on {mezo_name}", _ui.model_shape(mezo_name), mezo_sc)]
-paper = pd.DataFrame([_ui.time_row(label, shp, sc, device, budget, steps, mult) for label, shp, sc in setups])
+paper = pd.DataFrame([_ui.time_row(label, shp, sc, device, budget, steps, mult, efficiency) for label, shp, sc in setups])
 st.dataframe(_ui.time_table(paper), width="stretch", hide_index=True)
 
 curve = _ui.wall_clock_curve(paper, steps)
@@ -66,6 +69,6 @@ for setup, part in curve.groupby("setup", sort=False):
 fig2.update_layout(xaxis_title="BP-equivalent steps", yaxis_title="wall-clock time [hours]")
 _ui.style(fig2, f"Wall-clock time vs progress at {_ui.gb_text(budget)} on {device.name}")
 _ui.show_figure(fig2, "paper-experiment-wall-clock", curve)
-st.caption("Time per step is a roofline estimate (the slower of compute at peak FLOP/s and reading the "
-           "weights at full bandwidth); real runs are slower. MeZO's steps are cheaper (two forward passes) "
-           "but it needs more of them.")
+st.caption("Time per step is capacity's roofline estimate, max(FLOPs / peak FLOP/s, bytes moved / bandwidth), "
+           "each scaled by the efficiency: with efficiency 1 it is a lower bound. MeZO's steps are cheaper "
+           "(two forward passes) but it needs more of them.")

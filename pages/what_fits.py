@@ -80,7 +80,8 @@ def continuous_family() -> None:
     top = max(_ui.finite(curve[c]).max() for c in ("P_MeZO/P_BP", "P_MeZO/P_BP checkpointed"))
     fig.add_scatter(x=[budget / cap.GB] * 2, y=[0, top], name=f"this budget, {_ui.gb_text(budget)}", mode="lines",
                     line={"color": "firebrick", "dash": "dash"}, hoverinfo="skip")
-    fig.update_xaxes(type="log", title_text="memory budget [GB = 10⁹ bytes], log scale")
+    fig.update_xaxes(type="log", title_text="memory budget [GB = 10⁹ bytes], log scale",
+                     tickvals=curve["budget [GB]"], tickformat=".3~f")
     fig.update_yaxes(title_text="P_MeZO / P_BP (parameters)", rangemode="tozero")
     _ui.style(fig, f"Relative model size MeZO / BP vs budget: models shaped like {_ui.model_name()}")
     if curve[["P_MeZO/P_BP", "P_MeZO/P_BP checkpointed"]].isin([float("inf")]).any().any():

@@ -95,12 +95,12 @@ def test_calculator_shows_what_capacity_returns():
     mezo, bp = estimates["MeZO"].peak_bytes, estimates["BP"].peak_bytes
     assert metrics["MeZO / BP memory"].value == f"{mezo / bp:.3f}"
 
-    table = at.dataframe[0].value
+    in_gb, in_gib = at.dataframe[0].value, at.dataframe[1].value     # the GB and GiB tabs
     for label, est in estimates.items():
-        assert table.loc["total (peak)", f"{label} [GB]"] == round(est.peak_bytes / 1e9, 3)
-        assert table.loc["total (peak)", f"{label} [GiB]"] == round(est.peak_bytes / 2**30, 3)
+        assert in_gb.loc["total (peak)", f"{label} [GB]"] == round(est.peak_bytes / 1e9, 3)
+        assert in_gib.loc["total (peak)", f"{label} [GiB]"] == round(est.peak_bytes / 2**30, 3)
         for term in cap.TERMS:
-            assert table.loc[term.replace("_", " "), f"{label} [GB]"] == round(est.breakdown.get(term, 0) / 1e9, 3)
+            assert in_gb.loc[term.replace("_", " "), f"{label} [GB]"] == round(est.breakdown.get(term, 0) / 1e9, 3)
 
 
 def test_accuracy_expander_shows_the_summary_or_says_it_is_missing(tmp_path, monkeypatch):
@@ -171,7 +171,7 @@ def test_an_uploaded_config_becomes_the_model():
     est = cap.estimate(shape, scenario("bp", batch=1, seq=64))
     assert est.peak_bytes < 10**8     # a small model: shown in MB and MiB, not as 0.00 GB
     assert {m.label: m.value for m in at.metric}["BP"] == mb(est.peak_bytes)
-    assert at.dataframe[0].value.loc["total (peak)", "BP [MiB]"] == round(est.peak_bytes / 2**20, 3)
+    assert at.dataframe[1].value.loc["total (peak)", "BP [MiB]"] == round(est.peak_bytes / 2**20, 3)
 
 
 def test_an_oversized_upload_is_refused_with_a_reason():
@@ -252,12 +252,16 @@ def test_time_tradeoff_shows_capacity_time_and_the_paper_experiment():
     assert setups[1] == f"MeZO on {mezo_name}"
 
 
-def test_time_tradeoff_steps_multiplier_is_an_input():
-    at = open_page("time_tradeoff")
-    at.number_input(key="w_mult").set_value(10.0).run()
+def test_time_tradeoff_steps_multiplier_and_efficiency_are_inputs():
+    at = open_page("time_tradeoff", query={"mult": "10", "eff": "0.5"})
     assert_clean(at)
     rows = at.dataframe[0].value.set_index("setup")
     assert rows.loc["MeZO", "steps"] == 10_000
+    per_step = cap.step_time_seconds(cap.load_preset("llama-2-7b"), scenario("mezo"), cap.load_device("A100 80GB"),
+                                     efficiency=0.5)
+    assert rows.loc["MeZO", "time per step [s]"] == round(per_step, 4)
+    at.number_input(key="w_mult").set_value(20.0).run()
+    assert at.dataframe[0].value.set_index("setup").loc["MeZO", "steps"] == 20_000
 
 
 # --- the Validate page, with stand-in engines written by the tests ------------------
