@@ -665,9 +665,13 @@ PLOTLY_CONFIG = {
 }
 
 
+# Ticks of a logarithmic axis: 1, 2, 5, 10, 20, 50, ... (Plotly shows those in range).
+LOG_TICKS = [m * 10**e for e in range(-3, 8) for m in (1, 2, 5)]
+
+
 def axis_scale(log: bool) -> dict:
-    """Plotly axis settings: logarithmic with a tick per decade, or linear."""
-    return {"type": "log", "dtick": 1} if log else {"type": "linear"}
+    """Plotly axis settings: logarithmic with 1-2-5 ticks, or linear."""
+    return {"type": "log", "tickvals": LOG_TICKS, "tickformat": "~g"} if log else {"type": "linear"}
 
 
 # One colour per memory term on every chart (Plotly's default palette, in TERMS order).

@@ -67,7 +67,7 @@ for i, (row, _) in enumerate(rows, start=1):
                     hoverinfo="skip", row=i, col=1, secondary_y=False)
     fig.update_yaxes(title_text="total " + _ui.GB_AXIS, row=i, col=1, secondary_y=False,
                      **_ui.axis_scale(log_axes))
-    fig.update_yaxes(title_text="MeZO / BP", type="linear", rangemode="tozero", tickformat=".2f",
+    fig.update_yaxes(title_text="MeZO / BP", type="linear", rangemode="tozero", tickformat=".2f", nticks=6,
                      row=i, col=1, secondary_y=True, showgrid=False)
 fig.update_xaxes(**_ui.axis_scale(log_axes))
 fig.update_xaxes(title_text="context length [tokens]", row=2, col=1)

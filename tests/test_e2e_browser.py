@@ -165,6 +165,20 @@ def test_page_draws_a_chart_and_follows_a_control(server, page, path, title, cha
     screenshot(page, f"{path or 'calculator'}.png")
 
 
+def test_chart_downloads_svg_and_csv(server, page):
+    """The download buttons: SVG drawn by kaleido on click, CSV of the data behind the chart."""
+    page.goto(server)
+    settle(page)
+    chart_drawn(page)
+    with page.expect_download(timeout=60_000) as svg:
+        page.get_by_role("button", name="Download SVG").first.click()
+    assert svg.value.suggested_filename.endswith(".svg")
+    assert b"<svg" in Path(svg.value.path()).read_bytes()[:500]
+    with page.expect_download() as csv:
+        page.get_by_role("button", name="Download data (CSV)").first.click()
+    assert Path(csv.value.path()).read_text().startswith("method,term,bytes,")
+
+
 def test_validate_page(server, page):
     SHOTS.mkdir(exist_ok=True)
     page.goto(f"{server}/validate?model=tiny-llama&batch=1&seq=32&v_steps=2")
