@@ -4,6 +4,8 @@ Pages (in pages/) hold the UI only; every number comes from the `capacity` packa
 The sidebar's scenario (pages/_ui.py) is shared by every page and mirrored into the URL.
 """
 
+import logging
+
 import streamlit as st
 
 from pages import _ui
@@ -26,6 +28,12 @@ if requested:            # a deep link that Streamlit first ran without this fil
     st.switch_page(requested)
 try:
     page.run()
+except ValueError as err:       # capacity's answer to a scenario it cannot take
+    st.error(f"These settings cannot be computed: {err}. Change the scenario in the sidebar.")
+except Exception as err:        # never a traceback in the page; the server log keeps it
+    logging.getLogger(__name__).exception("page %s failed", page.title)
+    st.error(f"Something went wrong on this page ({type(err).__name__}: {err}). "
+             "Try other settings in the sidebar, or reload the page.")
 finally:
     # After the page, so that its own controls are in the link too.
     _ui.write_url()

@@ -34,6 +34,7 @@ def scenario(method, keep=1.0, **changes):
 
 
 def open_page(page, query=None):
+    """Run app.py once (the default page), then the page itself."""
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.query_params.update(query or {})
     at.run()
@@ -172,6 +173,17 @@ def test_an_uploaded_config_becomes_the_model():
     assert est.peak_bytes < 10**8     # a small model: shown in MB and MiB, not as 0.00 GB
     assert {m.label: m.value for m in at.metric}["BP"] == mb(est.peak_bytes)
     assert at.dataframe[1].value.loc["total (peak)", "BP [MiB]"] == round(est.peak_bytes / 2**20, 3)
+
+
+def test_an_error_from_capacity_is_a_message_not_a_traceback(monkeypatch):
+    def refuse(shape, sc):
+        raise ValueError("seq: longer than the model's 1024 learned positions")
+    monkeypatch.setattr(cap, "estimate", refuse)
+    # The default page, run through app.py (AppTest runs a switched-to page on its own,
+    # Streamlit's pages-folder mode, without the entry script that holds this handler).
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert any("1024 learned positions" in e.value and "sidebar" in e.value for e in at.error)
 
 
 def test_an_oversized_upload_is_refused_with_a_reason():
