@@ -29,6 +29,15 @@ COLUMNS = [("Inference", "inference", 1.0), ("MeZO", "mezo", 1.0), ("BP", "bp", 
            ("BP checkpointed (L'/L=0.25)", "bp", KEEP)]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def no_background_work_left():
+    """Drop the background searches still queued when these tests end (they would take
+    the CPU from the tests that follow)."""
+    yield
+    for future in list(_ui._FUTURES.values()):
+        future.cancel()
+
+
 def scenario(method, keep=1.0, **changes):
     return cap.Scenario(method=method, keep=keep, **{**PAPER, **changes})
 

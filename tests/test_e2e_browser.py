@@ -21,6 +21,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 START_TIMEOUT_S = 60
 PAGE_TIMEOUT_MS = 30_000
+BACKGROUND_TIMEOUT_MS = 90_000
 VIEWPORT = {"width": 1400, "height": 1000}
 SHOT_MAX_HEIGHT = 6000          # pixels
 
@@ -85,6 +86,9 @@ def settle(pg) -> None:
     pg.wait_for_selector('[data-testid="stApp"]')
     pg.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"] button')"
                          " && !document.querySelector('[data-testid=\"stSkeleton\"]')")
+    # Background searches (What fits) show a progress bar until they land.
+    pg.wait_for_function("() => !document.querySelector('[data-testid=\"stProgress\"]')",
+                         timeout=BACKGROUND_TIMEOUT_MS)
     pg.wait_for_timeout(700)          # let Plotly finish drawing
 
 
