@@ -74,7 +74,10 @@ MAX_BUDGET_GB = 10_000.0
 MIN_BUDGET_GB = 0.1
 MAX_STEPS = 10**9
 MAX_MULT = 10_000.0
-VALIDATE_METHODS = ("mezo", "bp", "inference")
+# The Validate page's methods: the engine's, with BP plain (L'/L = 1) or checkpointed at
+# the sidebar's L'/L, like the calculator's columns.
+VALIDATE_METHODS = {"mezo": ("mezo", False), "bp": ("bp", False), "bp checkpointed": ("bp", True),
+                    "inference": ("inference", False)}
 VALIDATE_DEVICES = ("auto", "cuda", "cpu", "trace")
 
 
@@ -593,9 +596,12 @@ def engine_available() -> tuple[bool, str]:
     return _runner.engine_help()
 
 
-def engine_args(method: str, device: str, steps: int) -> list[str]:
-    """The engine's command-line arguments for the sidebar's scenario."""
+def engine_args(choice: str, device: str, steps: int) -> list[str]:
+    """The engine's command-line arguments for the sidebar's scenario (choice: a key of
+    VALIDATE_METHODS)."""
     s = scenario()
+    method, checkpointed = VALIDATE_METHODS[choice]
+    keep = float(s["keep"]) if checkpointed else 1.0
     if s["model"] == UPLOADED:
         folder = Path(st.session_state.setdefault("upload_dir", tempfile.mkdtemp(prefix="capacity-upload-")))
         path = folder / "config.json"
@@ -604,11 +610,34 @@ def engine_args(method: str, device: str, steps: int) -> list[str]:
     else:
         model = ["--preset", s["model"]]
     args = [*model, "--method", method, "--optimizer", s["opt"], "--batch", str(int(s["batch"])),
-            "--seq", str(int(s["seq"])), "--dtype", s["dtype"], "--keep", f"{float(s['keep']):g}",
+            "--seq", str(int(s["seq"])), "--dtype", s["dtype"], "--keep", f"{keep:g}",
             "--attention", s["attn"], "--steps", str(steps), "--device", device]
     if s["mixed"] and s["dtype"] != "fp32":
         args.append("--mixed-precision")
     return args
+
+
+def history_unit(history: list) -> str:
+    """GB, or MB when every run's peak is small."""
+    peaks = [n for entry in history for n in ((entry.get("result") or {}).get("measured_peak_bytes"),
+                                               (entry.get("result") or {}).get("predicted_peak_bytes"))
+             if isinstance(n, (int, float))]
+    return unit_for(max(peaks, default=None))
+
+
+def keep_label(choice: str) -> str:
+    """" (L'/L=0.25)" for a checkpointed choice, else ""."""
+    return f" (L'/L={float(scenario()['keep']):g})" if VALIDATE_METHODS[choice][1] else ""
+
+
+RUN_STATUS = {"cancelled": "The run was cancelled", "timed out": "The run timed out",
+              "out of memory": "The run ran out of memory", "failed": "The run failed"}
+
+
+def status_text(entry: dict) -> str:
+    """'The run failed: <the engine's message>'."""
+    head = RUN_STATUS.get(entry["status"], f"The run ended ({entry['status']})")
+    return f"{head}: {entry['message']}" if entry.get("message") else head
 
 
 def history_entry(run) -> dict:
@@ -618,13 +647,13 @@ def history_entry(run) -> dict:
             "command": " ".join(run.command[2:]), "result": run.result, "stderr": run.stderr_tail()}
 
 
-def history_row(entry: dict) -> dict:
+def history_row(entry: dict, unit: str = "GB") -> dict:
     result = entry.get("result") or {}
     row = {"run": entry["run"], "started": entry["started"], "status": entry["status"],
            "seconds": entry["seconds"]}
     for key, label in (("measured_peak_bytes", "measured"), ("predicted_peak_bytes", "predicted")):
         n = result.get(key)
-        row.update(gb_columns(label, n) if isinstance(n, (int, float)) else {f"{label} [GB]": None, f"{label} [GiB]": None})
+        row.update(size_columns(label, n if isinstance(n, (int, float)) else float("nan"), unit))
     row["error [%]"] = result.get("error_pct")
     row["message"] = entry["message"]
     return row

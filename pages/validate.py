@@ -41,7 +41,7 @@ if st.button("Run", type="primary", disabled=busy or not available):
     try:
         args = _ui.engine_args(method, device, int(steps))
         st.session_state["validate_run"] = run = _runner.EngineRun(
-            args, float(limit), label=f"{method} · {_ui.model_name()} · {device}")
+            args, float(limit), label=f"{method}{_ui.keep_label(method)} · {_ui.model_name()} · {device}")
         busy = True
     except (OSError, ValueError) as err:
         st.error(f"Could not start the engine: {err}")
@@ -68,7 +68,7 @@ if latest and not busy:
     st.subheader(f"Latest run: {latest['run']}")
     result = latest["result"]
     if latest["status"] != "done":
-        st.error(f"The run {latest['status']}: {latest['message']}")
+        st.error(_ui.status_text(latest))
         if latest.get("stderr"):
             with st.expander("The engine's messages"):
                 st.code(latest["stderr"], language=None)
@@ -104,7 +104,8 @@ if latest and not busy:
 
 if history:
     st.subheader("This session's runs")
-    table = pd.DataFrame([_ui.history_row(entry) for entry in history])
+    unit = _ui.history_unit(history)
+    table = pd.DataFrame([_ui.history_row(entry, unit) for entry in history])
     st.dataframe(table, width="stretch", hide_index=True)
     left, right = st.columns(2)
     left.download_button("Download the runs (CSV)", table.to_csv(index=False).encode(), "validation-runs.csv",

@@ -377,6 +377,21 @@ def test_a_failed_run_is_a_message(fake_engine):
     assert any(e.value == "The run failed: CUDA requested but not available" for e in at.error)
 
 
+def test_checkpointed_bp_passes_the_sidebar_ratio(fake_engine):
+    fake_engine("ok")
+    at = open_page("validate")
+    at.selectbox(key="w_v_method").set_value("bp").run()
+    at.button[0].click().run()
+    wait_until_finished(at)
+    argv = at.session_state["validate_history"][-1]["result"]["argv"]
+    assert argv[argv.index("--method") + 1] == "bp" and argv[argv.index("--keep") + 1] == "1"
+    at.selectbox(key="w_v_method").set_value("bp checkpointed").run()
+    at.button[0].click().run()
+    wait_until_finished(at)
+    argv = at.session_state["validate_history"][-1]["result"]["argv"]
+    assert argv[argv.index("--method") + 1] == "bp" and argv[argv.index("--keep") + 1] == "0.25"
+
+
 def test_out_of_memory_is_a_result(fake_engine):
     fake_engine("oom")
     at = open_page("validate")
