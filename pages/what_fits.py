@@ -72,16 +72,19 @@ def continuous_family() -> None:
     r2.metric("P_MeZO / P_BP checkpointed", _ui.times_text(jobs[(budget, 'BP checkpointed')].result()),
               help=f"Against {methods[3][0]}.")
     fig = go.Figure()
-    for column, name in (("P_MeZO/P_BP", "vs BP"),
-                         ("P_MeZO/P_BP checkpointed", f"vs BP checkpointed (L'/L={float(s['keep']):g})")):
-        fig.add_scatter(x=curve["budget [GB]"], y=_ui.finite(curve[column]), name=name, mode="lines+markers",
+    # The checkpointed curve first and wider, so that where the two coincide both show.
+    for column, name, line in (
+            ("P_MeZO/P_BP checkpointed", f"vs BP checkpointed (L'/L={float(s['keep']):g})",
+             {"color": "#ef553b", "width": 5}),
+            ("P_MeZO/P_BP", "vs BP", {"color": "#636efa", "width": 2})):
+        fig.add_scatter(x=curve["budget [GB]"], y=_ui.finite(curve[column]), name=name, mode="lines+markers", line=line,
                         customdata=curve["budget [GiB]"],
                         hovertemplate="%{x:.1f} GB (%{customdata:.1f} GiB): %{y:.2f}x<extra>" + name + "</extra>")
     top = max(_ui.finite(curve[c]).max() for c in ("P_MeZO/P_BP", "P_MeZO/P_BP checkpointed"))
     fig.add_scatter(x=[budget / cap.GB] * 2, y=[0, top], name=f"this budget, {_ui.gb_text(budget)}", mode="lines",
                     line={"color": "firebrick", "dash": "dash"}, hoverinfo="skip")
     fig.update_xaxes(type="log", title_text="memory budget [GB = 10⁹ bytes], log scale",
-                     tickvals=curve["budget [GB]"], tickformat=".3~f")
+                     tickvals=_ui.LOG_TICKS, tickformat="~g", tickangle=0)
     fig.update_yaxes(title_text="P_MeZO / P_BP (parameters)", rangemode="tozero")
     _ui.style(fig, f"Relative model size MeZO / BP vs budget: models shaped like {_ui.model_name()}")
     if curve[["P_MeZO/P_BP", "P_MeZO/P_BP checkpointed"]].isin([float("inf")]).any().any():
