@@ -64,17 +64,20 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario) -> int:
     (p·b·a·s², kept by the second matmul), attention dropout, and the output projection's
     input (pNA).
     SDPA (flash or CPU flash): q (pNA), k and v (pNK each: grouped-query heads are not
-    repeated), the output (pNA), the log-sum-exp (fp32 4·b·a·s), and the output
-    projection's input (pNA).
+    repeated), the output (pNA) and the log-sum-exp (fp32 4·b·a·s). The flash kernels lay
+    their output out as (b, s, a, d), so the output projection's input is the same tensor.
+    NeoX keeps more: v is a view into the fused qkv projection, which stays alive whole
+    beside the rotated copies of q and k.
     """
     b, seq, n, p = sc.batch, sc.seq, sc.tokens, _act_bytes(sc)
     a, qd, kvd = s.num_heads, s.q_dim, s.kv_dim
     scores = b * a * seq * seq
     dropout = s.attn_dropout > 0
     if sc.attention == "sdpa" and not (dropout and sc.target == "cpu"):
-        # q, k, v (for GPT-2 and NeoX, views that keep the fused qkv projection alive).
         qkv = p * n * (qd + 2 * kvd)
-        return qkv + p * n * qd + FP32 * b * a * seq + p * n * qd
+        if s.model_type == "gpt_neox":
+            qkv += p * n * (qd + kvd)
+        return qkv + p * n * qd + FP32 * b * a * seq
     if sc.attention == "sdpa":
         # CPU math fallback (dropout): q, k, v, softmax, noise and dropped probs in fp32.
         return 3 * FP32 * n * qd + 3 * FP32 * scores + p * n * qd
@@ -90,6 +93,39 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario) -> int:
         elif p != FP32:
             probs += p * scores                  # .to(dtype) copy kept by the second matmul
     return qkv + probs + p * n * qd
+
+
+def attention_backward_extra_bytes(s: ModelShape, sc: Scenario) -> int:
+    """Eager attention's backward at the softmax, beyond the tensors the layer keeps: the
+    incoming gradient (fp32 after the cast back, in dtype for GPT-2's dtype softmax), the
+    softmax backward's result (fp32 on the copy path, see below), less the tensor the second matmul kept, which is
+    freed once that matmul's backward has run (the dropped or cast probabilities, when they
+    are not the softmax output itself). SDPA: the gradients of q, k and v."""
+    b, seq, n, p = sc.batch, sc.seq, sc.tokens, _act_bytes(sc)
+    a, qd, kvd = s.num_heads, s.q_dim, s.kv_dim
+    if sc.attention == "sdpa" and not (s.attn_dropout > 0 and sc.target == "cpu"):
+        return p * n * (qd + 2 * kvd)
+    gpt2 = s.model_type == "gpt2"
+    grad = p if gpt2 else FP32
+    # softmax(dtype=float32) runs as a copy to fp32 and an fp32 softmax, whose backward
+    # returns fp32 (the cast back to dtype is the next node); on CUDA fp16 has a direct
+    # half-to-float kernel whose backward returns fp16.
+    copy_path = not gpt2 and not (sc.target == "cuda" and sc.dtype == "fp16")
+    result = FP32 if copy_path else p
+    kept_by_matmul_freed = p if (s.attn_dropout > 0 or (not gpt2 and p != FP32)) else 0
+    return (grad + result - kept_by_matmul_freed) * b * a * seq * seq + p * n * qd
+
+
+def attention_forward_extra_bytes(s: ModelShape, sc: Scenario) -> int:
+    """Eager attention's forward with autograd, at the softmax, beyond the tensors the layer
+    keeps: the fp32 copy softmax(dtype=float32) makes of the scores (none when they are
+    fp32 already, or fp16 on CUDA), less the output projection's input, not yet made.
+    GPT-2's softmax in dtype makes no copy. SDPA: nothing but its kept outputs."""
+    b, seq, n, p = sc.batch, sc.seq, sc.tokens, _act_bytes(sc)
+    if sc.attention == "sdpa" or s.model_type == "gpt2":
+        return 0
+    copy = 0 if (p == FP32 or (sc.target == "cuda" and sc.dtype == "fp16")) else FP32
+    return copy * b * s.num_heads * seq * seq - p * n * s.q_dim
 
 
 def mlp_saved_bytes(s: ModelShape, sc: Scenario) -> int:

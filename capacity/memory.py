@@ -31,9 +31,18 @@ FP32 = 4
 TERMS = ("weights", "master_weights", "gradients", "optimizer_states", "activations",
          "logits_and_loss", "temporaries")
 
-# MeZO regenerates z in chunks of at most this many elements (capacity.validation.mezo),
-# so its only temporary is one chunk, not a copy of the largest weight.
-MEZO_CHUNK_ELEMENTS = 2**20
+# MeZO regenerates z in chunks (capacity.validation.mezo), so its only temporary is one
+# chunk, not a copy of the largest weight: at most 2**20 values and at most 1/1024 of the
+# parameters, but not below 2**10 values.
+MEZO_CHUNK_MAX = 2**20
+MEZO_CHUNK_MIN = 2**10
+MEZO_CHUNK_SHARE = 1024
+
+
+def mezo_chunk_elements(s: ModelShape) -> int:
+    """Elements of z drawn at once (the engine's default_chunk_elements)."""
+    p = parameter_count(s)
+    return min(largest_tensor_params(s), max(MEZO_CHUNK_MIN, min(MEZO_CHUNK_MAX, p // MEZO_CHUNK_SHARE)))
 
 # Typical CUDA context plus the kernels PyTorch loads, outside max_memory_allocated
 # (an assumption, reported separately; nvidia-smi includes it). Measured values vary
@@ -134,19 +143,21 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     b, seq, a = sc.batch, sc.seq, s.num_heads
     grad_flow = p * n * h
     t_mlp = (3 if s.gated_mlp else 2) * p * n * inter
-    if sc.attention == "eager":
-        t_attn = (FP32 + p) * b * a * seq * seq + p * n * s.q_dim
-    else:
-        t_attn = p * n * (s.q_dim + 2 * s.kv_dim)
+    t_attn = act.attention_backward_extra_bytes(s, sc)
     worst = None
     for i in range(L - 1, -1, -1):
         is_ckpt = i < ckpt
+        # Layers 0..i-1: the first `ckpt` keep only their input, the rest everything.
         below = act.embedding_saved_bytes(s, sc) + shared + \
-            sum(c_layer if j < ckpt else a_layer for j in range(i))
+            min(i, ckpt) * c_layer + max(0, i - ckpt) * a_layer
         own = a_layer + (c_layer if is_ckpt else 0)
         at_mlp = own + grad_flow + t_mlp
         at_attn = parts["attention"] + (c_layer if is_ckpt else 0) + g_mlp + grad_flow + t_attn
-        within = max(at_mlp, at_attn)
+        # A checkpointed layer first re-runs its forward: its attention part is rebuilt
+        # while the fp32 softmax copy is live.
+        at_recompute = (parts["attention"] + c_layer + grad_flow + act.attention_forward_extra_bytes(s, sc)
+                        if is_ckpt else 0)
+        within = max(at_mlp, at_attn, at_recompute)
         copies_left = state["weights"] - copy_per_layer * (L - 1 - i) if sc.mixed_precision else state["weights"]
         total = {**state, "weights": copies_left,
                  "gradients": g_head + g_layer * (L - 1 - i),
@@ -218,7 +229,7 @@ def _forward_only_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int
     w = parameter_count(s) * sc.bytes_per_value
     phases = {"forward": {"weights": w, **forward_live_bytes(s, sc)}}
     if sc.method == "mezo":
-        chunk = min(MEZO_CHUNK_ELEMENTS, largest_tensor_params(s)) * sc.bytes_per_value
+        chunk = mezo_chunk_elements(s) * sc.bytes_per_value
         phases["perturbation"] = {"weights": w, "temporaries": chunk}
     return phases
 

@@ -28,6 +28,7 @@ from ..scenario import Scenario
 from .data import Batches
 from .models import TORCH_DTYPES, build_model, enable_checkpointing, read_model_dir, resolve_model
 from .steps import Stepper
+from .faithful import real_run_code_paths
 
 DEVICES = ("auto", "cuda", "cpu", "trace")
 
@@ -106,9 +107,15 @@ def _tracker_snapshot(tracker: MemTracker) -> tuple[int, dict]:
 
 
 def measure(model, scenario: Scenario, steps: int = 2, device: str = "trace", data=None,
-            model_dir=None, progress=None, lr: float | None = None, seed: int = 0) -> dict:
+            model_dir=None, progress=None, lr: float | None = None, seed: int = 0,
+            trace_mode: str = "auto") -> dict:
     """Run `steps` steps (at least 2) of `scenario` and measure the peak of the steps after
     the first.
+
+    trace_mode (device trace only): "full" traces the whole model; "extrapolated" traces
+    models of 3-4 layers and extrapolates exactly (fast_trace.py); "auto" (the default)
+    extrapolates when that traces fewer layers than the model has. result["trace_mode"]
+    says which was used.
 
     model: a ModelShape, a preset name, a Hugging Face config dict or a config.json path
     (ignored when model_dir names a local model folder). progress(step, total, message) is
@@ -136,9 +143,9 @@ def measure(model, scenario: Scenario, steps: int = 2, device: str = "trace", da
     fake_mode = FakeTensorMode() if device == "trace" else None
     where = {"step": 0, "stepper": None}
     try:
-        with (fake_mode or contextlib.nullcontext()):
+        with (fake_mode or contextlib.nullcontext()), (real_run_code_paths() if fake_mode else contextlib.nullcontext()):
             _run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, steps,
-                 say, lr, seed, where)
+                 say, lr, seed, where, trace_mode)
     except Exception as err:  # noqa: BLE001 - only out-of-memory is turned into a result
         if not _is_oom(err):
             raise
@@ -151,7 +158,12 @@ def measure(model, scenario: Scenario, steps: int = 2, device: str = "trace", da
 
 
 def _run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, steps, say, lr,
-         seed, where):
+         seed, where, trace_mode="auto"):
+    if device == "trace":
+        from . import fast_trace
+        if fast_trace.run_into(result, shape, cfg, scenario, ids_cpu, fake_mode, steps, say, lr,
+                               seed, trace_mode):
+            return
     build_dtype = "fp32" if scenario.mixed_precision else scenario.dtype
     say(0, steps, f"building {shape.name or shape.model_type} ({build_dtype}, {scenario.attention}) on {device}")
     torch.manual_seed(seed)
