@@ -182,8 +182,12 @@ def enable_checkpointing(model, keep: float) -> list[int]:
     """Checkpoint the first L - round(keep·L) decoder layers (non-reentrant
     torch.utils.checkpoint); the later layers keep their activations. Returns the indices
     of the checkpointed layers."""
+    return checkpoint_first_layers(model, num_checkpointed_layers(len(decoder_layers(model)), keep))
+
+
+def checkpoint_first_layers(model, n: int) -> list[int]:
+    """Checkpoint the first n decoder layers (non-reentrant); returns their indices."""
     layers = decoder_layers(model)
-    n = num_checkpointed_layers(len(layers), keep)
     if n == 0:
         return []
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

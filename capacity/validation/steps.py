@@ -59,8 +59,12 @@ class Stepper:
     (for out-of-memory messages)."""
 
     def __init__(self, model, method: str, optimizer: str = "adamw", autocast_dtype=None,
-                 lr: float | None = None, eps: float = MEZO_EPS, seed: int = 0):
+                 lr: float | None = None, eps: float = MEZO_EPS, seed: int = 0,
+                 mezo_chunk_elements: int | None = None):
         self.model, self.method = model, method
+        # Called with the new phase's name whenever `phase` is set (the fast trace marks
+        # phase boundaries in its timeline with it).
+        self.on_phase = lambda phase: None
         self.phase = "setup"
         # Called before every forward pass (and after MeZO's): a MemTracker needs
         # reset_mod_stats() there, since it refuses a second pass of the root module
@@ -77,11 +81,20 @@ class Stepper:
         elif method == "mezo":
             model.eval()
             self.mezo = MeZO(model.parameters(), lr=DEFAULT_LR["mezo"] if lr is None else lr,
-                             eps=eps, seed=seed)
+                             eps=eps, seed=seed, chunk_elements=mezo_chunk_elements)
         elif method == "inference":
             model.eval()
         else:
             raise ValueError(f"method: unknown {method!r}")
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @phase.setter
+    def phase(self, name: str) -> None:
+        self._phase = name
+        self.on_phase(name)
 
     def step(self, ids: torch.Tensor):
         """One step; returns its loss (a float, or a 0-d fake tensor)."""
