@@ -3,8 +3,8 @@
     python -m capacity validate (--config PATH | --preset NAME | --model-dir DIR)
         --method {bp,mezo,inference} [--optimizer {sgd,momentum,adam,adamw}] [--batch B]
         [--seq S] [--dtype {fp32,bf16,fp16}] [--keep R] [--attention {eager,sdpa}]
-        [--steps N] [--device {auto,cuda,cpu,trace}] [--mixed-precision] [--data PATH]
-        [--timeout S] [--json] [--progress {bar,json,none}]
+        [--steps N] [--device {auto,cuda,cpu,trace}] [--full-trace] [--mixed-precision]
+        [--data PATH] [--timeout S] [--json] [--progress {bar,json,none}]
 
 This module imports neither torch nor transformers until a run starts, so that the
 `capacity` command line stays quick for its other subcommands.
@@ -64,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", default="eager", choices=ATTENTIONS, help="default eager")
     p.add_argument("--steps", type=int, default=3, help="steps to run, at least 2 (default 3)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="default auto")
+    p.add_argument("--full-trace", action="store_true",
+                   help="trace: trace every layer of the model; by default the peak is extrapolated "
+                        "exactly from traces of 3-4 layer models when that is faster")
     p.add_argument("--mixed-precision", action="store_true",
                    help="fp32 weights with autocast to --dtype (bf16 or fp16)")
     p.add_argument("--data", metavar="PATH",
@@ -198,7 +201,8 @@ def run(args) -> int:
         signal.setitimer(signal.ITIMER_REAL, args.timeout)
     try:
         result = compare(source, scenario, steps=args.steps, device=args.device, data=args.data,
-                         model_dir=args.model_dir, progress=say)
+                         model_dir=args.model_dir, progress=say,
+                         trace_mode="full" if args.full_trace else "auto")
     except CudaUnavailable as err:
         return fail(EXIT_NO_CUDA, str(err), args.json)
     except ModelDirError as err:
@@ -244,6 +248,13 @@ def format_result(r: dict) -> str:
         lines.append(f"checkpointed layers: {r['checkpointed_layers']}")
     measured, predicted = r.get("measured_peak_bytes"), r.get("predicted_peak_bytes")
     lines.append(f"measured peak  {fmt(measured)}   [{r.get('peak_source', '')}]")
+    if r.get("trace_mode") == "extrapolated":
+        samples = ", ".join(f"{s['layers']} layers {s['seconds']:.2f} s" for s in r.get("trace_samples", []))
+        lines.append(f"trace mode     extrapolated ({samples}; {r.get('trace_seconds', 0):.2f} s in all); "
+                     "--full-trace traces every layer")
+    elif r.get("trace_mode") == "full":
+        lines.append("trace mode     full" + (f" (fast trace not possible: {r['trace_fallback']})"
+                                             if r.get("trace_fallback") else ""))
     lines.append(f"predicted peak {fmt(predicted)}   [capacity.estimate, target {r.get('predicted_target')}]")
     if r.get("error_pct") is not None:
         lines.append(f"error          {r['error_pct']:+.2f} %  (100·(predicted − measured)/measured)")
@@ -260,7 +271,8 @@ def format_result(r: dict) -> str:
                 lines.append(f"{term:<20}{fmt(m.get(term)):>34}{fmt(p.get(term)):>34}")
     losses = ", ".join("n/a" if x is None else f"{x:.4f}" for x in r["losses"])
     lines.append(f"losses: {losses}" + ("  (fake tensors carry no values)" if r["device"] == "trace" else ""))
-    lines.append("step seconds: " + ", ".join(f"{s:.3f}" for s in r["step_seconds"]))
+    if r["step_seconds"]:
+        lines.append("step seconds: " + ", ".join(f"{s:.3f}" for s in r["step_seconds"]))
     if r.get("oom"):
         lines.append(r["message"])
     return "\n".join(lines)
