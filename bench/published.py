@@ -241,7 +241,7 @@ def build(slack: float) -> str:
         "reports MiB (2^20), so a figure obtained from it and divided by 1024 is GiB; the paper's "
         "own \"80GB A100\" is 81920 MiB = 80 GiB, and its fits-on-one-GPU statements are consistent "
         "with that unit. The error under the 1e9 reading, which takes each published figure as "
-        "7.4% fewer bytes, is shown beside. Being integers, the published figures carry a "
+        "6.9% fewer bytes, is shown beside. Being integers, the published figures carry a "
         "rounding band of +-0.5: +-12.5% at 4, +-7% at 7, under 4% from 14 up.",
         "",
         "## Table 22: peak memory (GiB unless stated)",
