@@ -55,6 +55,16 @@ def norm_saved_bytes(s: ModelShape, sc: Scenario, with_input: bool = True) -> in
     return (p * n * h if with_input else 0) + 2 * _stat_bytes(sc) * n
 
 
+def repeated_kv_bytes(s: ModelShape, sc: Scenario) -> int:
+    """Storage behind k (or v) as eager attention's matmul keeps it: repeat_kv expands the
+    a_kv heads to a and reshapes, which copies (pNA) unless the result is still a view:
+    with one key/value head and batch 1 the expanded heads merge with stride 0 (pNK)."""
+    n, p = sc.tokens, _act_bytes(sc)
+    if s.num_kv_heads == 1 and sc.batch == 1:
+        return p * n * s.kv_dim
+    return p * n * s.q_dim
+
+
 def attention_saved_bytes(s: ModelShape, sc: Scenario) -> int:
     """Attention, from its input (excluded) to the output projection's input.
 
@@ -81,7 +91,7 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario) -> int:
     if sc.attention == "sdpa":
         # CPU math fallback (dropout): q, k, v, softmax, noise and dropped probs in fp32.
         return 3 * FP32 * n * qd + 3 * FP32 * scores + p * n * qd
-    qkv = 3 * p * n * qd
+    qkv = p * n * qd + 2 * repeated_kv_bytes(s, sc)
     if s.model_type == "gpt2":
         probs = p * scores                       # softmax output in dtype, kept by softmax and matmul
         if dropout:

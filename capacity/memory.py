@@ -142,7 +142,10 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     inter = s.intermediate_size
     b, seq, a = sc.batch, sc.seq, s.num_heads
     grad_flow = p * n * h
-    t_mlp = (3 if s.gated_mlp else 2) * p * n * inter
+    # MLP-width gradients live at once in the MLP's backward: gated, the product's and
+    # both factors'; plain, the activation's input and output gradients; the gelu_new
+    # composite, the product's two factor gradients, the tanh backward and the pow chain.
+    t_mlp = (3 if s.gated_mlp else {"gelu_new": 4}.get(s.activation, 2)) * p * n * inter
     t_attn = act.attention_backward_extra_bytes(s, sc)
     worst = None
     for i in range(L - 1, -1, -1):
@@ -205,7 +208,7 @@ def forward_live_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
     scores = b * a * seq * seq
     if sc.attention == "eager":
         if s.num_kv_heads != s.num_heads:
-            qkv += 2 * p * n * s.q_dim       # repeat_kv copies of k and v
+            qkv += 2 * act.repeated_kv_bytes(s, sc)   # repeat_kv copies (or views) of k and v
         if s.model_type == "gpt2":
             score_bytes = 2 * p
         else:

@@ -25,8 +25,10 @@ weight; each op there holds the weights plus one z chunk) is matched by its maxi
 If the parts of the traces do not match, the fast trace gives up and the whole model is
 traced (`NotExtrapolable`).
 
-The tracked step starts from what step 1 left (weights, optimizer states), as a whole
-trace does; MeZO's z chunk size is the whole model's (it depends on the parameter count).
+The tracked steps (2, and 3 when the run has 3 steps or more: steps after the third repeat
+it) start from what step 1 left (weights, optimizer states), as a whole trace does; the
+token batches of all later steps are live, as there; MeZO's z chunk size is the whole
+model's (it depends on the parameter count).
 """
 
 from __future__ import annotations
@@ -188,7 +190,7 @@ def _sample_config(cfg: dict, num_layers: int):
 
 def _trace_sample(cfg, scenario, checkpointed, kept, ids, extrapolate_c, extrapolate_k,
                   chunk_elements, lr, seed):
-    """Timeline parts of step 2 of a model with checkpointed + kept layers."""
+    """Timeline parts of steps 2 (and 3) of a model with checkpointed + kept layers."""
     build_dtype = "fp32" if scenario.mixed_precision else scenario.dtype
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(
@@ -218,7 +220,10 @@ def _trace_sample(cfg, scenario, checkpointed, kept, ids, extrapolate_c, extrapo
         with tracker:
             tracker.begin(("entry",))
             tracker._ops.append(tracker.vector())
-            stepper.step(ids[1])
+            # Steps 2 and 3: step 3 also holds what step 2 left (MeZO's projected gradient,
+            # a 0-d tensor), which step 2 holds of step 1 untracked; later steps repeat step 3.
+            for later in ids[1:3]:
+                stepper.step(later)
     finally:
         for h in handles:
             h.remove()
@@ -367,7 +372,7 @@ def run_into(result: dict, shape, cfg: dict, scenario, ids_cpu: list, fake_mode,
         losses=[None] * steps, step_seconds=[], measured_peak_bytes=fast["peak_bytes"],
         measured_breakdown=fast["breakdown"], trace_samples=fast["samples"],
         trace_seconds=round(fast["seconds"], 3),
-        peak_source=(f"MemTracker peak of step 2, fake tensors, extrapolated exactly from traces of "
+        peak_source=(f"MemTracker peak of steps 2..{steps}, fake tensors, extrapolated exactly from traces of "
                      f"{' and '.join(str(s['layers']) for s in fast['samples'])} layers to {L}"),
         breakdown_source="MemTracker, extrapolated")
     if fast["parts_matched_by_maximum"]:
