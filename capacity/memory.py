@@ -237,6 +237,42 @@ def _forward_only_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int
     return phases
 
 
+# ---------------------------------------------------------------- comparing with a tracker
+
+# The classes both a prediction and torch's MemTracker can report. MemTracker files
+# tensors by when they were made: everything made inside optimizer.step() is optimizer
+# state (the foreach Adam temporary too), everything made in forward or backward that is
+# not a gradient is an activation or a temporary (the logits and the loss with them).
+TRACKER_CLASSES = ("weights", "gradients", "optimizer_states", "activations_and_temporaries")
+
+
+def by_tracker_class(est: Estimate) -> dict[str, int]:
+    """The estimate's breakdown in TRACKER_CLASSES; the values still add up to the peak."""
+    b = est.breakdown
+    step_temp = b.get("temporaries", 0) if est.phase == "optimizer step" else 0
+    out = {
+        # Mixed precision: the fp32 master weights are the parameters; autocast's 16-bit
+        # copies are made in forward.
+        "weights": b.get("master_weights", 0) or b.get("weights", 0),
+        "gradients": b.get("gradients", 0),
+        "optimizer_states": b.get("optimizer_states", 0) + step_temp,
+    }
+    out["activations_and_temporaries"] = est.peak_bytes - sum(out.values())
+    return out
+
+
+def tracker_breakdown_by_class(measured: dict) -> dict[str, int]:
+    """A MemTracker breakdown (weights, buffers, gradients, optimizer_states, activations,
+    temporaries, other) in TRACKER_CLASSES."""
+    m = {k: v for k, v in measured.items() if isinstance(v, (int, float))}
+    return {
+        "weights": m.get("weights", 0),
+        "gradients": m.get("gradients", 0),
+        "optimizer_states": m.get("optimizer_states", 0),
+        "activations_and_temporaries": sum(m.get(k, 0) for k in ("activations", "temporaries", "buffers", "other")),
+    }
+
+
 # ---------------------------------------------------------------- the estimate
 
 def textbook_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:

@@ -671,7 +671,9 @@ def cuda_table(cuda: dict) -> pd.DataFrame:
 def breakdown_frame(result: dict, unit: str = "GB") -> pd.DataFrame:
     """Measured against predicted, one row per term (the union of both sides)."""
     breakdown = result.get("breakdown") or {}
-    measured, predicted = breakdown.get("measured") or {}, breakdown.get("predicted") or {}
+    # Prefer the classes both sides can name (capacity.memory.TRACKER_CLASSES).
+    pair = breakdown.get("comparable") or breakdown
+    measured, predicted = pair.get("measured") or {}, pair.get("predicted") or {}
     measured = {k: v for k, v in measured.items() if isinstance(v, (int, float))}
     predicted = {k: v for k, v in predicted.items() if isinstance(v, (int, float))}
     terms = [t for t in cap.TERMS if t in measured or t in predicted]

@@ -50,7 +50,10 @@ def test_json_contract_and_progress_events(tiny_config):
     assert REQUIRED_KEYS <= set(result)
     assert result["device"] == "cpu" and len(result["losses"]) == 3 and len(result["step_seconds"]) == 3
     assert all(isinstance(x, float) for x in result["losses"])
-    assert set(result["breakdown"]) == {"measured", "predicted"}
+    assert set(result["breakdown"]) == {"measured", "predicted", "comparable"}
+    comparable = result["breakdown"]["comparable"]
+    assert sum(comparable["predicted"].values()) == result["predicted_peak_bytes"]
+    assert sum(comparable["measured"].values()) == result["measured_peak_bytes"]
     assert result["checkpointed_layers"] == [0]
     assert result["measured_peak_bytes"] > 0
     if result["predicted_peak_bytes"] is not None:

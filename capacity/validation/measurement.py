@@ -260,6 +260,13 @@ def compare(model, scenario: Scenario, steps: int = 2, device: str = "trace", **
                            if estimate is not None and measured else None)
     result["breakdown"] = {"measured": result.get("measured_breakdown"),
                            "predicted": dict(estimate.breakdown) if estimate is not None else None}
+    if estimate is not None and result.get("measured_breakdown"):
+        # Side by side in the classes both can name (the term names differ: MemTracker files
+        # the logits with the activations and Adam's step temporary with its states).
+        from ..memory import by_tracker_class, tracker_breakdown_by_class
+        result["breakdown"]["comparable"] = {
+            "measured": tracker_breakdown_by_class(result["measured_breakdown"]),
+            "predicted": by_tracker_class(estimate)}
     if result["oom"]:
         from ..units import format_bytes
         at = f"step {result['oom_step']} ({result['oom_phase']})"
