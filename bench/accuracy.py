@@ -78,8 +78,6 @@ def write_report(rows, path: Path, seconds: float) -> None:
              "attention makes of it; what holds it is not yet identified (about 4% low).",
              "- **GPT-2 fp32 forward-only**: the Python GELU composite's temporaries are bounded "
              "coarsely (about 4% low).",
-             "- **OPT at very short context**: the end of backward holds one more V·h buffer for the "
-             "tied embedding's gradient than modelled.",
              "- The attention and MLP backward transients are counted at their worst point from the "
              "operators' definitions; where the real order of frees differs, BP cases land within "
              "a few percent.",
@@ -90,7 +88,9 @@ def write_report(rows, path: Path, seconds: float) -> None:
              "run's answer); the flash kernels' output layout makes the output projection's input "
              "the same tensor; a checkpointed layer's recomputed forward holds the fp32 softmax copy; "
              "the fp32 softmax's backward result is fp32; repeat_kv is a view for one key/value head "
-             "at batch 1.",
+             "at batch 1; a tied embedding's head gradient waits in autograd's input buffer through "
+             "the whole backward (its AccumulateGrad needs both gradients) and is summed out of place "
+             "with the embedding's.",
              "- Everything here is CPU kernel semantics (the trace cannot fake CUDA tensors "
              "without a GPU); the CUDA differences (1-byte dropout masks, fp32 LayerNorm "
              "statistics, Adam's `step` on the host) are modelled but not yet measured.",

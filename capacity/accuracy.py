@@ -45,7 +45,4 @@ def known_deviation(model_type: str, sc: Scenario) -> str | None:
                 "what holds it is not yet identified")
     if model_type == "gpt2" and sc.dtype == "fp32" and sc.attention == "eager" and sc.method != "bp":
         return "GPT-2 fp32 eager forward: the Python GELU composite's temporaries are modelled coarsely"
-    if model_type == "opt" and sc.attention == "sdpa" and sc.method == "bp" and sc.seq <= 32:
-        return ("OPT, short context: the tied embedding's gradient at the end of backward needs one "
-                "more V·h buffer than modelled; not yet identified")
     return None

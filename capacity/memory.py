@@ -134,8 +134,11 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     phases["backward (loss)"] = {**state, "activations": saved,
                                  "logits_and_loss": logits + loss + 2 * nv32}
 
-    # Through the layers, top to bottom. Gradients of the head are complete first.
-    g_head = gp * head_params(s)
+    # Through the layers, top to bottom. Gradients of the head are complete first. A tied
+    # embedding's AccumulateGrad waits for both of its gradients, so the LM head's share
+    # (V·e) waits in autograd's input buffer through the whole backward.
+    tied_head = gp * s.vocab_size * s.embed_dim if s.tie_embeddings else 0
+    g_head = gp * head_params(s) + tied_head
     g_layer = gp * layer_params(s)
     g_mlp = gp * mlp_params(s)
     copy_per_layer = compute_copy_bytes(s, sc) // max(1, parameter_count(s)) * layer_params(s)
@@ -144,8 +147,9 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     grad_flow = p * n * h
     # MLP-width gradients live at once in the MLP's backward: gated, the product's and
     # both factors'; plain, the activation's input and output gradients; the gelu_new
-    # composite, the product's two factor gradients, the tanh backward and the pow chain.
-    t_mlp = (3 if s.gated_mlp else {"gelu_new": 4}.get(s.activation, 2)) * p * n * inter
+    # composite 0.5·x·(1 + tanh(...)), the product's incoming gradient and its two
+    # factors' gradients.
+    t_mlp = (3 if s.gated_mlp else {"gelu_new": 3}.get(s.activation, 2)) * p * n * inter
     t_attn = act.attention_backward_extra_bytes(s, sc)
     worst = None
     for i in range(L - 1, -1, -1):
@@ -170,7 +174,9 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
             worst = total
     phases["backward (layers)"] = worst
 
-    tied_extra = gp * s.vocab_size * s.embed_dim if s.tie_embeddings else 0
+    # At the embedding: the buffered head gradient, the embedding's dense gradient and their
+    # sum (made out of place) are live at once; all_grads counts one of the three.
+    tied_extra = 2 * tied_head
     g_all = gp * parameter_count(s)
     end_state = {**state, "weights": 0 if sc.mixed_precision else state["weights"]}
     phases["backward end"] = {**end_state, "gradients": g_all, "logits_and_loss": logits,

@@ -357,6 +357,13 @@ def run_into(result: dict, shape, cfg: dict, scenario, ids_cpu: list, fake_mode,
     if trace_mode == "full":
         return False
     L = shape.num_layers
+    try:
+        configured = hf_config(cfg).num_hidden_layers
+    except (AttributeError, ValueError, KeyError):
+        configured = None
+    if configured != L:
+        result["trace_fallback"] = f"layer count unclear (shape {L}, config {configured})"
+        return False
     c = num_checkpointed_layers(L, scenario.keep) if scenario.method == "bp" else 0
     if len(plan(L, c)) == 1 or (trace_mode == "auto" and not worthwhile(L, c)):
         return False
