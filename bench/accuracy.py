@@ -76,8 +76,6 @@ def write_report(rows, path: Path, seconds: float) -> None:
              "fp32 embedding); the model treats activations as 16-bit, off by up to about 14% (GPT-2).",
              "- **NeoX, fp32, eager**: the fused qkv projection's output stays alive beside the copies "
              "attention makes of it; what holds it is not yet identified (about 4% low).",
-             "- **GPT-2 fp32 forward-only**: the Python GELU composite's temporaries are bounded "
-             "coarsely (about 4% low).",
              "- The attention and MLP backward transients are counted at their worst point from the "
              "operators' definitions; where the real order of frees differs, BP cases land within "
              "a few percent.",
@@ -90,7 +88,9 @@ def write_report(rows, path: Path, seconds: float) -> None:
              "the fp32 softmax's backward result is fp32; repeat_kv is a view for one key/value head "
              "at batch 1; a tied embedding's head gradient waits in autograd's input buffer through "
              "the whole backward (its AccumulateGrad needs both gradients) and is summed out of place "
-             "with the embedding's.",
+             "with the embedding's; in a forward pass without autograd, each family's forward keeps "
+             "the embedding output, GPT-2's and OPT's position embeddings and the returned attention "
+             "probabilities referenced while the MLP runs.",
              "- Everything here is CPU kernel semantics (the trace cannot fake CUDA tensors "
              "without a GPU); the CUDA differences (1-byte dropout masks, fp32 LayerNorm "
              "statistics, Adam's `step` on the host) are modelled but not yet measured.",

@@ -43,6 +43,4 @@ def known_deviation(model_type: str, sc: Scenario) -> str | None:
     if model_type == "gpt_neox" and sc.dtype == "fp32" and sc.attention == "eager" and sc.method == "bp":
         return ("NeoX fp32 eager: the fused qkv projection's output stays alive beside its copies; "
                 "what holds it is not yet identified")
-    if model_type == "gpt2" and sc.dtype == "fp32" and sc.attention == "eager" and sc.method != "bp":
-        return "GPT-2 fp32 eager forward: the Python GELU composite's temporaries are modelled coarsely"
     return None

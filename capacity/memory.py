@@ -203,11 +203,24 @@ def forward_live_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
     """
     n, h, p = sc.tokens, s.hidden_size, sc.bytes_per_value
     b, seq, a = sc.batch, sc.seq, s.num_heads
-    base = 8 * n + 3 * p * n * h + act.rotary_bytes(s, sc) + act.causal_mask_bytes(s, sc)
-    if s.parallel_residual:
-        base_mlp = base + p * n * h          # the attention branch's output waits for the sum
-    else:
-        base_mlp = base
+    # The model's forward keeps the embedding output (and GPT-2's (1, s, h), OPT's (b, s, h)
+    # position embeddings) referenced through the whole layer loop.
+    embed = 8 * n + p * n * h
+    if s.model_type == "gpt2":
+        embed += p * seq * h
+    elif s.model_type == "opt":
+        embed += p * n * h
+    shared = act.rotary_bytes(s, sc) + act.causal_mask_bytes(s, sc)
+    # At attention: the layer input x (the caller's reference) and its normalised copy y.
+    base = embed + 2 * p * n * h + shared
+    # At the MLP: x, and two more of: the sum after attention, the MLP's normalised input,
+    # the attention output (parallel blocks add it last); GPT-2's block also still holds
+    # its attention output after the sum.
+    base_mlp = embed + 3 * p * n * h + shared + (p * n * h if s.model_type == "gpt2" else 0)
+    if sc.attention == "eager":
+        # The layer receives the attention probabilities back from its attention call
+        # (`hidden_states, _ = self.self_attn(...)`) and holds them through the MLP.
+        base_mlp += p * b * a * seq * seq
     qkv = p * n * (s.q_dim + 2 * s.kv_dim)
     if 0 < s.rotary_fraction < 1 or s.model_type == "gpt_neox":
         qkv += p * n * (s.q_dim + s.kv_dim)  # rotated copies; the pass-through views keep the originals
