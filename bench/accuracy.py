@@ -71,9 +71,6 @@ def write_report(rows, path: Path, seconds: float) -> None:
              "", "## Where the model is off, and why", "",
              "Each case below marked as a known deviation names its cause in "
              "`capacity.accuracy.known_deviation`; the classes still open:",
-             "- **Mixed precision** (not in this matrix): autocast chooses a dtype per op (GPT-2's "
-             "GELU `pow` runs in fp32, LayerNorm and softmax in fp32, the residual stream follows the "
-             "fp32 embedding); the model treats activations as 16-bit, off by up to about 14% (GPT-2).",
              "- **NeoX, fp32, eager**: the fused qkv projection's output stays alive beside the copies "
              "attention makes of it; what holds it is not yet identified (about 4% low).",
              "- The attention and MLP backward transients are counted at their worst point from the "
@@ -90,7 +87,9 @@ def write_report(rows, path: Path, seconds: float) -> None:
              "the whole backward (its AccumulateGrad needs both gradients) and is summed out of place "
              "with the embedding's; in a forward pass without autograd, each family's forward keeps "
              "the embedding output, GPT-2's and OPT's position embeddings and the returned attention "
-             "probabilities referenced while the MLP runs.",
+             "probabilities referenced while the MLP runs; under mixed precision (autocast) the "
+             "residual stream and the norms are fp32 and every linear keeps its own 16-bit cast of "
+             "its input.",
              "- Everything here is CPU kernel semantics (the trace cannot fake CUDA tensors "
              "without a GPU); the CUDA differences (1-byte dropout masks, fp32 LayerNorm "
              "statistics, Adam's `step` on the host) are modelled but not yet measured.",
@@ -99,7 +98,7 @@ def write_report(rows, path: Path, seconds: float) -> None:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for mtype, sc, meas, pred, err, phase, known in rows:
         lines.append(f"| {mtype} | {sc.method} | {sc.optimizer if sc.method == 'bp' else '-'} | {sc.keep} | "
-                     f"{sc.dtype} | {sc.attention} | {sc.batch} | {sc.seq} | {meas:,} | {pred:,} | "
+                     f"{sc.dtype}{' mixed' if sc.mixed_precision else ''} | {sc.attention} | {sc.batch} | {sc.seq} | {meas:,} | {pred:,} | "
                      f"{err:+.2f}% | {phase} | {'yes' if known else ''} |")
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(_summary(rows)))

@@ -33,6 +33,29 @@ def _act_bytes(sc: Scenario) -> int:
     return sc.bytes_per_value
 
 
+def _stream_bytes(sc: Scenario) -> int:
+    """Bytes per value of the residual stream and the norms: the dtype, or fp32 under mixed
+    precision (the fp32 embedding's output flows through fp32 residual adds, and autocast
+    runs the norms in fp32)."""
+    return FP32 if sc.mixed_precision else _act_bytes(sc)
+
+
+def projection_inputs_bytes(s: ModelShape, sc: Scenario, readers: int) -> int:
+    """What the linears reading one normalised tensor keep of it: the tensor once (pNh), or
+    under mixed precision each linear's own 16-bit cast of it (autocast caches casts of
+    weights only), readers · 2Nh."""
+    n, h = sc.tokens, s.hidden_size
+    return readers * _act_bytes(sc) * n * h if sc.mixed_precision else _act_bytes(sc) * n * h
+
+
+def _attention_readers(s: ModelShape) -> int:
+    return 1 if s.model_type in ("gpt2", "gpt_neox") else 3   # fused qkv, or q, k and v
+
+
+def _mlp_readers(s: ModelShape) -> int:
+    return 2 if s.gated_mlp else 1                             # gate and up, or fc1
+
+
 def _stat_bytes(sc: Scenario) -> int:
     """LayerNorm's saved mean and rstd: fp32 on CUDA, the input dtype on the CPU."""
     return FP32 if sc.target == "cuda" else _act_bytes(sc)
@@ -47,12 +70,13 @@ def norm_saved_bytes(s: ModelShape, sc: Scenario, with_input: bool = True) -> in
     and (1 + weight) in fp32 (4h).
     LayerNorm: its input (pNh) and two statistics per token.
     """
-    n, h, p = sc.tokens, s.hidden_size, _act_bytes(sc)
+    n, h, p = sc.tokens, s.hidden_size, _stream_bytes(sc)
     if s.norm == "rmsnorm":
         if s.model_type == "gemma":
             return FP32 * n * h + FP32 * n + FP32 * n * h + FP32 * h
         return FP32 * n * h + FP32 * n + p * n * h
-    return (p * n * h if with_input else 0) + 2 * _stat_bytes(sc) * n
+    stats = FP32 if sc.mixed_precision else _stat_bytes(sc)   # autocast runs layer_norm in fp32
+    return (p * n * h if with_input else 0) + 2 * stats * n
 
 
 def repeated_kv_bytes(s: ModelShape, sc: Scenario) -> int:
@@ -92,7 +116,7 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario) -> int:
         # CPU math fallback (dropout): q, k, v, softmax, noise and dropped probs in fp32.
         return 3 * FP32 * n * qd + 3 * FP32 * scores + p * n * qd
     qkv = p * n * qd + 2 * repeated_kv_bytes(s, sc)
-    if s.model_type == "gpt2":
+    if s.model_type == "gpt2" and not sc.mixed_precision:
         probs = p * scores                       # softmax output in dtype, kept by softmax and matmul
         if dropout:
             probs += _mask_bytes(sc) * scores + p * scores
@@ -162,17 +186,20 @@ def layer_saved_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
     norm_in = norm_saved_bytes(s, sc)
     attn = attention_saved_bytes(s, sc)
     mlp = mlp_saved_bytes(s, sc)
+    attn_in = projection_inputs_bytes(s, sc, _attention_readers(s))
+    mlp_in = projection_inputs_bytes(s, sc, _mlp_readers(s))
     if s.parallel_residual and s.norms_per_layer == 1:
-        # Phi: one LayerNorm feeds both branches; its output is kept once.
-        attn_part = norm_in + p * n * h + attn + resid_mask
+        # Phi: one LayerNorm feeds both branches; its output is kept once (or cast per linear).
+        attn_part = norm_in + projection_inputs_bytes(s, sc, _attention_readers(s) + _mlp_readers(s)) \
+            + attn + resid_mask
         mlp_part = mlp + resid_mask
     elif s.parallel_residual:
         # NeoX: both LayerNorms read the layer input, kept once; each output is kept.
-        attn_part = norm_in + p * n * h + attn + resid_mask
-        mlp_part = norm_saved_bytes(s, sc, with_input=False) + p * n * h + mlp + resid_mask
+        attn_part = norm_in + attn_in + attn + resid_mask
+        mlp_part = norm_saved_bytes(s, sc, with_input=False) + mlp_in + mlp + resid_mask
     else:
-        attn_part = norm_in + p * n * h + attn + resid_mask
-        mlp_part = norm_saved_bytes(s, sc) + p * n * h + mlp + resid_mask
+        attn_part = norm_in + attn_in + attn + resid_mask
+        mlp_part = norm_saved_bytes(s, sc) + mlp_in + mlp + resid_mask
     return {"attention": attn_part, "mlp": mlp_part}
 
 

@@ -23,6 +23,7 @@ SCENARIOS = [
     Scenario(method="bp", optimizer="sgd", keep=1.0, dtype="fp32", attention="eager", batch=1, seq=256, target="cpu"),
     Scenario(method="bp", optimizer="momentum", keep=1.0, dtype="bf16", attention="sdpa", batch=4, seq=32, target="cpu"),
     Scenario(method="bp", optimizer="adam", keep=0.5, dtype="bf16", attention="eager", batch=2, seq=64, target="cpu"),
+    Scenario(method="bp", optimizer="adamw", keep=1.0, dtype="bf16", mixed_precision=True, attention="sdpa", batch=2, seq=128, target="cpu"),
     Scenario(method="mezo", dtype="bf16", attention="eager", batch=2, seq=128, target="cpu"),
     Scenario(method="inference", dtype="fp32", attention="eager", batch=8, seq=32, target="cpu"),
 ]
@@ -33,7 +34,7 @@ for model_type in accuracy_models():
         reason = known_deviation(model_type, sc)
         marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
         CASES.append(pytest.param(model_type, sc, marks=marks,
-                                  id=f"{model_type}-{sc.method}-{sc.optimizer}-k{sc.keep}-{sc.dtype}-{sc.attention}-b{sc.batch}s{sc.seq}"))
+                                  id=f"{model_type}-{sc.method}-{sc.optimizer}-k{sc.keep}-{sc.dtype}{'-mixed' if sc.mixed_precision else ''}-{sc.attention}-b{sc.batch}s{sc.seq}"))
 
 
 _ERRORS = {}
