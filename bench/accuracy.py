@@ -69,21 +69,22 @@ def write_report(rows, path: Path, seconds: float) -> None:
              "`capacity.estimate(..., target='cpu')`. Error = (predicted - traced) / traced.",
              "", "## Summary", ""] + _summary(rows) + [
              "", "## Where the model is off, and why", "",
-             "Each case below marked as a known deviation names its cause in "
-             "`capacity.accuracy.known_deviation`; the classes still open:",
-             "- **NeoX, fp32, eager**: the fused qkv projection's output stays alive beside the copies "
-             "attention makes of it; what holds it is not yet identified (about 4% low).",
+             "Cases marked as known deviations name their cause in "
+             "`capacity.accuracy.known_deviation` (none are open at the moment). What remains is "
+             "structural:",
              "- The attention and MLP backward transients are counted at their worst point from the "
-             "operators' definitions; where the real order of frees differs, BP cases land within "
-             "a few percent.",
+             "operators' definitions (which gradients are live together); where the real order of "
+             "frees differs, BP cases land a few percent off, mostly over, at full checkpointing.",
+             "- Gemma in fp32 at short context is slightly over-predicted in the forward (about 2%).",
              "",
-             "Fixed in this round, each by a mechanism: the trace used to take a code path a real "
+             "Mechanisms found by tracing and now modelled (each was a miss of 3-14% before): the trace used to take a code path a real "
              "run does not (transformers treats fake tensors as graph tracing, so it built an SDPA "
              "causal mask every layer kept; `capacity/validation/faithful.py` now gives the real "
              "run's answer); the flash kernels' output layout makes the output projection's input "
              "the same tensor; a checkpointed layer's recomputed forward holds the fp32 softmax copy; "
-             "the fp32 softmax's backward result is fp32; repeat_kv is a view for one key/value head "
-             "at batch 1; a tied embedding's head gradient waits in autograd's input buffer through "
+             "the fp32 softmax's backward result is fp32; at batch 1, reshapes that copy at larger "
+             "batches are views (repeat_kv with one key/value head; NeoX's v, which then keeps the "
+             "whole fused qkv projection); a tied embedding's head gradient waits in autograd's input buffer through "
              "the whole backward (its AccumulateGrad needs both gradients) and is summed out of place "
              "with the embedding's; in a forward pass without autograd, each family's forward keeps "
              "the embedding output, GPT-2's and OPT's position embeddings and the returned attention "

@@ -43,7 +43,4 @@ def known_deviation(model_type: str, sc: Scenario) -> str | None:
     """The reason the model is known to be off by more than 3% for this case, or None.
 
     Each is seen in traces and not yet explained by a modelled mechanism (docs/accuracy.md)."""
-    if model_type == "gpt_neox" and sc.dtype == "fp32" and sc.attention == "eager" and sc.method == "bp":
-        return ("NeoX fp32 eager: the fused qkv projection's output stays alive beside its copies; "
-                "what holds it is not yet identified")
     return None

@@ -116,6 +116,10 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario) -> int:
         # CPU math fallback (dropout): q, k, v, softmax, noise and dropped probs in fp32.
         return 3 * FP32 * n * qd + 3 * FP32 * scores + p * n * qd
     qkv = p * n * qd + 2 * repeated_kv_bytes(s, sc)
+    if s.model_type == "gpt_neox" and sc.batch == 1:
+        # v is a strided view into the fused qkv projection; at batch 1 the matmul's reshape
+        # of it is still a view, so the whole projection (3·pNA) is kept instead of a copy of v.
+        qkv += 2 * p * n * qd
     if s.model_type == "gpt2" and not sc.mixed_precision:
         probs = p * scores                       # softmax output in dtype, kept by softmax and matmul
         if dropout:

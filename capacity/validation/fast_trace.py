@@ -21,7 +21,8 @@ is traced as it is), give every op of every role at three points, from which its
 bytes (total and per MemTracker category) at (c, k) follow exactly; the peak is their
 maximum. Ops are matched across the traces by (phase, role, position); a part whose op
 count changes with the layer count (MeZO's perturbation passes, whose ops run over every
-weight; each op there holds the weights plus one z chunk) is matched by its maximum.
+weight; each op there holds the weights plus one z chunk) is matched by its maximum (a
+part inside a layer never is).
 If the parts of the traces do not match, the fast trace gives up and the whole model is
 traced (`NotExtrapolable`).
 
@@ -280,6 +281,8 @@ def extrapolated_peak(timelines: list[dict], samples: list[tuple[int, int]], che
             pairs = [(ops0[n], opsc[n] if opsc is not None else None,
                       opsk[n] if opsk is not None else None) for n in range(len(ops0))]
         else:   # matched by the maximum of the part (module docstring)
+            if len(key[2]) == 2:   # a layer's part: its ops must match one to one
+                raise NotExtrapolable(f"the ops of part {key} differ between the traces")
             stats["parts_matched_by_maximum"].append(f"{key[1]} #{key[0]}: {key[2][0]}")
             top = lambda ops: max(ops, key=lambda v: v[0]) if ops else None  # noqa: E731
             if not ops0 or (opsc is not None and not opsc) or (opsk is not None and not opsk):
@@ -296,7 +299,7 @@ def extrapolated_peak(timelines: list[dict], samples: list[tuple[int, int]], che
 
 
 def trace_extrapolated(cfg: dict, scenario, num_layers: int, ids: list, lr=None, seed: int = 0,
-                       say=None, steps: int = 2) -> dict:
+                       say=None) -> dict:
     """The whole model's step peak from traces of 3-4 layer models (run under an active
     FakeTensorMode). ids: the token batches of steps 1..N as fake tensors (the later ones
     are live during the tracked step, as in a whole trace).
@@ -369,7 +372,7 @@ def run_into(result: dict, shape, cfg: dict, scenario, ids_cpu: list, fake_mode,
         return False
     ids = [fake_mode.from_tensor(t) for t in ids_cpu[:steps]]
     try:
-        fast = trace_extrapolated(cfg, scenario, L, ids, lr=lr, seed=seed, say=say, steps=steps)
+        fast = trace_extrapolated(cfg, scenario, L, ids, lr=lr, seed=seed, say=say)
     except NotExtrapolable as why:
         result["trace_fallback"] = str(why)
         say(0, steps, f"fast trace not possible ({why}): tracing the whole model")
