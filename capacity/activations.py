@@ -185,7 +185,7 @@ def mlp_saved_bytes(s: ModelShape, sc: Scenario) -> int:
 
 def layer_saved_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
     """Bytes one decoder layer keeps for backward, by part (attention part, MLP part)."""
-    n, h, p = sc.tokens, s.hidden_size, _act_bytes(sc)
+    n, h = sc.tokens, s.hidden_size
     resid_mask = _mask_bytes(sc) * n * h if s.resid_dropout > 0 else 0
     norm_in = norm_saved_bytes(s, sc)
     attn = attention_saved_bytes(s, sc)
@@ -226,6 +226,13 @@ def rotary_bytes(s: ModelShape, sc: Scenario) -> int:
         return 0
     rot = int(s.head_dim * s.rotary_fraction)
     return 2 * _act_bytes(sc) * sc.seq * rot
+
+
+def norm_keeps_layer_input(s: ModelShape, sc: Scenario) -> bool:
+    """Whether a layer's first norm keeps the layer input itself (LayerNorm always; RMSNorm
+    when the stream is already fp32, so its upcast is a no-op): then a checkpointed layer's
+    kept input and its recomputed activations share that tensor."""
+    return s.norm == "layernorm" or _stream_bytes(sc) == FP32
 
 
 def checkpoint_saved_bytes(s: ModelShape, sc: Scenario) -> int:

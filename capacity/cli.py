@@ -12,7 +12,7 @@ import sys
 from . import (ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, TERMS, CUDA_CONTEXT_BYTES, GB, GiB,
                Scenario, estimate, families, largest_batch, largest_preset, largest_scaled_model,
                load_hf_config, load_preset, longest_context, parameter_count, parse_bytes,
-               preset_family, preset_names, relative_model_size)
+               preset_family, relative_model_size)
 from .shape import ModelShape
 
 

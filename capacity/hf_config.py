@@ -208,8 +208,9 @@ def _head_dim(hidden: int, heads: int) -> int:
     return hidden // heads
 
 
-def load_hf_config(path: str | Path) -> ModelShape:
-    """Read a config.json file (or a folder holding one) as data and return its shape."""
+def read_hf_config_dict(path: str | Path) -> dict:
+    """The dict of a config.json file (or of a folder holding one), read as data.
+    ValueError naming the problem for a missing, oversized or malformed file."""
     p = Path(path)
     if p.is_dir():
         p = p / "config.json"
@@ -217,7 +218,17 @@ def load_hf_config(path: str | Path) -> ModelShape:
         raise ValueError(f"config: no file at {str(p)!r}")
     if p.stat().st_size > MAX_CONFIG_BYTES:
         raise ValueError(f"config: {p.name} is larger than {MAX_CONFIG_BYTES} bytes; not a model config")
-    return parse_hf_config_text(p.read_text(encoding="utf-8", errors="replace"), name=p.parent.name or p.stem)
+    cfg = _parse_json(p.read_text(encoding="utf-8", errors="replace"))
+    if not isinstance(cfg, dict):
+        raise ValueError(f"config: {p.name} must hold a JSON object")
+    return cfg
+
+
+def load_hf_config(path: str | Path) -> ModelShape:
+    """Read a config.json file (or a folder holding one) as data and return its shape."""
+    p = Path(path)
+    name = (p if p.is_dir() else p.parent).name or p.stem
+    return from_hf_config(read_hf_config_dict(p), name=name)
 
 
 def parse_hf_config_text(text: str | bytes, name: str = "") -> ModelShape:
@@ -228,11 +239,14 @@ def parse_hf_config_text(text: str | bytes, name: str = "") -> ModelShape:
         text = text.decode("utf-8", errors="replace")
     if len(text) > MAX_CONFIG_BYTES:
         raise ValueError(f"config.json: larger than {MAX_CONFIG_BYTES} bytes; not a model config")
+    return from_hf_config(_parse_json(text), name=name)
+
+
+def _parse_json(text: str):
     try:
-        cfg = json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant)
     except (json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"config.json: not valid JSON ({str(err)[:120]})") from None
-    return from_hf_config(cfg, name=name)
 
 
 def _reject_constant(value: str):

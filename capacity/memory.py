@@ -20,7 +20,7 @@ The breakdown of the winning phase is returned; its terms add up to the peak.
 from __future__ import annotations
 
 from . import activations as act
-from .params import (attention_params, head_params, largest_tensor_params, layer_params,
+from .params import (head_params, largest_tensor_params, layer_params,
                      mlp_params, parameter_count, parameter_tensor_count)
 from .scenario import Estimate, Scenario
 from .shape import ModelShape
@@ -62,6 +62,14 @@ def compute_copy_bytes(s: ModelShape, sc: Scenario) -> int:
     """Mixed precision: autocast's 16-bit copies of the weights (P·2), cached for the
     forward and kept by the matmuls until their backward."""
     return parameter_count(s) * sc.bytes_per_value if sc.mixed_precision else 0
+
+
+def _forward_copies(s: ModelShape, sc: Scenario) -> int:
+    """Mixed precision, at the end of forward: autocast's 16-bit weight copies that the
+    matmuls keep. A checkpointed layer's forward keeps nothing, so its copies are freed
+    at once; only the kept layers' and the rest of the model's remain."""
+    ckpt = s.num_layers - kept_layers(s, sc)
+    return compute_copy_bytes(s, sc) - ckpt * sc.bytes_per_value * layer_params(s)
 
 
 def gradients_bytes(s: ModelShape, sc: Scenario) -> int:
@@ -112,7 +120,7 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     gp = _grad_bytes_per_param(sc)
 
     state = {
-        "weights": weights_bytes(s, sc) if not sc.mixed_precision else compute_copy_bytes(s, sc),
+        "weights": weights_bytes(s, sc) if not sc.mixed_precision else _forward_copies(s, sc),
         "master_weights": weights_bytes(s, sc) if sc.mixed_precision else 0,
         "optimizer_states": optimizer_state_bytes(s, sc),
     }
@@ -143,7 +151,6 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     g_mlp = gp * mlp_params(s)
     copy_per_layer = compute_copy_bytes(s, sc) // max(1, parameter_count(s)) * layer_params(s)
     inter = s.intermediate_size
-    b, seq, a = sc.batch, sc.seq, s.num_heads
     grad_flow = p * n * h
     # MLP-width gradients live at once in the MLP's backward: gated, the product's and
     # both factors'; plain, the activation's input and output gradients; the gelu_new
@@ -157,15 +164,25 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
         # Layers 0..i-1: the first `ckpt` keep only their input, the rest everything.
         below = act.embedding_saved_bytes(s, sc) + shared + \
             min(i, ckpt) * c_layer + max(0, i - ckpt) * a_layer
-        own = a_layer + (c_layer if is_ckpt else 0)
+        # A checkpointed layer keeps its input beside its recomputed activations, unless the
+        # first norm keeps that same tensor.
+        kept_input = c_layer if is_ckpt and not act.norm_keeps_layer_input(s, sc) else 0
+        own = a_layer + kept_input
         at_mlp = own + grad_flow + t_mlp
-        at_attn = parts["attention"] + (c_layer if is_ckpt else 0) + g_mlp + grad_flow + t_attn
+        at_attn = parts["attention"] + kept_input + g_mlp + grad_flow + t_attn
         # A checkpointed layer first re-runs its forward: its attention part is rebuilt
         # while the fp32 softmax copy is live.
-        at_recompute = (parts["attention"] + c_layer + grad_flow + act.attention_forward_extra_bytes(s, sc)
+        at_recompute = (parts["attention"] + kept_input + grad_flow + act.attention_forward_extra_bytes(s, sc)
                         if is_ckpt else 0)
         within = max(at_mlp, at_attn, at_recompute)
-        copies_left = state["weights"] - copy_per_layer * (L - 1 - i) if sc.mixed_precision else state["weights"]
+        # Mixed precision: the 16-bit copies of kept layers not yet through backward, and a
+        # checkpointed layer's own copies while it is recomputed.
+        if sc.mixed_precision:
+            kept_above_done = (L - 1) - max(i, ckpt - 1)      # kept layers above i: copies freed
+            copies_left = state["weights"] - copy_per_layer * kept_above_done \
+                + (copy_per_layer if is_ckpt else 0)
+        else:
+            copies_left = state["weights"]
         total = {**state, "weights": copies_left,
                  "gradients": g_head + g_layer * (L - 1 - i),
                  "activations": below + within,

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from capacity import Scenario, estimate, load_preset, preset_names
+from capacity.activations import checkpoint_saved_bytes
 
 shapes = st.sampled_from([n for n in preset_names() if "70b" not in n and "66b" not in n])
 scenarios = st.builds(
@@ -30,12 +31,25 @@ def test_positive_and_breakdown_sums_to_peak(name, sc):
 
 @settings(max_examples=300, deadline=None)
 @given(shapes, scenarios)
-def test_grows_with_batch_context_and_keep(name, sc):
+def test_grows_with_batch_and_context(name, sc):
     shape = load_preset(name)
     peak = estimate(shape, sc).peak_bytes
     assert estimate(shape, replace(sc, batch=sc.batch + 1)).peak_bytes >= peak
     assert estimate(shape, replace(sc, seq=sc.seq + 1)).peak_bytes >= peak
-    assert estimate(shape, replace(sc, keep=min(1.0, sc.keep + 0.25))).peak_bytes >= peak
+
+
+@settings(max_examples=300, deadline=None)
+@given(shapes, scenarios)
+def test_grows_with_keep_up_to_one_layer_input(name, sc):
+    """Keeping more layers' activations (larger L'/L) never lowers the peak by more than one
+    checkpointed layer's kept input. It can lower it by less: a checkpointed top layer keeps
+    its input while its gradients do not exist yet, so when a layer's input outweighs its
+    gradients (small model, long context) checkpointing it costs a little more. The real
+    trace shows this (test_checkpointing_can_cost_one_layer_input)."""
+    shape = load_preset(name)
+    peak = estimate(shape, sc).peak_bytes
+    more_kept = estimate(shape, replace(sc, keep=min(1.0, sc.keep + 0.25))).peak_bytes
+    assert more_kept >= peak - checkpoint_saved_bytes(shape, sc)
 
 
 @settings(max_examples=300, deadline=None)

@@ -12,14 +12,13 @@ double the host memory for nothing.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ..hf_config import MAX_CONFIG_BYTES, from_hf_config
+from ..hf_config import from_hf_config, read_hf_config_dict
 from ..shape import ModelShape
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -112,19 +111,7 @@ def resolve_model(source) -> tuple[ModelShape, dict]:
 
 def read_config_file(path: Path) -> dict:
     """A config.json's dict (path may be the folder holding it). ValueError on bad input."""
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
-        raise ValueError(f"config: no file at {str(path)!r}")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise ValueError(f"config: {path.name} is larger than {MAX_CONFIG_BYTES} bytes; not a model config")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8", errors="replace"))
-    except (json.JSONDecodeError, RecursionError) as err:
-        raise ValueError(f"config: {path.name} is not valid JSON ({str(err)[:120]})") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"config: {path.name} must hold a JSON object")
-    return cfg
+    return read_hf_config_dict(path)
 
 
 def read_model_dir(model_dir: str | Path) -> tuple[ModelShape, dict]:
