@@ -52,10 +52,16 @@ CUDA_CONTEXT_BYTES = 500 * 2**20
 
 # ---------------------------------------------------------------- model state terms
 
+def _state_bytes_per_value(sc: Scenario) -> int:
+    """Bytes per value of parameters, gradients and optimizer states: the dtype, or fp32
+    under mixed precision (the master copy)."""
+    return FP32 if sc.mixed_precision else sc.bytes_per_value
+
+
 def weights_bytes(s: ModelShape, sc: Scenario) -> int:
     """Parameters in the dtype they are held in: P·p (fp32 under mixed precision: those
     are the master weights, see master_weights_bytes)."""
-    return parameter_count(s) * (FP32 if sc.mixed_precision else sc.bytes_per_value)
+    return parameter_count(s) * _state_bytes_per_value(sc)
 
 
 def compute_copy_bytes(s: ModelShape, sc: Scenario) -> int:
@@ -69,7 +75,12 @@ def _forward_copies(s: ModelShape, sc: Scenario) -> int:
     matmuls keep. A checkpointed layer's forward keeps nothing, so its copies are freed
     at once; only the kept layers' and the rest of the model's remain."""
     ckpt = s.num_layers - kept_layers(s, sc)
-    return compute_copy_bytes(s, sc) - ckpt * sc.bytes_per_value * layer_params(s)
+    return compute_copy_bytes(s, sc) - ckpt * _layer_copy_bytes(s, sc)
+
+
+def _layer_copy_bytes(s: ModelShape, sc: Scenario) -> int:
+    """Mixed precision: autocast's 16-bit copies of one decoder layer's weights."""
+    return sc.bytes_per_value * layer_params(s) if sc.mixed_precision else 0
 
 
 def gradients_bytes(s: ModelShape, sc: Scenario) -> int:
@@ -83,7 +94,7 @@ def optimizer_state_bytes(s: ModelShape, sc: Scenario) -> int:
     the CPU (counted for target='cpu' only)."""
     if sc.method != "bp":
         return 0
-    per_param = FP32 if sc.mixed_precision else sc.bytes_per_value
+    per_param = _state_bytes_per_value(sc)
     p = parameter_count(s)
     if sc.optimizer == "sgd":
         return 0
@@ -97,12 +108,8 @@ def optimizer_step_temp_bytes(s: ModelShape, sc: Scenario) -> int:
     """The foreach Adam/AdamW step computes sqrt(exp_avg_sq) for every tensor at once:
     one temporary the size of all parameters. SGD and momentum update in place."""
     if sc.optimizer in ("adam", "adamw"):
-        return parameter_count(s) * (FP32 if sc.mixed_precision else sc.bytes_per_value)
+        return parameter_count(s) * _state_bytes_per_value(sc)
     return 0
-
-
-def _grad_bytes_per_param(sc: Scenario) -> int:
-    return FP32 if sc.mixed_precision else sc.bytes_per_value
 
 
 # ---------------------------------------------------------------- BP phases
@@ -117,7 +124,7 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     n, h, p = sc.tokens, s.hidden_size, sc.bytes_per_value
     L, keep = s.num_layers, kept_layers(s, sc)
     ckpt = L - keep
-    gp = _grad_bytes_per_param(sc)
+    gp = _state_bytes_per_value(sc)
 
     state = {
         "weights": weights_bytes(s, sc) if not sc.mixed_precision else _forward_copies(s, sc),
@@ -149,7 +156,7 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     g_head = gp * head_params(s) + tied_head
     g_layer = gp * layer_params(s)
     g_mlp = gp * mlp_params(s)
-    copy_per_layer = compute_copy_bytes(s, sc) // max(1, parameter_count(s)) * layer_params(s)
+    copy_per_layer = _layer_copy_bytes(s, sc)
     inter = s.intermediate_size
     grad_flow = p * n * h
     # MLP-width gradients live at once in the MLP's backward: gated, the product's and
@@ -158,22 +165,23 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     # factors' gradients.
     t_mlp = (3 if s.gated_mlp else {"gelu_new": 3}.get(s.activation, 2)) * p * n * inter
     t_attn = act.attention_backward_extra_bytes(s, sc)
+    t_recompute = act.attention_forward_extra_bytes(s, sc)
+    embed_saved = act.embedding_saved_bytes(s, sc)
+    # A checkpointed layer keeps its input beside its recomputed activations, unless the
+    # first norm keeps that same tensor.
+    ckpt_input = 0 if act.norm_keeps_layer_input(s, sc) else c_layer
     worst = None
     for i in range(L - 1, -1, -1):
         is_ckpt = i < ckpt
         # Layers 0..i-1: the first `ckpt` keep only their input, the rest everything.
-        below = act.embedding_saved_bytes(s, sc) + shared + \
-            min(i, ckpt) * c_layer + max(0, i - ckpt) * a_layer
-        # A checkpointed layer keeps its input beside its recomputed activations, unless the
-        # first norm keeps that same tensor.
-        kept_input = c_layer if is_ckpt and not act.norm_keeps_layer_input(s, sc) else 0
+        below = embed_saved + shared + min(i, ckpt) * c_layer + max(0, i - ckpt) * a_layer
+        kept_input = ckpt_input if is_ckpt else 0
         own = a_layer + kept_input
         at_mlp = own + grad_flow + t_mlp
         at_attn = parts["attention"] + kept_input + g_mlp + grad_flow + t_attn
         # A checkpointed layer first re-runs its forward: its attention part is rebuilt
         # while the fp32 softmax copy is live.
-        at_recompute = (parts["attention"] + kept_input + grad_flow + act.attention_forward_extra_bytes(s, sc)
-                        if is_ckpt else 0)
+        at_recompute = parts["attention"] + kept_input + grad_flow + t_recompute if is_ckpt else 0
         within = max(at_mlp, at_attn, at_recompute)
         # Mixed precision: the 16-bit copies of kept layers not yet through backward, and a
         # checkpointed layer's own copies while it is recomputed.
@@ -192,7 +200,7 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     phases["backward (layers)"] = worst
 
     # At the embedding: the buffered head gradient, the embedding's dense gradient and their
-    # sum (made out of place) are live at once; all_grads counts one of the three.
+    # sum (made out of place) are live at once; g_all counts one of the three.
     tied_extra = 2 * tied_head
     g_all = gp * parameter_count(s)
     end_state = {**state, "weights": 0 if sc.mixed_precision else state["weights"]}
