@@ -68,7 +68,7 @@ def cmd_estimate(args) -> int:
         print(json.dumps({"model": shape.name, "params": est.params, "peak_bytes": est.peak_bytes,
                           "phase": est.phase, "breakdown": est.breakdown, "phases": est.phases,
                           "textbook": est.textbook, "cuda_context_bytes": CUDA_CONTEXT_BYTES,
-                          "scenario": sc.__dict__}))
+                          "scenario": sc.to_dict()}))
         return 0
     print(f"{shape.name}: {est.params:,} parameters; {sc.method}, batch {sc.batch}, seq {sc.seq}, "
           f"{sc.dtype}{' mixed' if sc.mixed_precision else ''}, L'/L={sc.keep}, {sc.attention}")

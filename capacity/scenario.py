@@ -1,12 +1,21 @@
-"""What is being run: the method, the optimizer, the batch, the precision, checkpointing.
+"""What is being run: the method, the optimizer, the batch, the precision, checkpointing,
+and how the user's own code runs it.
 
-A `Scenario` is a frozen dataclass; `Estimate` is what the memory model returns for a
-(shape, scenario) pair.
+A `Scenario` is a frozen dataclass. Three parts of it are frozen dataclasses of their own,
+each one home for one kind of variation:
+  * `Loop`: the training loop (issue 8): optimizer implementation, whether the model output
+    is held through backward, gradient accumulation, zero_grad, MeZO's implementation;
+    named presets in LOOPS ("plain", "trainer").
+  * `Peft`: what is trained and how the base weights are stored (issue 10): full, LoRA,
+    prefix tuning, top layers only; 16-, 8- or 4-bit base weights.
+  * `Parallel`: how many devices and how the model is sharded over them (issue 11).
+`Estimate` is what the memory model returns for a (shape, scenario) pair.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 
 METHODS = ("inference", "mezo", "bp")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
@@ -17,6 +26,177 @@ TARGETS = ("cuda", "cpu")
 # Upper bounds that keep every product exact and every input meaningful.
 MAX_BATCH = 2**20
 MAX_SEQ = 2**22
+MAX_GRAD_ACCUM = 2**16
+MAX_MEZO_N = 2**10
+MAX_DEVICES = 2**16
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}: must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _check_int(name: str, value, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise ValueError(f"{name}: must be a whole number in [1, {high}], got {value!r}")
+
+
+def _check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: must be true or false, got {value!r}")
+
+
+# ------------------------------------------------------------------ the training loop
+
+LOOP_NAMES = ("plain", "trainer")
+OPTIMIZER_IMPLS = ("forloop", "foreach", "fused")
+MEZO_IMPLS = ("chunked", "reference")
+
+
+@dataclass(frozen=True)
+class Loop:
+    """How the user's code runs one optimizer step.
+
+    name: the preset these settings came from ("plain", "trainer"), or "custom".
+    optimizer_impl: torch.optim's implementation: "forloop" (one tensor at a time),
+      "foreach" (grouped multi-tensor kernels), "fused"; None: what the loop gets by default
+      (see resolved_optimizer_impl).
+    hold_outputs: whether the model output (its logits) is still referenced during
+      backward() (`out = model(...); out.loss.backward()` holds it; transformers.Trainer
+      keeps only the loss).
+    grad_accum: micro-batches per optimizer step (K); `Scenario.batch` is one micro-batch.
+    zero_grad_to_none: optimizer.zero_grad(set_to_none=True) (torch's default) frees the
+      gradients; False keeps zeroed gradients alive through the next forward.
+    mezo_impl: "chunked" (ours: z regenerated chunk by chunk, in place) or "reference"
+      (princeton-nlp/MeZO: a full-size z per parameter tensor, out-of-place updates).
+    mezo_n: perturbations (pairs of forward passes) per MeZO step.
+    """
+
+    name: str = "plain"
+    optimizer_impl: str | None = None
+    hold_outputs: bool = True
+    grad_accum: int = 1
+    zero_grad_to_none: bool = True
+    mezo_impl: str = "chunked"
+    mezo_n: int = 1
+
+    def __post_init__(self) -> None:
+        validate_loop(self)
+
+
+def loop_preset(name: str, **overrides) -> Loop:
+    """A named loop, with any setting overridden (None leaves the preset's)."""
+    if name not in LOOPS:
+        raise ValueError(f"loop: must be one of {', '.join(LOOPS)}, got {name!r}")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return replace(LOOPS[name], **changes)
+
+
+def validate_loop(lp: Loop) -> None:
+    if not isinstance(lp.name, str) or not lp.name:
+        raise ValueError(f"loop: a name is needed, got {lp.name!r}")
+    if lp.optimizer_impl is not None:
+        _check_choice("optimizer_impl", lp.optimizer_impl, OPTIMIZER_IMPLS)
+    _check_bool("hold_outputs", lp.hold_outputs)
+    _check_bool("zero_grad_to_none", lp.zero_grad_to_none)
+    _check_int("grad_accum", lp.grad_accum, MAX_GRAD_ACCUM)
+    _check_choice("mezo_impl", lp.mezo_impl, MEZO_IMPLS)
+    _check_int("mezo_n", lp.mezo_n, MAX_MEZO_N)
+
+
+# The named loops. "plain": `out = model(...); out.loss.backward(); opt.step();
+# opt.zero_grad()` with foreach optimizers, today's semantics. "trainer": what
+# transformers.Trainer does with its defaults (docs/loops.md).
+LOOPS = {
+    "plain": Loop(name="plain", optimizer_impl="foreach", hold_outputs=True),
+    "trainer": Loop(name="trainer", optimizer_impl=None, hold_outputs=False),
+}
+DEFAULT_LOOP = "plain"
+
+
+# ------------------------------------------------------------------ what is trained
+
+PEFT_METHODS = ("none", "lora", "prefix", "freeze")
+WEIGHT_BITS = (16, 8, 4)
+QUANT_TYPES = ("nf4", "fp4")
+
+
+@dataclass(frozen=True)
+class Peft:
+    """What is trained, and how the frozen base weights are stored.
+
+    method: "none" (every parameter), "lora", "prefix" (trainable key/value prefixes),
+      "freeze" (only the top `trainable_layers` decoder layers).
+    lora_*: peft's LoraConfig (rank r, lora_alpha, lora_dropout, target_modules; an empty
+      tuple means peft's default targets for the model type, ("all-linear",) every linear
+      but the head).
+    weights_bits: 16 (the model's dtype), 8 (bitsandbytes int8) or 4 (bitsandbytes 4-bit,
+      `quant` nf4 or fp4, `double_quant` quantising the block statistics too).
+    """
+
+    method: str = "none"
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple = ()
+    prefix_tokens: int = 20
+    trainable_layers: int = 1
+    weights_bits: int = 16
+    quant: str = "nf4"
+    double_quant: bool = False
+
+    def __post_init__(self) -> None:
+        validate_peft(self)
+
+
+def validate_peft(pf: Peft) -> None:
+    _check_choice("peft", pf.method, PEFT_METHODS)
+    _check_int("lora_rank", pf.lora_rank, 2**16)
+    if isinstance(pf.lora_alpha, bool) or not isinstance(pf.lora_alpha, (int, float)) \
+            or not 0 < pf.lora_alpha <= 2**20:
+        raise ValueError(f"lora_alpha: must be a positive number, got {pf.lora_alpha!r}")
+    if isinstance(pf.lora_dropout, bool) or not isinstance(pf.lora_dropout, (int, float)) \
+            or not 0.0 <= pf.lora_dropout < 1.0:
+        raise ValueError(f"lora_dropout: must be a probability in [0, 1), got {pf.lora_dropout!r}")
+    if not isinstance(pf.lora_targets, tuple) or not all(
+            isinstance(t, str) and re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", t) for t in pf.lora_targets):
+        raise ValueError(f"lora_targets: module names such as q_proj,v_proj or all-linear, got {pf.lora_targets!r}")
+    _check_int("prefix_tokens", pf.prefix_tokens, 2**16)
+    _check_int("trainable_layers", pf.trainable_layers, 2**24)
+    if pf.weights_bits not in WEIGHT_BITS or isinstance(pf.weights_bits, bool):
+        raise ValueError(f"weights_bits: must be one of 16, 8, 4, got {pf.weights_bits!r}")
+    _check_choice("quant", pf.quant, QUANT_TYPES)
+    _check_bool("double_quant", pf.double_quant)
+
+
+# ------------------------------------------------------------------ many devices
+
+SHARDINGS = ("none", "ddp", "zero1", "zero2", "fsdp")
+
+
+@dataclass(frozen=True)
+class Parallel:
+    """Data-parallel training over `devices` devices of one kind.
+
+    sharding: "none" (one device), "ddp" (replicated), "zero1" (optimizer states sharded),
+      "zero2" (and gradients; FSDP SHARD_GRAD_OP), "fsdp" (and parameters; ZeRO-3, FSDP
+      FULL_SHARD). offload_optimizer: optimizer states (and the step) on the host.
+    """
+
+    devices: int = 1
+    sharding: str = "none"
+    offload_optimizer: bool = False
+
+    def __post_init__(self) -> None:
+        validate_parallel(self)
+
+
+def validate_parallel(pl: Parallel) -> None:
+    _check_int("devices", pl.devices, MAX_DEVICES)
+    _check_choice("sharding", pl.sharding, SHARDINGS)
+    _check_bool("offload_optimizer", pl.offload_optimizer)
+    if pl.sharding == "none" and pl.devices != 1:
+        raise ValueError(f"sharding: {pl.devices} devices need a sharding (ddp, zero1, zero2 or fsdp)")
 
 
 @dataclass(frozen=True)
@@ -41,6 +221,9 @@ class Scenario:
     keep: float = 1.0
     attention: str = "eager"
     target: str = "cuda"
+    loop: Loop = field(default_factory=lambda: LOOPS[DEFAULT_LOOP])
+    peft: Peft = field(default_factory=Peft)
+    parallel: Parallel = field(default_factory=Parallel)
 
     def __post_init__(self) -> None:
         validate_scenario(self)
@@ -53,15 +236,30 @@ class Scenario:
     def tokens(self) -> int:
         return self.batch * self.seq
 
+    @property
+    def optimizer_impl(self) -> str:
+        """The optimizer implementation this step runs (the loop's, resolved)."""
+        return resolved_optimizer_impl(self.loop, self.optimizer, self.target)
 
-def _check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}: must be one of {', '.join(allowed)}, got {value!r}")
+    def to_dict(self) -> dict:
+        """Plain data (JSON-ready), the loop with its resolved optimizer implementation."""
+        out = {f: getattr(self, f) for f in ("method", "optimizer", "batch", "seq", "dtype",
+                                             "mixed_precision", "keep", "attention", "target")}
+        out["loop"] = {**self.loop.__dict__, "optimizer_impl": self.optimizer_impl}
+        out["peft"] = {**self.peft.__dict__, "lora_targets": list(self.peft.lora_targets)}
+        out["parallel"] = dict(self.parallel.__dict__)
+        return out
 
 
-def _check_int(name: str, value, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
-        raise ValueError(f"{name}: must be a whole number in [1, {high}], got {value!r}")
+def resolved_optimizer_impl(loop: Loop, optimizer: str, target: str) -> str:
+    """The loop's optimizer implementation; when it leaves it open, what the loop's code
+    gets: transformers.Trainer's default optim for AdamW is adamw_torch_fused; otherwise
+    torch's default, foreach on CUDA and the per-tensor loop on the CPU."""
+    if loop.optimizer_impl is not None:
+        return loop.optimizer_impl
+    if loop.name == "trainer" and optimizer == "adamw":
+        return "fused"
+    return "foreach" if target == "cuda" else "forloop"
 
 
 def validate_scenario(s: Scenario) -> None:
@@ -76,6 +274,9 @@ def validate_scenario(s: Scenario) -> None:
         raise ValueError(f"keep: the checkpoint ratio L'/L must be in [0, 1], got {s.keep!r}")
     if s.mixed_precision and s.dtype == "fp32":
         raise ValueError("mixed_precision: needs a 16-bit dtype (bf16 or fp16), got fp32")
+    for name, value, kind in (("loop", s.loop, Loop), ("peft", s.peft, Peft), ("parallel", s.parallel, Parallel)):
+        if not isinstance(value, kind):
+            raise ValueError(f"{name}: expected a {kind.__name__}, got {type(value).__name__}")
 
 
 @dataclass(frozen=True)
