@@ -212,7 +212,7 @@ def run() -> tuple[list[str], list[str], float]:
     for preset, la_name in MODELS.items():
         shape, cfg = resolve_model(preset)
         P = cap.parameter_count(shape)
-        gated = bool(shape.gated_mlp)
+        gated = bool(shape.arch.mlp.gated)
         try:
             acc = accelerate_estimate(cfg)
         except Exception as e:   # reported, never replaced by a guess

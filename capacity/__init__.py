@@ -6,7 +6,10 @@ Standard library only. See docs/api.md for the API and docs/equations.md for the
 
 from .compute import (MEZO_STEPS_MULTIPLIER, MEZO_STEPS_SOURCE, bytes_per_step, flops_per_step,
                       forward_flops, step_time_seconds)
-from .hf_config import from_hf_config, load_hf_config, parse_hf_config_text
+from .architecture import Architecture, Attention, LayerKind, Mlp, Moe, Multipliers, Norm
+from .context import check_context, context_note, longest_runnable_context
+from .families import FAMILIES, family
+from .hf_config import from_hf_config, load_hf_config, parse_hf_config_text, shape_to_hf_config
 from .inverse import (largest_batch, largest_preset, largest_scaled_model, longest_context,
                       relative_model_size)
 from .memory import CUDA_CONTEXT_BYTES, TERMS, estimate
@@ -14,7 +17,8 @@ from .params import parameter_count
 from .presets import (Device, device_names, families, load_device, load_preset, preset_config,
                       preset_family, preset_names)
 from .scenario import ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, TARGETS, Estimate, Scenario
-from .shape import MODEL_TYPES, ModelShape
+from .families import MODEL_TYPES
+from .shape import ModelShape
 from .units import GB, GiB, format_bytes, parse_bytes
 
 __all__ = [name for name in dir() if not name.startswith("_")]

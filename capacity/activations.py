@@ -3,7 +3,8 @@
 Each function returns bytes. The recipes follow the Hugging Face `transformers` 5.x code
 of each family (docs/equations.md lists them with the line of code that keeps each
 tensor); they were read off `torch.autograd.graph.saved_tensors_hooks` traces, not
-fitted. Symbols: N = b·s tokens, h hidden, A = a·d query width, K = a_kv·d key/value
+fitted. What differs between families comes from the shape's description (`s.arch`, an
+`Architecture`: capacity/architecture.py), never from the family's name. Symbols: N = b·s tokens, h hidden, A = a·d query width, K = a_kv·d key/value
 width, I MLP width, V vocabulary, p bytes per value of the model's dtype.
 
 Kernel differences that change what is kept (`Scenario.target`):
@@ -16,6 +17,7 @@ Kernel differences that change what is kept (`Scenario.target`):
 
 from __future__ import annotations
 
+from .architecture import LayerKind
 from .scenario import Scenario
 from .shape import ModelShape
 
@@ -49,11 +51,11 @@ def projection_inputs_bytes(s: ModelShape, sc: Scenario, readers: int) -> int:
 
 
 def _attention_readers(s: ModelShape) -> int:
-    return 1 if s.model_type in ("gpt2", "gpt_neox") else 3   # fused qkv, or q, k and v
+    return len(s.arch.attention.qkv)      # one fused qkv projection, or q, k and v
 
 
 def _mlp_readers(s: ModelShape) -> int:
-    return 2 if s.gated_mlp else 1                             # gate and up, or fc1
+    return len(s.arch.mlp.inputs)         # gate and up, or one up (fc1) projection
 
 
 def _stat_bytes(sc: Scenario) -> int:
@@ -66,14 +68,15 @@ def norm_saved_bytes(s: ModelShape, sc: Scenario, with_input: bool = True) -> in
 
     RMSNorm (Llama, Mistral, Qwen2): x in fp32 (4Nh), 1/rms per token (4N), and the
     normalised x cast back to dtype (pNh) that the scale multiplies.
-    Gemma's RMSNorm stays in fp32: x in fp32 (4Nh), 1/rms (4N), normalised x in fp32 (4Nh),
-    and (1 + weight) in fp32 (4h).
+    RMSNorm scaled in fp32 (Gemma): x in fp32 (4Nh), 1/rms (4N), the normalised x in fp32
+    (4Nh), and with a weight offset, (1 + weight) in fp32 (4h).
     LayerNorm: its input (pNh) and two statistics per token.
     """
     n, h, p = sc.tokens, s.hidden_size, _stream_bytes(sc)
-    if s.norm == "rmsnorm":
-        if s.model_type == "gemma":
-            return FP32 * n * h + FP32 * n + FP32 * n * h + FP32 * h
+    norm = s.arch.norm
+    if norm.kind == "rmsnorm":
+        if norm.scale_in_fp32:
+            return FP32 * n * h + FP32 * n + FP32 * n * h + (FP32 * h if norm.weight_offset else 0)
         return FP32 * n * h + FP32 * n + p * n * h
     stats = FP32 if sc.mixed_precision else _stat_bytes(sc)   # autocast runs layer_norm in fp32
     return (p * n * h if with_input else 0) + 2 * stats * n
@@ -100,8 +103,8 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario) -> int:
     SDPA (flash or CPU flash): q (pNA), k and v (pNK each: grouped-query heads are not
     repeated), the output (pNA) and the log-sum-exp (fp32 4·b·a·s). The flash kernels lay
     their output out as (b, s, a, d), so the output projection's input is the same tensor.
-    NeoX keeps more: v is a view into the fused qkv projection, which stays alive whole
-    beside the rotated copies of q and k.
+    A fused qkv projection with rotary positions (NeoX) keeps more: v is a view into the
+    fused projection, which stays alive whole beside the rotated copies of q and k.
     """
     b, seq, n, p = sc.batch, sc.seq, sc.tokens, _act_bytes(sc)
     a, qd, kvd = s.num_heads, s.q_dim, s.kv_dim
@@ -109,18 +112,19 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario) -> int:
     dropout = s.attn_dropout > 0
     if sc.attention == "sdpa" and not (dropout and sc.target == "cpu"):
         qkv = p * n * (qd + 2 * kvd)
-        if s.model_type == "gpt_neox":
+        if _v_is_view_of_fused_qkv(s):
             qkv += p * n * (qd + kvd)
         return qkv + p * n * qd + FP32 * b * a * seq
     if sc.attention == "sdpa":
         # CPU math fallback (dropout): q, k, v, softmax, noise and dropped probs in fp32.
         return 3 * FP32 * n * qd + 3 * FP32 * scores + p * n * qd
     qkv = p * n * qd + 2 * repeated_kv_bytes(s, sc)
-    if s.model_type == "gpt_neox" and sc.batch == 1:
-        # v is a strided view into the fused qkv projection; at batch 1 the matmul's reshape
-        # of it is still a view, so the whole projection (3·pNA) is kept instead of a copy of v.
+    if _v_is_view_of_fused_qkv(s) and sc.batch == 1 and s.num_kv_heads == s.num_heads:
+        # v is a strided view into the fused qkv projection; at batch 1 (and with no
+        # repeat_kv copy) the matmul's reshape of it is still a view, so the whole projection
+        # (3·pNA) is kept instead of a copy of v.
         qkv += 2 * p * n * qd
-    if s.model_type == "gpt2" and not sc.mixed_precision:
+    if not s.arch.attention.softmax_fp32 and not sc.mixed_precision:
         probs = p * scores                       # softmax output in dtype, kept by softmax and matmul
         if dropout:
             probs += _mask_bytes(sc) * scores + p * scores
@@ -133,6 +137,13 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario) -> int:
     return qkv + probs + p * n * qd
 
 
+def _v_is_view_of_fused_qkv(s: ModelShape) -> bool:
+    """q and k are rotated into new tensors while v stays a view of one fused qkv projection
+    (GPTNeoXAttention), so whatever keeps v keeps the whole projection. Without rotary
+    positions (GPT-2's c_attn) q, k and v are all views of it: nothing more is kept."""
+    return s.arch.attention.fused_qkv and s.arch.positions == "rope"
+
+
 def attention_backward_extra_bytes(s: ModelShape, sc: Scenario) -> int:
     """Eager attention's backward at the softmax, beyond the tensors the layer keeps: the
     incoming gradient (fp32 after the cast back, in dtype for GPT-2's dtype softmax), the
@@ -143,14 +154,14 @@ def attention_backward_extra_bytes(s: ModelShape, sc: Scenario) -> int:
     a, qd, kvd = s.num_heads, s.q_dim, s.kv_dim
     if sc.attention == "sdpa" and not (s.attn_dropout > 0 and sc.target == "cpu"):
         return p * n * (qd + 2 * kvd)
-    gpt2 = s.model_type == "gpt2"
-    grad = p if gpt2 else FP32
+    fp32_softmax = s.arch.attention.softmax_fp32
+    grad = FP32 if fp32_softmax else p
     # softmax(dtype=float32) runs as a copy to fp32 and an fp32 softmax, whose backward
     # returns fp32 (the cast back to dtype is the next node); on CUDA fp16 has a direct
     # half-to-float kernel whose backward returns fp16.
-    copy_path = not gpt2 and not (sc.target == "cuda" and sc.dtype == "fp16")
+    copy_path = fp32_softmax and not (sc.target == "cuda" and sc.dtype == "fp16")
     result = FP32 if copy_path else p
-    kept_by_matmul_freed = p if (s.attn_dropout > 0 or (not gpt2 and p != FP32)) else 0
+    kept_by_matmul_freed = p if (s.attn_dropout > 0 or (fp32_softmax and p != FP32)) else 0
     return (grad + result - kept_by_matmul_freed) * b * a * seq * seq + p * n * qd
 
 
@@ -158,9 +169,9 @@ def attention_forward_extra_bytes(s: ModelShape, sc: Scenario) -> int:
     """Eager attention's forward with autograd, at the softmax, beyond the tensors the layer
     keeps: the fp32 copy softmax(dtype=float32) makes of the scores (none when they are
     fp32 already, or fp16 on CUDA), less the output projection's input, not yet made.
-    GPT-2's softmax in dtype makes no copy. SDPA: nothing but its kept outputs."""
+    A softmax in dtype (GPT-2's) makes no copy. SDPA: nothing but its kept outputs."""
     b, seq, n, p = sc.batch, sc.seq, sc.tokens, _act_bytes(sc)
-    if sc.attention == "sdpa" or s.model_type == "gpt2":
+    if sc.attention == "sdpa" or not s.arch.attention.softmax_fp32:
         return 0
     copy = 0 if (p == FP32 or (sc.target == "cuda" and sc.dtype == "fp16")) else FP32
     return copy * b * s.num_heads * seq * seq - p * n * s.q_dim
@@ -177,14 +188,16 @@ def mlp_saved_bytes(s: ModelShape, sc: Scenario) -> int:
     x, tanh(...), 0.5·x, 1 + tanh(...) and the output: 5·pNI.
     """
     n, inter, p = sc.tokens, s.intermediate_size, _act_bytes(sc)
-    if s.gated_mlp:
+    if s.arch.mlp.gated:
         return 4 * p * n * inter
-    per_act = {"relu": 1, "gelu": 2, "gelu_tanh": 2, "silu": 2, "gelu_new": 5}[s.activation]
+    per_act = {"relu": 1, "gelu": 2, "gelu_tanh": 2, "silu": 2, "gelu_new": 5}[s.arch.mlp.activation]
     return per_act * p * n * inter
 
 
-def layer_saved_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
-    """Bytes one decoder layer keeps for backward, by part (attention part, MLP part)."""
+def layer_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> dict[str, int]:
+    """Bytes one decoder layer (of `kind`: the model's first by default) keeps for
+    backward, by part (attention part, MLP part). Every kind is priced alike today
+    (LayerKind: sliding windows as full attention; other kinds are refused)."""
     n, h = sc.tokens, s.hidden_size
     resid_mask = _mask_bytes(sc) * n * h if s.resid_dropout > 0 else 0
     norm_in = norm_saved_bytes(s, sc)
@@ -192,12 +205,12 @@ def layer_saved_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
     mlp = mlp_saved_bytes(s, sc)
     attn_in = projection_inputs_bytes(s, sc, _attention_readers(s))
     mlp_in = projection_inputs_bytes(s, sc, _mlp_readers(s))
-    if s.parallel_residual and s.norms_per_layer == 1:
+    if s.arch.parallel_residual and s.arch.shared_norm:
         # Phi: one LayerNorm feeds both branches; its output is kept once (or cast per linear).
         attn_part = norm_in + projection_inputs_bytes(s, sc, _attention_readers(s) + _mlp_readers(s)) \
             + attn + resid_mask
         mlp_part = mlp + resid_mask
-    elif s.parallel_residual:
+    elif s.arch.parallel_residual:
         # NeoX: both LayerNorms read the layer input, kept once; each output is kept.
         attn_part = norm_in + attn_in + attn + resid_mask
         mlp_part = norm_saved_bytes(s, sc, with_input=False) + mlp_in + mlp + resid_mask
@@ -207,9 +220,9 @@ def layer_saved_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
     return {"attention": attn_part, "mlp": mlp_part}
 
 
-def layer_activation_bytes(s: ModelShape, sc: Scenario) -> int:
+def layer_activation_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
     """A_layer: total bytes one decoder layer keeps for backward."""
-    return sum(layer_saved_bytes(s, sc).values())
+    return sum(layer_saved_bytes(s, sc, kind).values())
 
 
 def causal_mask_bytes(s: ModelShape, sc: Scenario) -> int:
@@ -222,9 +235,9 @@ def causal_mask_bytes(s: ModelShape, sc: Scenario) -> int:
 
 def rotary_bytes(s: ModelShape, sc: Scenario) -> int:
     """cos and sin tables for the rotated share of the head dim: 2 · s · d_rot in dtype."""
-    if s.learned_positions:
+    if s.arch.positions != "rope":
         return 0
-    rot = int(s.head_dim * s.rotary_fraction)
+    rot = int(s.head_dim * s.arch.rotary_fraction)
     return 2 * _act_bytes(sc) * sc.seq * rot
 
 
@@ -232,7 +245,7 @@ def norm_keeps_layer_input(s: ModelShape, sc: Scenario) -> bool:
     """Whether a layer's first norm keeps the layer input itself (LayerNorm always; RMSNorm
     when the stream is already fp32, so its upcast is a no-op): then a checkpointed layer's
     kept input and its recomputed activations share that tensor."""
-    return s.norm == "layernorm" or _stream_bytes(sc) == FP32
+    return s.arch.norm.kind == "layernorm" or _stream_bytes(sc) == FP32
 
 
 def checkpoint_saved_bytes(s: ModelShape, sc: Scenario) -> int:
@@ -243,7 +256,8 @@ def checkpoint_saved_bytes(s: ModelShape, sc: Scenario) -> int:
 
 def embedding_saved_bytes(s: ModelShape, sc: Scenario) -> int:
     """Before the first layer: the token ids the embedding keeps (int64), the embedding
-    dropout, Gemma's scaled embedding, OPT-350m's project_in input."""
+    dropout, OPT-350m's project_in input. (Gemma's scaling by sqrt(h) multiplies by a
+    constant, which keeps nothing.)"""
     n, h, p = sc.tokens, s.hidden_size, _act_bytes(sc)
     total = INT64 * n
     if s.embd_dropout > 0:
@@ -257,7 +271,7 @@ def head_saved_bytes(s: ModelShape, sc: Scenario) -> int:
     """After the last layer: the final norm and the LM head's input (pNh, or pNe through
     OPT-350m's project_out)."""
     n, h, p = sc.tokens, s.hidden_size, _act_bytes(sc)
-    total = norm_saved_bytes(s, sc) if s.final_norm else 0
+    total = norm_saved_bytes(s, sc) if s.arch.final_norm else 0
     total += p * n * h
     if s.embed_dim != s.hidden_size:
         total += p * n * s.embed_dim

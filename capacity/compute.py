@@ -7,7 +7,7 @@ is a lower bound: real steps reach a fraction of peak (the `efficiency` argument
 from __future__ import annotations
 
 from .memory import kept_layers, optimizer_state_bytes
-from .params import parameter_count
+from .params import layer_linears, parameter_count
 from .presets import Device
 from .scenario import Scenario
 from .shape import ModelShape
@@ -24,10 +24,11 @@ MEZO_WEIGHT_PASSES = 4
 
 
 def matmul_params(s: ModelShape) -> int:
-    """Weights that take part in a matmul per token (all but norms and embedding lookups)."""
-    per_layer = s.hidden_size * (2 * s.q_dim + 2 * s.kv_dim) + \
-        (3 if s.gated_mlp else 2) * s.hidden_size * s.intermediate_size
-    return s.num_layers * per_layer + s.vocab_size * s.embed_dim
+    """Weights that take part in a matmul per token (all but norms and embedding lookups):
+    every projection of every layer, and the LM head."""
+    per_kind = {kind: sum(lin.fan_in * lin.fan_out for lin in layer_linears(s, kind))
+                for kind in s.layer_counts()}
+    return sum(n * per_kind[kind] for kind, n in s.layer_counts().items()) + s.vocab_size * s.embed_dim
 
 
 def forward_flops(s: ModelShape, sc: Scenario) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from .context import longest_runnable_context
 from .memory import estimate
 from .params import parameter_count
 from .presets import families, load_preset
@@ -53,17 +54,35 @@ def _largest_int(ok, low: int, high: int) -> int:
 
 def scaled_shape(base: ModelShape, width_units: int) -> ModelShape:
     """The continuous family of `base` at fixed depth-to-width ratio L/h: hidden size
-    width_units · head_dim, depth scaled in proportion (at least 1 layer)."""
+    width_units · head_dim, depth scaled in proportion (at least 1 layer). ValueError when a
+    size of it is out of range (see largest_valid_width)."""
     hidden = width_units * base.head_dim
     layers = max(1, round(base.num_layers * hidden / base.hidden_size))
     return base.scaled(num_layers=layers, hidden_size=hidden)
 
 
+def _valid_width(base: ModelShape, width_units: int) -> bool:
+    try:
+        scaled_shape(base, width_units)
+    except ValueError:
+        return False
+    return True
+
+
+def largest_valid_width(base: ModelShape) -> int:
+    """The widest member of base's continuous family whose every size is in range (its
+    sizes grow with the width, so the valid widths are 1 up to this); 0 if none is."""
+    top = max(1, min(MAX_DIM // base.head_dim, 4096))   # up to h = 4096 head dims (far past 1T params)
+    return max(0, _largest_int(lambda u: _valid_width(base, u), 1, top))
+
+
 def largest_scaled_model(base: ModelShape, budget: int, sc: Scenario) -> tuple[ModelShape | None, int]:
     """The largest member of `base`'s continuous family (fixed L/h) that fits `budget`:
-    (shape, parameter count), or (None, 0)."""
+    (shape, parameter count), or (None, 0). Only valid shapes are built."""
     _check_budget(budget)
-    top = max(1, min(MAX_DIM // base.head_dim, 4096))   # up to h = 4096 head dims (far past 1T params)
+    top = largest_valid_width(base)
+    if top < 1:
+        return None, 0
     units = _largest_int(lambda u: fits(scaled_shape(base, u), sc, budget), 1, top)
     if units < 1:
         return None, 0
@@ -72,9 +91,12 @@ def largest_scaled_model(base: ModelShape, budget: int, sc: Scenario) -> tuple[M
 
 
 def longest_context(shape: ModelShape, sc: Scenario, budget: int) -> int:
-    """Longest sequence (tokens per example) whose step fits `budget`; 0 if none."""
+    """Longest sequence (tokens per example) whose step fits `budget`; 0 if none. It stops
+    at a learned position table's length (the model cannot run further); for a RoPE model
+    it may go beyond max_position_embeddings: capacity.context_note(shape, seq) says so."""
     _check_budget(budget)
-    best = _largest_int(lambda s: fits(shape, replace(sc, seq=s), budget), 1, MAX_SEQ)
+    top = min(MAX_SEQ, longest_runnable_context(shape) or MAX_SEQ)
+    best = _largest_int(lambda s: fits(shape, replace(sc, seq=s), budget), 1, top)
     return max(best, 0)
 
 

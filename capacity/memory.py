@@ -19,11 +19,16 @@ The breakdown of the winning phase is returned; its terms add up to the peak.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from itertools import accumulate
+
 from . import activations as act
+from .architecture import LayerKind
+from .context import check_context
 from .params import (head_params, largest_tensor_params, layer_params,
                      mlp_params, parameter_count, parameter_tensor_count)
 from .scenario import Estimate, Scenario
-from .shape import ModelShape
+from .shape import ModelShape, repeating_pattern
 
 FP32 = 4
 
@@ -75,12 +80,14 @@ def _forward_copies(s: ModelShape, sc: Scenario) -> int:
     matmuls keep. A checkpointed layer's forward keeps nothing, so its copies are freed
     at once; only the kept layers' and the rest of the model's remain."""
     ckpt = s.num_layers - kept_layers(s, sc)
-    return compute_copy_bytes(s, sc) - ckpt * _layer_copy_bytes(s, sc)
+    checkpointed = sum(s.layers_of_kind(kind, 0, ckpt) * _layer_copy_bytes(s, sc, kind)
+                       for kind in dict.fromkeys(s.layers))
+    return compute_copy_bytes(s, sc) - checkpointed
 
 
-def _layer_copy_bytes(s: ModelShape, sc: Scenario) -> int:
+def _layer_copy_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
     """Mixed precision: autocast's 16-bit copies of one decoder layer's weights."""
-    return sc.bytes_per_value * layer_params(s) if sc.mixed_precision else 0
+    return sc.bytes_per_value * layer_params(s, kind) if sc.mixed_precision else 0
 
 
 def gradients_bytes(s: ModelShape, sc: Scenario) -> int:
@@ -125,18 +132,18 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     L, keep = s.num_layers, kept_layers(s, sc)
     ckpt = L - keep
     gp = _state_bytes_per_value(sc)
+    layers = _LayerSums(s, sc)
 
     state = {
         "weights": weights_bytes(s, sc) if not sc.mixed_precision else _forward_copies(s, sc),
         "master_weights": weights_bytes(s, sc) if sc.mixed_precision else 0,
         "optimizer_states": optimizer_state_bytes(s, sc),
     }
-    a_layer = act.layer_activation_bytes(s, sc)
-    parts = act.layer_saved_bytes(s, sc)
     c_layer = act.checkpoint_saved_bytes(s, sc)
     shared = act.rotary_bytes(s, sc) + (act.causal_mask_bytes(s, sc) if ckpt else 0)
     outside = act.embedding_saved_bytes(s, sc) + act.head_saved_bytes(s, sc) + shared
-    saved = keep * a_layer + ckpt * c_layer + outside
+    # Layers 0..ckpt-1 keep only their input, the rest everything.
+    saved = layers.saved(ckpt, L) + ckpt * c_layer + outside
     logits = act.logits_bytes(s, sc)
     nv32 = FP32 * n * s.vocab_size
     loss = act.loss_saved_bytes(s, sc)
@@ -154,50 +161,7 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     # (V·e) waits in autograd's input buffer through the whole backward.
     tied_head = gp * s.vocab_size * s.embed_dim if s.tie_embeddings else 0
     g_head = gp * head_params(s) + tied_head
-    g_layer = gp * layer_params(s)
-    g_mlp = gp * mlp_params(s)
-    copy_per_layer = _layer_copy_bytes(s, sc)
-    inter = s.intermediate_size
-    grad_flow = p * n * h
-    # MLP-width gradients live at once in the MLP's backward: gated, the product's and
-    # both factors'; plain, the activation's input and output gradients; the gelu_new
-    # composite 0.5·x·(1 + tanh(...)), the product's incoming gradient and its two
-    # factors' gradients.
-    t_mlp = (3 if s.gated_mlp else {"gelu_new": 3}.get(s.activation, 2)) * p * n * inter
-    t_attn = act.attention_backward_extra_bytes(s, sc)
-    t_recompute = act.attention_forward_extra_bytes(s, sc)
-    embed_saved = act.embedding_saved_bytes(s, sc)
-    # A checkpointed layer keeps its input beside its recomputed activations, unless the
-    # first norm keeps that same tensor.
-    ckpt_input = 0 if act.norm_keeps_layer_input(s, sc) else c_layer
-    worst = None
-    for i in range(L - 1, -1, -1):
-        is_ckpt = i < ckpt
-        # Layers 0..i-1: the first `ckpt` keep only their input, the rest everything.
-        below = embed_saved + shared + min(i, ckpt) * c_layer + max(0, i - ckpt) * a_layer
-        kept_input = ckpt_input if is_ckpt else 0
-        own = a_layer + kept_input
-        at_mlp = own + grad_flow + t_mlp
-        at_attn = parts["attention"] + kept_input + g_mlp + grad_flow + t_attn
-        # A checkpointed layer first re-runs its forward: its attention part is rebuilt
-        # while the fp32 softmax copy is live.
-        at_recompute = parts["attention"] + kept_input + grad_flow + t_recompute if is_ckpt else 0
-        within = max(at_mlp, at_attn, at_recompute)
-        # Mixed precision: the 16-bit copies of kept layers not yet through backward, and a
-        # checkpointed layer's own copies while it is recomputed.
-        if sc.mixed_precision:
-            kept_above_done = (L - 1) - max(i, ckpt - 1)      # kept layers above i: copies freed
-            copies_left = state["weights"] - copy_per_layer * kept_above_done \
-                + (copy_per_layer if is_ckpt else 0)
-        else:
-            copies_left = state["weights"]
-        total = {**state, "weights": copies_left,
-                 "gradients": g_head + g_layer * (L - 1 - i),
-                 "activations": below + within,
-                 "logits_and_loss": logits}
-        if worst is None or sum(total.values()) > sum(worst.values()):
-            worst = total
-    phases["backward (layers)"] = worst
+    phases["backward (layers)"] = _backward_through_layers(s, sc, layers, state, g_head, logits)
 
     # At the embedding: the buffered head gradient, the embedding's dense gradient and their
     # sum (made out of place) are live at once; g_all counts one of the three.
@@ -212,6 +176,143 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     return phases
 
 
+# ---------------------------------------------------------------- backward through the layers
+#
+# The backward pass through layer i (top to bottom) holds: the gradients of the head and
+# of the layers above i, the activations of the layers below i, layer i's own activations
+# (recomputed if it is checkpointed) and the gradients flowing through it. Within the
+# checkpointed layers (0..ckpt-1) and within the kept ones (ckpt..L-1), and for layers of
+# one position in the repeating pattern of kinds, each of these terms is affine in i. So
+# the largest total over a run is at one of its two ends: the peak is the largest of at
+# most 4 totals per position in the pattern, whatever L is.
+
+
+@dataclass(frozen=True)
+class _LayerCosts:
+    """What one decoder layer of one kind weighs in the backward pass, in bytes."""
+
+    saved: int                # A_layer: what it keeps for backward
+    saved_attention: int      # of which its attention part
+    gradients: int            # its weight gradients
+    gradients_mlp: int        # of which its MLP's
+    copies: int               # mixed precision: autocast's 16-bit copies of its weights
+    mlp_backward: int         # MLP-width gradients live at once in the MLP's backward
+    attention_backward: int   # beyond what it keeps, at the softmax's backward
+    recompute: int            # beyond what it keeps, at the softmax of its recomputed forward
+
+
+def _layer_costs(s: ModelShape, sc: Scenario, kind: LayerKind) -> _LayerCosts:
+    p, gp = sc.bytes_per_value, _state_bytes_per_value(sc)
+    parts = act.layer_saved_bytes(s, sc, kind)
+    # MLP-width gradients live at once in the MLP's backward: gated, the product's and
+    # both factors'; plain, the activation's input and output gradients; the gelu_new
+    # composite 0.5·x·(1 + tanh(...)), the product's incoming gradient and its two
+    # factors' gradients.
+    mlp = s.arch.mlp
+    widths = 3 if mlp.gated else {"gelu_new": 3}.get(mlp.activation, 2)
+    return _LayerCosts(
+        saved=sum(parts.values()), saved_attention=parts["attention"],
+        gradients=gp * layer_params(s, kind), gradients_mlp=gp * mlp_params(s, kind),
+        copies=_layer_copy_bytes(s, sc, kind),
+        mlp_backward=widths * p * sc.tokens * s.intermediate_size,
+        attention_backward=act.attention_backward_extra_bytes(s, sc),
+        recompute=act.attention_forward_extra_bytes(s, sc))
+
+
+class _LayerSums:
+    """Sums over runs of layers, in closed form: the layers repeat a pattern of kinds, and
+    kinds that cost the same are merged first (every kind is priced alike today)."""
+
+    def __init__(self, s: ModelShape, sc: Scenario):
+        costs = {kind: _layer_costs(s, sc, kind) for kind in dict.fromkeys(s.layers)}
+        self.pattern = repeating_pattern([costs[kind] for kind in s.layers])
+        self._saved = _PatternSum([c.saved for c in self.pattern])
+        self._gradients = _PatternSum([c.gradients for c in self.pattern])
+        self._copies = _PatternSum([c.copies for c in self.pattern])
+
+    def costs(self, i: int) -> _LayerCosts:
+        return self.pattern[i % len(self.pattern)]
+
+    def saved(self, first: int, last: int) -> int:
+        """Activations kept by layers first..last-1."""
+        return self._saved(last) - self._saved(first)
+
+    def gradients(self, first: int, last: int) -> int:
+        return self._gradients(last) - self._gradients(first)
+
+    def copies(self, first: int, last: int) -> int:
+        return self._copies(last) - self._copies(first)
+
+
+class _PatternSum:
+    """sum(values[j % period] for j in range(i)), in closed form."""
+
+    def __init__(self, values: list[int]):
+        self.period, self.total = len(values), sum(values)
+        self.prefix = [0, *accumulate(values)]
+
+    def __call__(self, i: int) -> int:
+        whole, rest = divmod(i, self.period)
+        return whole * self.total + self.prefix[rest]
+
+
+def _backward_through_layers(s: ModelShape, sc: Scenario, layers: _LayerSums, state: dict,
+                             g_head: int, logits: int) -> dict[str, int]:
+    """The terms live at the highest point of the backward pass through the layers: the
+    worst layer's (the topmost one of equal totals)."""
+    L = s.num_layers
+    ckpt = L - kept_layers(s, sc)
+    c_layer = act.checkpoint_saved_bytes(s, sc)
+    shared = act.rotary_bytes(s, sc) + (act.causal_mask_bytes(s, sc) if ckpt else 0)
+    embed_saved = act.embedding_saved_bytes(s, sc)
+    grad_flow = sc.bytes_per_value * sc.tokens * s.hidden_size
+    # A checkpointed layer keeps its input beside its recomputed activations, unless the
+    # first norm keeps that same tensor.
+    ckpt_input = 0 if act.norm_keeps_layer_input(s, sc) else c_layer
+
+    def at_layer(i: int) -> dict[str, int]:
+        cost, is_ckpt = layers.costs(i), i < ckpt
+        # Layers 0..i-1: the first `ckpt` keep only their input, the rest everything.
+        below = embed_saved + shared + min(i, ckpt) * c_layer + layers.saved(ckpt, max(i, ckpt))
+        kept_input = ckpt_input if is_ckpt else 0
+        at_mlp = cost.saved + kept_input + grad_flow + cost.mlp_backward
+        at_attn = cost.saved_attention + kept_input + cost.gradients_mlp + grad_flow + cost.attention_backward
+        # A checkpointed layer first re-runs its forward: its attention part is rebuilt
+        # while the fp32 softmax copy is live.
+        at_recompute = cost.saved_attention + kept_input + grad_flow + cost.recompute if is_ckpt else 0
+        within = max(at_mlp, at_attn, at_recompute)
+        # Mixed precision: the 16-bit copies of kept layers not yet through backward, and a
+        # checkpointed layer's own copies while it is recomputed.
+        copies_left = state["weights"] - layers.copies(max(i + 1, ckpt), L) + (cost.copies if is_ckpt else 0)
+        return {**state, "weights": copies_left,
+                "gradients": g_head + layers.gradients(i + 1, L),
+                "activations": below + within,
+                "logits_and_loss": logits}
+
+    worst = None
+    for i in _candidate_layers(L, ckpt, len(layers.pattern)):
+        total = at_layer(i)
+        if worst is None or sum(total.values()) > sum(worst.values()):
+            worst = total
+    return worst
+
+
+def _candidate_layers(num_layers: int, ckpt: int, period: int) -> list[int]:
+    """The layers where the backward's peak can be, topmost first: the two ends of each run
+    of layers of one position in the pattern, among the checkpointed layers and among the
+    kept ones (along such a run every term is affine in the layer index, so its largest
+    total is at an end, the top one on a tie)."""
+    out = set()
+    for first, last in ((0, ckpt - 1), (ckpt, num_layers - 1)):
+        if first > last:
+            continue
+        for r in range(min(period, last - first + 1)):
+            lo = first + r
+            out.add(lo)
+            out.add(lo + (last - lo) // period * period)
+    return sorted(out, reverse=True)
+
+
 # ---------------------------------------------------------------- forward-only phases
 
 def forward_live_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
@@ -222,38 +323,50 @@ def forward_live_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
     and the rotary tables. Attention adds the q, k, v projections (their rotated copies,
     and repeats for grouped-query eager attention) and, at the softmax, the scores, an
     fp32 copy of them (softmax(dtype=float32) converts first, except fp16 on CUDA) and the
-    fp32 output; GPT-2's softmax stays in dtype. The MLP adds its widest intermediates.
-    After the last layer: the final hidden state, the logits, their fp32 copy, the
-    log_softmax output and the shifted labels.
+    fp32 output (a softmax in dtype, GPT-2's, makes neither). The MLP adds its widest
+    intermediates. After the last layer: the final hidden state, the logits, their fp32
+    copy, the log_softmax output and the shifted labels. What a family's forward keeps
+    referenced beyond this is in its description (Architecture.forward_keeps_*).
     """
     n, h, p = sc.tokens, s.hidden_size, sc.bytes_per_value
-    b, seq, a = sc.batch, sc.seq, s.num_heads
-    # The model's forward keeps the embedding output (and GPT-2's (1, s, h), OPT's (b, s, h)
-    # position embeddings) referenced through the whole layer loop.
-    embed = 8 * n + p * n * h
-    if s.model_type == "gpt2":
-        embed += p * seq * h
-    elif s.model_type == "opt":
-        embed += p * n * h
+    arch = s.arch
+    # The model's forward keeps the embedding output (and learned position embeddings:
+    # GPT-2's (1, s, h), OPT's (b, s, h)) referenced through the whole layer loop.
+    embed = 8 * n + p * n * h + {"": 0, "seq": p * sc.seq * h, "tokens": p * n * h}[arch.forward_keeps_position_output]
     shared = act.rotary_bytes(s, sc) + act.causal_mask_bytes(s, sc)
+    layer_peak = max(_forward_layer_peak(s, sc, kind, embed + shared) for kind in s.layer_counts())
+    nv = n * s.vocab_size
+    head_peak = p * n * h + 8 * n + 16 * n
+    logits_loss = p * nv + (FP32 * nv if p != FP32 else 0) + FP32 * nv
+    if head_peak + logits_loss >= layer_peak:
+        return {"activations": head_peak, "logits_and_loss": logits_loss}
+    return {"activations": layer_peak, "logits_and_loss": 0}
+
+
+def _forward_layer_peak(s: ModelShape, sc: Scenario, kind: LayerKind, held: int) -> int:
+    """The most a forward without autograd holds inside one decoder layer of `kind`, with
+    `held` bytes referenced from outside it (every kind is priced alike today)."""
+    n, h, p = sc.tokens, s.hidden_size, sc.bytes_per_value
+    b, seq, a = sc.batch, sc.seq, s.num_heads
+    arch = s.arch
     # At attention: the layer input x (the caller's reference) and its normalised copy y.
-    base = embed + 2 * p * n * h + shared
+    base = held + 2 * p * n * h
     # At the MLP: x, and two more of: the sum after attention, the MLP's normalised input,
-    # the attention output (parallel blocks add it last); GPT-2's block also still holds
-    # its attention output after the sum.
-    base_mlp = embed + 3 * p * n * h + shared + (p * n * h if s.model_type == "gpt2" else 0)
+    # the attention output (parallel blocks add it last); a block may also still hold its
+    # attention output after the sum (GPT-2's).
+    base_mlp = held + 3 * p * n * h + (p * n * h if arch.forward_keeps_attention_output else 0)
     if sc.attention == "eager":
         # The layer receives the attention probabilities back from its attention call
         # (`hidden_states, _ = self.self_attn(...)`) and holds them through the MLP.
         base_mlp += p * b * a * seq * seq
     qkv = p * n * (s.q_dim + 2 * s.kv_dim)
-    if 0 < s.rotary_fraction < 1 or s.model_type == "gpt_neox":
-        qkv += p * n * (s.q_dim + s.kv_dim)  # rotated copies; the pass-through views keep the originals
+    if arch.forward_keeps_unrotated_qk:
+        qkv += p * n * (s.q_dim + s.kv_dim)  # the rotated copies, beside the originals
     scores = b * a * seq * seq
     if sc.attention == "eager":
         if s.num_kv_heads != s.num_heads:
             qkv += 2 * act.repeated_kv_bytes(s, sc)   # repeat_kv copies (or views) of k and v
-        if s.model_type == "gpt2":
+        if not arch.attention.softmax_fp32:
             score_bytes = 2 * p
         else:
             copy = 0 if (p == FP32 or (sc.target == "cuda" and sc.dtype == "fp16")) else FP32
@@ -261,15 +374,9 @@ def forward_live_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
         attn_peak = qkv + score_bytes * scores
     else:
         attn_peak = qkv + p * n * s.q_dim + FP32 * b * a * seq
-    widest = 3 if s.gated_mlp else {"gelu_new": 4}.get(s.activation, 2)
+    widest = 3 if arch.mlp.gated else {"gelu_new": 4}.get(arch.mlp.activation, 2)
     mlp_peak = widest * p * n * s.intermediate_size
-    layer_peak = max(base + attn_peak, base_mlp + mlp_peak)
-    nv = n * s.vocab_size
-    head_peak = p * n * h + 8 * n + 16 * n
-    logits_loss = p * nv + (FP32 * nv if p != FP32 else 0) + FP32 * nv
-    if head_peak + logits_loss >= layer_peak:
-        return {"activations": head_peak, "logits_and_loss": logits_loss}
-    return {"activations": layer_peak, "logits_and_loss": 0}
+    return max(base + attn_peak, base_mlp + mlp_peak)
 
 
 def _forward_only_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
@@ -344,8 +451,11 @@ def _check_modelled(sc: Scenario) -> None:
 
 
 def estimate(s: ModelShape, sc: Scenario) -> Estimate:
-    """Peak bytes of one step of `sc` on model `s`, with the terms live at the peak."""
+    """Peak bytes of one step of `sc` on model `s`, with the terms live at the peak.
+    ValueError for a setting that is not modelled, or a context beyond a learned position
+    table (capacity.context)."""
     _check_modelled(sc)
+    check_context(s, sc.seq)
     phases = _bp_phases(s, sc) if sc.method == "bp" else _forward_only_phases(s, sc)
     totals = {name: sum(terms.values()) for name, terms in phases.items()}
     phase = max(totals, key=totals.get)

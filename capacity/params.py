@@ -1,46 +1,91 @@
-"""Parameter count of a `ModelShape`, term by term.
+"""Parameter count of a `ModelShape`, term by term, from its family's description.
 
 Each function returns a number of parameters (elements, not bytes). The total equals
 `sum(p.numel() for p in model.parameters())` of the Hugging Face model built from the
 same config (tests/test_params.py checks every preset on the meta device). A tied
-embedding is counted once, as PyTorch counts the shared tensor once.
+embedding is counted once, as PyTorch counts the shared tensor once. Functions of one
+decoder layer take the layer's kind (`LayerKind`; the model's first kind by default).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .architecture import LayerKind
 from .shape import ModelShape
+
+
+@dataclass(frozen=True)
+class Linear:
+    """One projection: `name` is its module name in the family's transformers code."""
+
+    name: str
+    fan_in: int
+    fan_out: int
+    bias: bool
+
+    @property
+    def params(self) -> int:
+        return self.fan_in * self.fan_out + (self.fan_out if self.bias else 0)
+
+    @property
+    def tensors(self) -> int:
+        return 2 if self.bias else 1
+
+
+def attention_linears(s: ModelShape, kind: LayerKind | None = None) -> list[Linear]:
+    """q: h -> a·d, k and v: h -> a_kv·d each (or one fused h -> a·d + 2·a_kv·d), and the
+    output projection a·d -> h."""
+    att, h = s.arch.attention, s.hidden_size
+    if att.fused_qkv:
+        qkv = [Linear(att.qkv[0], h, s.q_dim + 2 * s.kv_dim, att.qkv_bias)]
+    else:
+        qkv = [Linear(name, h, width, att.qkv_bias)
+               for name, width in zip(att.qkv, (s.q_dim, s.kv_dim, s.kv_dim))]
+    return qkv + [Linear(att.out, s.q_dim, h, att.out_bias)]
+
+
+def mlp_linears(s: ModelShape, kind: LayerKind | None = None) -> list[Linear]:
+    """Gated: gate and up h -> I (or one fused h -> 2·I), down I -> h. Plain: up h -> I, down I -> h."""
+    mlp, h, inter = s.arch.mlp, s.hidden_size, s.intermediate_size
+    width = 2 * inter if mlp.fused_gate_up else inter
+    return [Linear(name, h, width, mlp.bias) for name in mlp.inputs] + [Linear(mlp.out, inter, h, mlp.bias)]
+
+
+def layer_linears(s: ModelShape, kind: LayerKind | None = None) -> list[Linear]:
+    """Every projection of one decoder layer, attention first."""
+    return attention_linears(s, kind) + mlp_linears(s, kind)
 
 
 def norm_params(s: ModelShape) -> int:
     """One normalisation layer: a scale of h, plus a bias of h for LayerNorm with bias."""
-    return s.hidden_size * (2 if s.norm_bias else 1)
+    return s.hidden_size * (2 if s.arch.norm.bias else 1)
 
 
-def attention_params(s: ModelShape) -> int:
+def attention_params(s: ModelShape, kind: LayerKind | None = None) -> int:
     """q: h·(a·d), k and v: h·(a_kv·d) each, output: (a·d)·h, plus the biases that exist."""
-    h = s.hidden_size
-    weights = h * s.q_dim + 2 * h * s.kv_dim + s.q_dim * h
-    biases = (s.q_dim + 2 * s.kv_dim if s.qkv_bias else 0) + (h if s.attn_out_bias else 0)
-    return weights + biases
+    return sum(lin.params for lin in attention_linears(s, kind))
 
 
-def mlp_params(s: ModelShape) -> int:
+def mlp_params(s: ModelShape, kind: LayerKind | None = None) -> int:
     """Gated: gate and up h·I, down I·h. Plain: up h·I, down I·h. Plus biases."""
-    h, inter = s.hidden_size, s.intermediate_size
-    n_in = 2 if s.gated_mlp else 1
-    weights = (n_in + 1) * h * inter
-    biases = (n_in * inter + h) if s.mlp_bias else 0
-    return weights + biases
+    return sum(lin.params for lin in mlp_linears(s, kind))
 
 
-def layer_params(s: ModelShape) -> int:
-    """One decoder layer."""
-    return attention_params(s) + mlp_params(s) + s.norms_per_layer * norm_params(s)
+def layer_params(s: ModelShape, kind: LayerKind | None = None) -> int:
+    """One decoder layer: attention, MLP and its norms."""
+    return attention_params(s, kind) + mlp_params(s, kind) + s.arch.norms_per_layer * norm_params(s)
+
+
+def layers_params(s: ModelShape) -> int:
+    """All L decoder layers, kind by kind."""
+    return sum(n * layer_params(s, kind) for kind, n in s.layer_counts().items())
 
 
 def embedding_params(s: ModelShape) -> int:
     """Token table V·e, learned position table (if any), OPT's project_in/out (if e != h)."""
-    total = s.vocab_size * s.embed_dim + s.learned_positions * s.hidden_size
+    total = s.vocab_size * s.embed_dim + s.position_table_rows * s.hidden_size
     if s.embed_dim != s.hidden_size:
         total += 2 * s.embed_dim * s.hidden_size
     return total
@@ -48,34 +93,32 @@ def embedding_params(s: ModelShape) -> int:
 
 def head_params(s: ModelShape) -> int:
     """Final norm, and the output projection V·e unless tied to the token table."""
-    total = norm_params(s) if s.final_norm else 0
+    total = norm_params(s) if s.arch.final_norm else 0
     if not s.tie_embeddings:
         total += s.vocab_size * s.embed_dim
-    if s.lm_head_bias:
+    if s.arch.lm_head_bias:
         total += s.vocab_size
     return total
 
 
+@lru_cache(maxsize=4096)
 def parameter_count(s: ModelShape) -> int:
-    """P = embeddings + L·(one layer) + head."""
-    return embedding_params(s) + s.num_layers * layer_params(s) + head_params(s)
+    """P = embeddings + the L layers + head. (Cached: a shape is frozen, and the memory
+    model asks for its P several times per estimate.)"""
+    return embedding_params(s) + layers_params(s) + head_params(s)
 
 
 def largest_tensor_params(s: ModelShape) -> int:
     """Elements of the largest single parameter tensor (the token table in every family here)."""
-    h, inter = s.hidden_size, s.intermediate_size
-    return max(s.vocab_size * s.embed_dim, h * inter, h * s.q_dim, s.learned_positions * h)
+    weights = [lin.fan_in * lin.fan_out for kind in s.layer_counts() for lin in layer_linears(s, kind)]
+    return max(s.vocab_size * s.embed_dim, s.position_table_rows * s.hidden_size, *weights)
 
 
 def parameter_tensor_count(s: ModelShape) -> int:
     """How many parameter tensors the model has (Adam keeps one fp32 `step` scalar per tensor)."""
-    # GPT-2 (c_attn) and GPT-NeoX (query_key_value) hold q, k and v in one fused tensor.
-    fused = s.model_type in ("gpt2", "gpt_neox")
-    attn = (2 if fused else 4) + ((1 if fused else 3) if s.qkv_bias else 0) + (1 if s.attn_out_bias else 0)
-    mlp = (3 if s.gated_mlp else 2) + ((3 if s.gated_mlp else 2) if s.mlp_bias else 0)
-    norms = s.norms_per_layer * (2 if s.norm_bias else 1)
-    per_layer = attn + mlp + norms
-    embed = 1 + (1 if s.learned_positions else 0) + (2 if s.embed_dim != s.hidden_size else 0)
-    head = (2 if s.norm_bias else 1) * (1 if s.final_norm else 0) + (0 if s.tie_embeddings else 1) \
-        + (1 if s.lm_head_bias else 0)
-    return embed + s.num_layers * per_layer + head
+    norm = 2 if s.arch.norm.bias else 1
+    per_kind = {kind: sum(lin.tensors for lin in layer_linears(s, kind)) + s.arch.norms_per_layer * norm
+                for kind in s.layer_counts()}
+    embed = 1 + (1 if s.position_table_rows else 0) + (2 if s.embed_dim != s.hidden_size else 0)
+    head = (norm if s.arch.final_norm else 0) + (0 if s.tie_embeddings else 1) + (1 if s.arch.lm_head_bias else 0)
+    return embed + sum(n * per_kind[kind] for kind, n in s.layer_counts().items()) + head

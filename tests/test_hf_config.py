@@ -1,10 +1,12 @@
 """Reading config.json: supported types, defaults, and bad or hostile input."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
-from capacity import MODEL_TYPES, ModelShape, Scenario, from_hf_config, parse_hf_config_text
+from capacity import MODEL_TYPES, ModelShape, Scenario, from_hf_config, load_preset, parse_hf_config_text
+from capacity.families import llama
 from capacity.hf_config import MAX_CONFIG_BYTES, load_hf_config
 
 
@@ -23,7 +25,7 @@ def test_unknown_type_lists_supported():
     ('{"model_type": "llama", "hidden_size": 1e300}', "hidden_size"),
     ('{"model_type": "llama", "num_hidden_layers": NaN}', "NaN"),
     ('{"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 30}', "num_attention_heads"),
-    ('{"model_type": "llama", "num_key_value_heads": 5}', "num_kv_heads"),
+    ('{"model_type": "llama", "num_key_value_heads": 5}', "num_key_value_heads: must divide num_attention_heads"),
     ('{"model_type": "gpt2", "n_head": 0}', "n_head"),
     ('{"model_type": "llama", "hidden_act": "swiglu_custom"}', "hidden_act"),
     ('{"model_type": "llama", "vocab_size": 99999999999}', "vocab_size"),
@@ -57,13 +59,22 @@ def test_load_from_folder(tmp_path):
 
 
 @pytest.mark.parametrize("field,value", [("num_layers", 0), ("hidden_size", -1), ("attn_dropout", 1.5),
-                                         ("rotary_fraction", 2.0), ("model_type", "t5")])
+                                         ("max_positions", 0), ("model_type", "t5")])
 def test_shape_validation(field, value):
     kwargs = dict(model_type="llama", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=4,
-                  head_dim=16, intermediate_size=128, vocab_size=100)
+                  head_dim=16, intermediate_size=128, vocab_size=100, arch=llama.architecture("silu"),
+                  max_positions=2048)
     kwargs[field] = value
     with pytest.raises(ValueError, match=field):
         ModelShape(**kwargs)
+
+
+@pytest.mark.parametrize("field,value", [("rotary_fraction", 2.0), ("positions", "alibi"),
+                                         ("norm_placement", "middle")])
+def test_architecture_validation(field, value):
+    arch = replace(llama.architecture("silu"), **{field: value})
+    with pytest.raises(ValueError, match=field):
+        replace(load_preset("tiny-llama"), arch=arch)
 
 
 @pytest.mark.parametrize("field,value", [("batch", 0), ("seq", -5), ("keep", 1.5), ("keep", -0.1),

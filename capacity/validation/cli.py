@@ -151,9 +151,8 @@ def _check_numbers(args) -> None:
 
 def _max_positions(shape) -> int | None:
     """The longest sequence a learned position table allows (GPT-2, OPT), or None."""
-    if not shape.learned_positions:
-        return None
-    return shape.learned_positions - (2 if shape.model_type == "opt" else 0)
+    from ..context import longest_runnable_context
+    return longest_runnable_context(shape)
 
 
 def run(args) -> int:

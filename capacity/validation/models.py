@@ -2,7 +2,8 @@
 
 Three sources, none of which downloads anything or runs code from a config:
   * a Hugging Face config dict (a preset's, or a user's config.json),
-  * a capacity `ModelShape` (turned back into the config dict of its family),
+  * a capacity `ModelShape` (turned back into the config dict of its family:
+    capacity.hf_config.shape_to_hf_config, each family's `write`),
   * a local folder (`--model-dir`) holding config.json and, optionally, weights.
 
 The model is built directly in its target dtype (`from_config(cfg, dtype=...)`): under
@@ -18,63 +19,14 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ..hf_config import from_hf_config, read_hf_config_dict
+from ..hf_config import from_hf_config, read_hf_config_dict, shape_to_hf_config
 from ..shape import ModelShape
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-# capacity's activation names -> the Hugging Face names that select that implementation.
-_HF_ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_new": "gelu_new",
-                   "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
-
 
 class ModelDirError(Exception):
     """The --model-dir folder is missing or unreadable (exit code 4)."""
-
-
-def shape_to_hf_config(s: ModelShape) -> dict:
-    """The config.json dict of a shape's family: `from_hf_config` of it gives the shape back."""
-    act = _HF_ACTIVATIONS[s.activation]
-    common = {"model_type": s.model_type, "vocab_size": s.vocab_size,
-              "tie_word_embeddings": s.tie_embeddings}
-    if s.model_type == "gpt2":
-        return {**common, "n_embd": s.hidden_size, "n_layer": s.num_layers, "n_head": s.num_heads,
-                "n_inner": s.intermediate_size, "n_positions": s.learned_positions,
-                "activation_function": act, "resid_pdrop": s.resid_dropout,
-                "embd_pdrop": s.embd_dropout, "attn_pdrop": s.attn_dropout}
-    if s.model_type == "opt":
-        return {**common, "hidden_size": s.hidden_size, "num_hidden_layers": s.num_layers,
-                "num_attention_heads": s.num_heads, "ffn_dim": s.intermediate_size,
-                # the shape counts OPT's 2 offset rows in its position table
-                "max_position_embeddings": s.learned_positions - 2,
-                "word_embed_proj_dim": s.embed_dim, "do_layer_norm_before": s.pre_norm,
-                "_remove_final_layer_norm": s.pre_norm and not s.final_norm,
-                "enable_bias": s.qkv_bias, "activation_function": act,
-                "dropout": s.resid_dropout, "attention_dropout": s.attn_dropout}
-    if s.model_type == "gpt_neox":
-        return {**common, "hidden_size": s.hidden_size, "num_hidden_layers": s.num_layers,
-                "num_attention_heads": s.num_heads, "intermediate_size": s.intermediate_size,
-                "hidden_act": act, "rotary_pct": s.rotary_fraction,
-                "use_parallel_residual": s.parallel_residual, "attention_bias": s.qkv_bias,
-                "attention_dropout": s.attn_dropout, "hidden_dropout": s.resid_dropout}
-    if s.model_type == "phi":
-        return {**common, "hidden_size": s.hidden_size, "num_hidden_layers": s.num_layers,
-                "num_attention_heads": s.num_heads, "num_key_value_heads": s.num_kv_heads,
-                "intermediate_size": s.intermediate_size, "hidden_act": act,
-                "partial_rotary_factor": s.rotary_fraction, "qk_layernorm": False,
-                "resid_pdrop": s.resid_dropout, "embd_pdrop": s.embd_dropout,
-                "attention_dropout": s.attn_dropout}
-    # llama, mistral, qwen2, gemma
-    cfg = {**common, "hidden_size": s.hidden_size, "intermediate_size": s.intermediate_size,
-           "num_hidden_layers": s.num_layers, "num_attention_heads": s.num_heads,
-           "num_key_value_heads": s.num_kv_heads, "head_dim": s.head_dim,
-           "attention_dropout": s.attn_dropout}
-    cfg["hidden_activation" if s.model_type == "gemma" else "hidden_act"] = act
-    if s.model_type in ("llama", "gemma"):
-        cfg["attention_bias"] = s.qkv_bias
-    if s.model_type == "llama":
-        cfg["mlp_bias"] = s.mlp_bias
-    return cfg
 
 
 def hf_config(cfg: dict):

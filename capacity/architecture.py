@@ -1,0 +1,287 @@
+"""The vocabulary a model family is described in: how its `transformers` code computes.
+
+A family (capacity/families/) describes its mechanism as data, in these frozen
+dataclasses; the shared memory model (params.py, activations.py, memory.py) reads them and
+never asks which family it is. Each field names one mechanism and the code it stands for.
+
+    Architecture          one family's model: norms, attention, MLP, residual wiring,
+                          embedding, head, and what a forward without autograd keeps
+      Norm                a normalisation layer (RMSNorm or LayerNorm, in which precision)
+      Attention           the attention block of a decoder layer
+      Mlp                 the MLP block of a decoder layer
+      Multipliers         Granite's scalar multipliers
+    LayerKind             what differs between the layers of one model (sliding-window or
+                          full attention, RoPE or not, dense or mixture-of-experts MLP)
+    Moe                   the sizes of a mixture-of-experts MLP
+
+Some fields describe mechanisms of families that are coming (q/k norms, norms after each
+branch, soft-capping, multipliers, fused gate/up projections, mixtures of experts, layers
+without RoPE). The memory model does not price them yet: `unmodelled_features` lists the
+ones a description uses, and a shape that uses any is refused (shape.validate_shape), so
+no estimate silently ignores a mechanism. Whoever models one removes it from that list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Activations whose saved tensors the memory model knows (capacity's names).
+ACTIVATIONS = ("silu", "gelu", "gelu_new", "gelu_tanh", "relu")
+
+NORM_KINDS = ("rmsnorm", "layernorm")
+NORM_PLACEMENTS = ("pre", "post", "sandwich", "branch_out")
+QK_NORMS = ("", "head", "projection")
+POSITIONS = ("rope", "learned")
+POSITION_OUTPUTS = ("", "seq", "tokens")
+
+
+@dataclass(frozen=True)
+class Norm:
+    """One normalisation layer.
+
+    kind: "rmsnorm" or "layernorm" (torch.nn.functional.layer_norm).
+    bias: LayerNorm with a bias (elementwise_affine with bias).
+    scale_in_fp32: RMSNorm keeps the normalised x in fp32 through the scale and casts the
+      result (Gemma: `output * (1.0 + self.weight.float())`, then `.type_as(x)`); otherwise
+      it casts the normalised x to the input dtype before the scale (Llama:
+      `self.weight * hidden_states.to(input_dtype)`).
+    weight_offset: RMSNorm scales by (1 + w), made as a new fp32 tensor (Gemma).
+    """
+
+    kind: str = "rmsnorm"
+    bias: bool = False
+    scale_in_fp32: bool = False
+    weight_offset: bool = False
+
+
+@dataclass(frozen=True)
+class Attention:
+    """The attention block of a decoder layer.
+
+    qkv: the module names of the projections that make q, k and v; one name means one
+      fused projection of width a·d + 2·a_kv·d (GPT-2's c_attn, NeoX's query_key_value,
+      Phi-3's qkv_proj). out: the output projection's name.
+    softmax_fp32: eager attention's softmax runs in fp32 and its result is cast back
+      (`softmax(..., dtype=torch.float32).to(query.dtype)`); False: in the input dtype
+      (GPT-2's `nn.functional.softmax(attn_weights, dim=-1)`).
+    qk_norm: RMSNorm of q and k before RoPE: "head" (per head, over d: Qwen3, Gemma 3) or
+      "projection" (over the whole projection, a·d and a_kv·d: OLMo 2); "" none.
+      [not modelled yet]
+    logit_softcap: cap·tanh(scores / cap) before the softmax (Gemma 2); 0: none.
+      [not modelled yet]
+    """
+
+    qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+    out: str = "o_proj"
+    qkv_bias: bool = False
+    out_bias: bool = False
+    softmax_fp32: bool = True
+    qk_norm: str = ""
+    logit_softcap: float = 0.0
+
+    @property
+    def fused_qkv(self) -> bool:
+        return len(self.qkv) == 1
+
+
+@dataclass(frozen=True)
+class Mlp:
+    """The MLP block of a decoder layer (a dense one; see Moe for experts).
+
+    inputs: the module names of the projections reading the MLP's input: gated
+      ("gate_proj", "up_proj"), or one fused gate/up projection of width 2·I (Phi-3's
+      gate_up_proj) [not modelled yet]; plain ("fc1",). out: the down projection's name.
+    gated: down(act(gate(x)) * up(x)) instead of down(act(up(x))).
+    """
+
+    inputs: tuple[str, ...] = ("gate_proj", "up_proj")
+    out: str = "down_proj"
+    gated: bool = True
+    activation: str = "silu"
+    bias: bool = False
+
+    @property
+    def fused_gate_up(self) -> bool:
+        return self.gated and len(self.inputs) == 1
+
+
+@dataclass(frozen=True)
+class Multipliers:
+    """Granite's scalar multipliers (GraniteConfig): embedding_multiplier scales the
+    embeddings, residual_multiplier each branch before its residual add, attention_multiplier
+    replaces 1/sqrt(d) as the scores' scale (0: 1/sqrt(d)), logits_scaling divides the
+    logits. 1 (and 0 for attention) is the plain computation. [not modelled yet]"""
+
+    embedding: float = 1.0
+    residual: float = 1.0
+    attention: float = 0.0
+    logits: float = 1.0
+
+
+@dataclass(frozen=True)
+class Moe:
+    """A mixture-of-experts MLP (sizes): `experts` expert MLPs of width `expert_size`, each
+    token routed to `top_k` of them by a router (h·experts), plus an always-on shared
+    expert of width `shared_expert_size` (0: none). [not modelled yet]"""
+
+    experts: int
+    top_k: int
+    expert_size: int
+    shared_expert_size: int = 0
+    router_aux_loss: bool = True
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    """What differs between the decoder layers of one model. A model's layers repeat a
+    pattern of kinds (ModelShape.layers): Gemma 2 alternates sliding-window and full
+    attention, Gemma 3 has five sliding layers to one full one, SmolLM3 drops RoPE in every
+    fourth layer, a mixture-of-experts model may keep some dense layers.
+
+    sliding_window: each token attends to the last `sliding_window` tokens; 0: full causal
+      attention. Priced as full attention: the same tensors under eager attention, and
+      under SDPA while the context is shorter than the window (transformers then skips
+      the mask, masking_utils._ignore_causal_mask_sdpa); from the window on, SDPA gets an
+      explicit mask, which is not modelled yet.
+    rope: the layer applies the model's rotary embedding (False: a NoPE layer). [False is
+      not modelled yet]
+    moe: the layer's MLP is the model's mixture of experts (ModelShape.moe). [not modelled yet]
+    """
+
+    sliding_window: int = 0
+    rope: bool = True
+    moe: bool = False
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How one family's model computes, as the memory model reads it.
+
+    Residual wiring:
+      parallel_residual: attention and MLP both read the layer input and their outputs are
+        added to it together (NeoX with use_parallel_residual, Phi).
+      shared_norm: one norm feeds both parallel branches (Phi's input_layernorm).
+      norm_placement: "pre" (each branch normalises its input: Llama, GPT-2), "post" (the
+        residual sum is normalised: OPT with do_layer_norm_before=false; priced like "pre",
+        each norm keeping one N·h input, and not traced separately), "sandwich" (pre, and each branch's output before
+        its residual add: Gemma 2/3) [not modelled yet], "branch_out" (only each branch's
+        output: OLMo 2) [not modelled yet].
+      final_norm: a norm after the last layer.
+    Embedding and head:
+      positions: "rope" (rotary; max_position_embeddings is the trained length, which RoPE
+        scaling may extend) or "learned" (a position table: a hard limit).
+      position_offset: extra rows in a learned table (OPT's OPTLearnedPositionalEmbedding: 2).
+      rotary_fraction: share of the head dim that is rotated (NeoX, Phi: partial_rotary_factor).
+      embedding_scale: the embedding output is multiplied by sqrt(h) (Gemma's normalizer;
+        a product with a constant keeps nothing for backward).
+      lm_head_bias: the LM head has a bias (Phi).
+      final_logit_softcap: cap·tanh(logits / cap) (Gemma 2) [not modelled yet].
+      multipliers: Granite's (Multipliers).
+    What a forward without autograd keeps referenced (MeZO and inference), beyond the
+    layer input, its normalised copy and the embedding output:
+      forward_keeps_position_output: the learned position embeddings' output, held by the
+        model's forward through the layer loop: "seq" (GPT-2's position_embeds from
+        position_ids of shape (1, s): s·h) or "tokens" (OPT's, from the attention mask:
+        b·s·h).
+      forward_keeps_attention_output: the block still holds its attention output after
+        the residual sum, through the MLP (GPT2Block's `attn_output`).
+      forward_keeps_unrotated_qk: the unrotated q and k stay referenced beside their rotated
+        copies: NeoX (v is a view of the fused projection, which holds q and k), Phi with a
+        partial rotation (the pass-through slices `query_pass`, `key_pass` are views of q, k).
+    """
+
+    norm: Norm
+    attention: Attention
+    mlp: Mlp
+    parallel_residual: bool = False
+    shared_norm: bool = False
+    norm_placement: str = "pre"
+    final_norm: bool = True
+    positions: str = "rope"
+    position_offset: int = 0
+    rotary_fraction: float = 1.0
+    embedding_scale: bool = False
+    lm_head_bias: bool = False
+    final_logit_softcap: float = 0.0
+    multipliers: Multipliers = field(default_factory=Multipliers)
+    forward_keeps_position_output: str = ""
+    forward_keeps_attention_output: bool = False
+    forward_keeps_unrotated_qk: bool = False
+
+    @property
+    def norms_per_layer(self) -> int:
+        """Norm layers in one decoder layer: one per branch input (one shared by parallel
+        branches), and one per branch output where the placement adds them."""
+        before = 0 if self.norm_placement == "branch_out" else (1 if self.shared_norm else 2)
+        after = 2 if self.norm_placement in ("sandwich", "branch_out") else 0
+        return before + after
+
+
+def unmodelled_features(arch: Architecture, layers: tuple[LayerKind, ...], moe: Moe | None) -> list[str]:
+    """The mechanisms a description uses that the memory model does not price yet."""
+    out = []
+    if arch.attention.qk_norm:
+        out.append(f"q/k norm ({arch.attention.qk_norm})")
+    if arch.attention.logit_softcap:
+        out.append("attention logit soft-capping")
+    if arch.final_logit_softcap:
+        out.append("final logit soft-capping")
+    if arch.norm_placement in ("sandwich", "branch_out"):
+        out.append(f"norms on the branch outputs ({arch.norm_placement})")
+    if arch.multipliers != Multipliers():
+        out.append("Granite multipliers")
+    if arch.mlp.fused_gate_up:
+        out.append("a fused gate/up projection")
+    if moe is not None or any(k.moe for k in layers):
+        out.append("mixture-of-experts layers")
+    if arch.positions == "rope" and any(not k.rope for k in layers):
+        out.append("layers without RoPE")
+    return out
+
+
+def validate_architecture(arch: Architecture) -> None:
+    """Raise ValueError naming the first field of a description that is malformed."""
+    for name, value, kind in (("norm", arch.norm, Norm), ("attention", arch.attention, Attention),
+                              ("mlp", arch.mlp, Mlp), ("multipliers", arch.multipliers, Multipliers)):
+        if not isinstance(value, kind):
+            raise ValueError(f"{name}: expected a {kind.__name__}, got {type(value).__name__}")
+    _choice("norm.kind", arch.norm.kind, NORM_KINDS)
+    _choice("activation", arch.mlp.activation, ACTIVATIONS)
+    _choice("norm_placement", arch.norm_placement, NORM_PLACEMENTS)
+    _choice("qk_norm", arch.attention.qk_norm, QK_NORMS)
+    _choice("positions", arch.positions, POSITIONS)
+    _choice("forward_keeps_position_output", arch.forward_keeps_position_output, POSITION_OUTPUTS)
+    for name, names in (("attention.qkv", arch.attention.qkv), ("mlp.inputs", arch.mlp.inputs)):
+        if not (isinstance(names, tuple) and names and all(isinstance(n, str) and n for n in names)):
+            raise ValueError(f"{name}: expected a tuple of module names, got {names!r}")
+    if len(arch.attention.qkv) not in (1, 3):
+        raise ValueError(f"attention.qkv: one fused projection or three, got {arch.attention.qkv!r}")
+    if len(arch.mlp.inputs) != (2 if arch.mlp.gated and not arch.mlp.fused_gate_up else 1):
+        raise ValueError(f"mlp.inputs: {arch.mlp.inputs!r} does not match gated={arch.mlp.gated}")
+    if not _number(arch.rotary_fraction) or not 0.0 <= arch.rotary_fraction <= 1.0:
+        raise ValueError(f"rotary_fraction: must be in [0, 1], got {arch.rotary_fraction!r}")
+    if isinstance(arch.position_offset, bool) or not isinstance(arch.position_offset, int) \
+            or not 0 <= arch.position_offset <= 16:
+        raise ValueError(f"position_offset: must be a whole number in [0, 16], got {arch.position_offset!r}")
+    for name in ("logit_softcap",):
+        if not _number(getattr(arch.attention, name)) or getattr(arch.attention, name) < 0:
+            raise ValueError(f"attention.{name}: must be a number >= 0")
+    if not _number(arch.final_logit_softcap) or arch.final_logit_softcap < 0:
+        raise ValueError("final_logit_softcap: must be a number >= 0")
+
+
+def validate_layer_kinds(layers) -> None:
+    if not isinstance(layers, tuple) or not layers or not all(isinstance(k, LayerKind) for k in layers):
+        raise ValueError("layers: expected a non-empty tuple of LayerKind")
+    for k in layers:
+        if isinstance(k.sliding_window, bool) or not isinstance(k.sliding_window, int) or k.sliding_window < 0:
+            raise ValueError(f"sliding_window: must be a whole number >= 0, got {k.sliding_window!r}")
+
+
+def _choice(name: str, value, allowed) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name}: must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+
+
+def _number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))

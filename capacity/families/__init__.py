@@ -1,0 +1,35 @@
+"""The model families capacity knows, one module each.
+
+A family module holds everything that differs between families, in one place:
+  DEFAULTS        the transformers configuration class's defaults for the keys it reads,
+  architecture()  the description of its mechanism as data (an `Architecture`, see
+                  capacity/architecture.py), from the config values it depends on,
+  read()          config.json (a ConfigReader over it) -> ModelShape,
+  write()         ModelShape -> config.json dict (the validation engine builds the model
+                  from it; read(write(shape)) == shape),
+and exports them as FAMILY. The shared memory model never asks which family it is.
+docs/families.md is the checklist for adding one.
+"""
+
+from __future__ import annotations
+
+from . import gemma, gpt2, gpt_neox, llama, mistral, opt, phi, qwen2
+from .config import ConfigReader, Family
+
+FAMILIES: dict[str, Family] = {m.FAMILY.model_type: m.FAMILY
+                               for m in (gpt2, opt, llama, mistral, qwen2, gemma, gpt_neox, phi)}
+
+# The model types whose Hugging Face implementation the memory model describes.
+MODEL_TYPES = tuple(FAMILIES)
+
+
+def family(model_type: str) -> Family:
+    """The family of a config's `model_type`; ValueError listing the supported ones."""
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
+        shown = repr(model_type) if isinstance(model_type, str) and len(model_type) <= 40 else \
+            (repr(model_type[:40] + "...") if isinstance(model_type, str) else type(model_type).__name__)
+        raise ValueError(f"model_type {shown} is not supported; supported: {', '.join(MODEL_TYPES)}")
+    return FAMILIES[model_type]
+
+
+__all__ = ["FAMILIES", "MODEL_TYPES", "ConfigReader", "Family", "family"]

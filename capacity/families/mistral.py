@@ -1,0 +1,31 @@
+"""Mistral (transformers/models/mistral: MistralConfig, modeling_mistral.py): Llama-like,
+no biases, a sliding window on every layer (4096 by default; null for none)."""
+
+from __future__ import annotations
+
+from ..shape import ModelShape
+from . import llama
+from .config import ConfigReader, Family
+
+MODEL_TYPE = "mistral"
+
+# MistralConfig's defaults for the keys read here.
+DEFAULTS = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
+            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "head_dim": None, "hidden_act": "silu", "max_position_embeddings": 4096 * 32,
+            "sliding_window": 4096, "attention_dropout": 0.0, "tie_word_embeddings": False}
+
+
+def read(c: ConfigReader, name: str) -> ModelShape:
+    # `sliding_window: null` is full attention (the default applies only to an absent key).
+    window = 0 if "sliding_window" in c.cfg and c.cfg["sliding_window"] is None \
+        else c.integer("sliding_window")
+    return llama.read_llama_like(c, name, MODEL_TYPE, llama.architecture(c.activation("hidden_act")),
+                                 windows=[window])
+
+
+def write(s: ModelShape) -> dict:
+    return {**llama.write_llama_like(s), "sliding_window": s.layers[0].sliding_window or None}
+
+
+FAMILY = Family(MODEL_TYPE, DEFAULTS, llama.KEYS, read, write)
