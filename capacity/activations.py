@@ -234,11 +234,13 @@ def causal_mask_bytes(s: ModelShape, sc: Scenario) -> int:
 
 
 def rotary_bytes(s: ModelShape, sc: Scenario) -> int:
-    """cos and sin tables for the rotated share of the head dim: 2 · s · d_rot in dtype."""
+    """cos and sin tables for the rotated share of the head dim: 2 · s · d_rot in dtype, for
+    each distinct rotary table the layers use (LayerKind.rope), made once per forward."""
     if s.arch.positions != "rope":
         return 0
+    tables = {kind.rope for kind in s.layer_counts() if kind.rope}
     rot = int(s.head_dim * s.arch.rotary_fraction)
-    return 2 * _act_bytes(sc) * sc.seq * rot
+    return len(tables) * 2 * _act_bytes(sc) * sc.seq * rot
 
 
 def norm_keeps_layer_input(s: ModelShape, sc: Scenario) -> bool:

@@ -143,13 +143,15 @@ class LayerKind:
       under SDPA while the context is shorter than the window (transformers then skips
       the mask, masking_utils._ignore_causal_mask_sdpa); from the window on, SDPA gets an
       explicit mask, which is not modelled yet.
-    rope: the layer applies the model's rotary embedding (False: a NoPE layer). [False is
-      not modelled yet]
+    rope: the rotary table the layer uses, when the model has rotary positions: the
+      model's "global" one, or another ("local": Gemma 3's sliding layers use their own
+      base frequency); each distinct table is computed once per forward and held through
+      it. "": the layer applies no rotary embedding (a NoPE layer) [not modelled yet].
     moe: the layer's MLP is the model's mixture of experts (ModelShape.moe). [not modelled yet]
     """
 
     sliding_window: int = 0
-    rope: bool = True
+    rope: str = "global"
     moe: bool = False
 
 
@@ -234,7 +236,7 @@ def unmodelled_features(arch: Architecture, layers: tuple[LayerKind, ...], moe: 
         out.append("a fused gate/up projection")
     if moe is not None or any(k.moe for k in layers):
         out.append("mixture-of-experts layers")
-    if arch.positions == "rope" and any(not k.rope for k in layers):
+    if arch.positions == "rope" and any(k.rope == "" for k in layers):
         out.append("layers without RoPE")
     return out
 
@@ -276,6 +278,10 @@ def validate_layer_kinds(layers) -> None:
     for k in layers:
         if isinstance(k.sliding_window, bool) or not isinstance(k.sliding_window, int) or k.sliding_window < 0:
             raise ValueError(f"sliding_window: must be a whole number >= 0, got {k.sliding_window!r}")
+        if not isinstance(k.rope, str):
+            raise ValueError(f"rope: expected a rotary table's name, got {k.rope!r}")
+        if not isinstance(k.moe, bool):
+            raise ValueError(f"moe: expected true or false, got {k.moe!r}")
 
 
 def _choice(name: str, value, allowed) -> None:

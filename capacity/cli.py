@@ -10,9 +10,9 @@ import json
 import sys
 
 from . import (ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, TERMS, CUDA_CONTEXT_BYTES, GB, GiB,
-               Scenario, estimate, families, largest_batch, largest_preset, largest_scaled_model,
-               load_hf_config, load_preset, longest_context, parameter_count, parse_bytes,
-               preset_family, relative_model_size)
+               Scenario, context_note, estimate, families, largest_batch, largest_preset,
+               largest_scaled_model, load_hf_config, load_preset, longest_context, parameter_count,
+               parse_bytes, preset_family, relative_model_size)
 from .shape import ModelShape
 
 
@@ -64,14 +64,17 @@ def _row(label: str, n: int) -> str:
 def cmd_estimate(args) -> int:
     shape, sc = _shape(args), _scenario(args)
     est = estimate(shape, sc)
+    note = context_note(shape, sc.seq)
     if args.json:
         print(json.dumps({"model": shape.name, "params": est.params, "peak_bytes": est.peak_bytes,
                           "phase": est.phase, "breakdown": est.breakdown, "phases": est.phases,
                           "textbook": est.textbook, "cuda_context_bytes": CUDA_CONTEXT_BYTES,
-                          "scenario": sc.to_dict()}))
+                          "context_note": note, "scenario": sc.to_dict()}))
         return 0
     print(f"{shape.name}: {est.params:,} parameters; {sc.method}, batch {sc.batch}, seq {sc.seq}, "
           f"{sc.dtype}{' mixed' if sc.mixed_precision else ''}, L'/L={sc.keep}, {sc.attention}")
+    if note:
+        print(f"Note: {note}.")
     print(f"Peak at '{est.phase}' (live tensors; CUDA context of about "
           f"{CUDA_CONTEXT_BYTES / GiB:.2f} GiB not included):")
     for term in TERMS:
@@ -102,6 +105,9 @@ def cmd_fit(args) -> int:
             res["largest_scaled_params"] = params
             res["longest_context"] = longest_context(shape, sc, budget)
             res["largest_batch"] = largest_batch(shape, sc, budget)
+            note = context_note(shape, res["longest_context"])
+            if note:
+                res["longest_context_note"] = note
         out[m] = res
     if shape is not None:
         out["relative_model_size_mezo_over_bp"] = relative_model_size(

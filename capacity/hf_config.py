@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from .families import FAMILIES, MODEL_TYPES, ConfigReader, family
+from .families.config import show
 from .shape import ModelShape, ShapeError
 
 # A config.json larger than this is not a model config (real ones are a few KB).
@@ -32,7 +33,11 @@ def from_hf_config(cfg: dict, name: str = "") -> ModelShape:
     """
     if not isinstance(cfg, dict):
         raise ValueError("config.json: expected a JSON object at the top level")
-    fam = family(cfg.get("model_type"))
+    model_type = cfg.get("model_type")
+    if not isinstance(model_type, str) or model_type not in FAMILIES:
+        raise ValueError(f"config.json: model_type: {show(model_type)} is not supported; "
+                         f"supported: {', '.join(MODEL_TYPES)}")
+    fam = FAMILIES[model_type]
     if cfg.get("quantization_config") is not None:
         raise ValueError("config.json: quantization_config: quantized base weights are not modelled by "
                          "the calculator yet (it would price them as 16-bit); remove the key to price the "
@@ -74,9 +79,10 @@ def read_hf_config_dict(path: str | Path) -> dict:
 
 def load_hf_config(path: str | Path) -> ModelShape:
     """Read a config.json file (or a folder holding one) as data and return its shape."""
+    cfg = read_hf_config_dict(path)
     p = Path(path)
     name = (p if p.is_dir() else p.parent).name or p.stem
-    return from_hf_config(read_hf_config_dict(p), name=name)
+    return from_hf_config(cfg, name=name)
 
 
 def parse_hf_config_text(text: str | bytes, name: str = "") -> ModelShape:

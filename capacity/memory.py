@@ -75,16 +75,6 @@ def compute_copy_bytes(s: ModelShape, sc: Scenario) -> int:
     return parameter_count(s) * sc.bytes_per_value if sc.mixed_precision else 0
 
 
-def _forward_copies(s: ModelShape, sc: Scenario) -> int:
-    """Mixed precision, at the end of forward: autocast's 16-bit weight copies that the
-    matmuls keep. A checkpointed layer's forward keeps nothing, so its copies are freed
-    at once; only the kept layers' and the rest of the model's remain."""
-    ckpt = s.num_layers - kept_layers(s, sc)
-    checkpointed = sum(s.layers_of_kind(kind, 0, ckpt) * _layer_copy_bytes(s, sc, kind)
-                       for kind in dict.fromkeys(s.layers))
-    return compute_copy_bytes(s, sc) - checkpointed
-
-
 def _layer_copy_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
     """Mixed precision: autocast's 16-bit copies of one decoder layer's weights."""
     return sc.bytes_per_value * layer_params(s, kind) if sc.mixed_precision else 0
@@ -128,14 +118,18 @@ def kept_layers(s: ModelShape, sc: Scenario) -> int:
 
 
 def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
-    n, h, p = sc.tokens, s.hidden_size, sc.bytes_per_value
+    n, p = sc.tokens, sc.bytes_per_value
     L, keep = s.num_layers, kept_layers(s, sc)
     ckpt = L - keep
     gp = _state_bytes_per_value(sc)
     layers = _LayerSums(s, sc)
 
     state = {
-        "weights": weights_bytes(s, sc) if not sc.mixed_precision else _forward_copies(s, sc),
+        # Mixed precision: autocast's 16-bit weight copies that the matmuls keep at the end
+        # of forward. A checkpointed layer's forward keeps nothing, so its copies are freed
+        # at once; only the kept layers' and the rest of the model's remain.
+        "weights": weights_bytes(s, sc) if not sc.mixed_precision
+        else compute_copy_bytes(s, sc) - layers.copies(0, ckpt),
         "master_weights": weights_bytes(s, sc) if sc.mixed_precision else 0,
         "optimizer_states": optimizer_state_bytes(s, sc),
     }

@@ -206,5 +206,14 @@ def validate_shape(s: ModelShape) -> None:
         raise ValueError(f"{s.model_type}: the memory model does not price {', '.join(missing)} yet")
 
 
+def __getattr__(name: str):
+    """MODEL_TYPES lived here before the families (capacity.families.MODEL_TYPES); kept for
+    callers of the old location (pages/_ui.py)."""
+    if name == "MODEL_TYPES":
+        from .families import MODEL_TYPES
+        return MODEL_TYPES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def shape_fields() -> list[str]:
     return [f.name for f in fields(ModelShape)]

@@ -94,3 +94,118 @@ def test_defaults_match_transformers(model_type):
     full = transformers.AutoConfig.for_model(model_type).to_dict()
     full = {k: v for k, v in full.items() if v is not None or k in ("num_key_value_heads", "head_dim")}
     assert from_hf_config(full) == ours
+
+
+# ------------------------------------------------------------------ types, names, sizes
+
+@pytest.mark.parametrize("cfg,key", [
+    ({"model_type": "llama", "hidden_act": ["silu"]}, "hidden_act"),
+    ({"model_type": "gpt2", "activation_function": {}}, "activation_function"),
+    ({"model_type": "gpt2", "n_embd": [768]}, "n_embd"),
+    ({"model_type": "opt", "attention_dropout": {}}, "attention_dropout"),
+    ({"model_type": "gpt2", "attn_pdrop": 1.5}, "attn_pdrop"),
+    ({"model_type": "gpt2", "n_embd": 64, "n_head": 4, "n_inner": 2**25}, "n_inner"),
+    ({"model_type": "llama", "num_key_value_heads": "8"}, "num_key_value_heads"),
+    ({"model_type": "llama", "max_position_embeddings": 0}, "max_position_embeddings"),
+    ({"model_type": "gpt_neox", "rope_parameters": [1]}, "rope_parameters"),
+    ({"model_type": "gpt_neox", "rope_parameters": {"partial_rotary_factor": "x"}},
+     "rope_parameters.partial_rotary_factor"),
+    ({"model_type": "phi", "rope_scaling": "linear"}, "rope_scaling"),
+    ({"model_type": "qwen2", "num_hidden_layers": 2, "layer_types": ["full_attention"]}, "layer_types"),
+    ({"model_type": "qwen2", "num_hidden_layers": 1, "layer_types": [["full_attention"]]}, "layer_types"),
+    ({"model_type": "qwen2", "num_hidden_layers": 1, "layer_types": ["chunked_attention"]}, "layer_types"),
+    ({"model_type": "mistral", "sliding_window": []}, "sliding_window"),
+    ({"model_type": ["llama"]}, "model_type"),
+    ({"model_type": {"x": 1}}, "model_type"),
+    ({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "head_dim": 16.5}, "head_dim"),
+    ({"model_type": "gemma", "hidden_act": "gelu_fast"}, "hidden_act"),
+])
+def test_a_wrong_type_is_named_by_its_config_key(cfg, key):
+    with pytest.raises(ValueError, match=f"config.json: {key.replace('.', '[.]')}") as err:
+        from_hf_config(cfg)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300
+
+
+@pytest.mark.parametrize("digits", [400, 4000, 5000])
+def test_a_huge_integer_is_named_and_not_printed(digits):
+    text = '{"model_type": "llama", "vocab_size": 1' + "0" * digits + "}"
+    with pytest.raises(ValueError, match="vocab_size") as err:
+        parse_hf_config_text(text)
+    assert len(str(err.value)) < 200
+
+
+def test_a_huge_float_is_not_printed_in_full():
+    for key in ("vocab_size", "attention_dropout"):
+        with pytest.raises(ValueError, match=key) as err:
+            parse_hf_config_text('{"model_type": "llama", "%s": 1e308}' % key)
+        assert len(str(err.value)) < 200 and "0000000000" not in str(err.value)
+
+
+def test_quantized_weights_are_refused_not_priced_as_16_bit():
+    cfg = {"model_type": "llama", "quantization_config": {"load_in_4bit": True, "quant_method": "bitsandbytes"}}
+    with pytest.raises(ValueError, match="quantization_config: quantized base weights are not modelled"):
+        from_hf_config(cfg)
+    assert from_hf_config({**cfg, "quantization_config": None}) == from_hf_config({"model_type": "llama"})
+
+
+def test_an_unreadable_config_file_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="empty path"):
+        load_hf_config("")
+    folder = tmp_path / "config.json"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="no file"):
+        load_hf_config(folder)
+
+
+# ------------------------------------------------------------------ read as transformers reads
+
+@pytest.mark.parametrize("cfg", [
+    {"model_type": "gpt_neox", "rotary_pct": 0.5},
+    {"model_type": "gpt_neox", "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                                                   "partial_rotary_factor": 0.125}},
+    {"model_type": "gpt_neox", "rotary_pct": 0.5, "rope_parameters": {"rope_theta": 10000.0,
+                                                                      "partial_rotary_factor": 1.0}},
+    {"model_type": "gpt_neox", "rotary_pct": 0.5, "rope_scaling": {"rope_type": "linear", "factor": 2.0,
+                                                                   "partial_rotary_factor": 0.75}},
+    {"model_type": "phi", "partial_rotary_factor": 0.4},
+    {"model_type": "phi", "rope_parameters": {"rope_theta": 10000.0, "partial_rotary_factor": 0.25}},
+    {"model_type": "phi"},
+])
+def test_the_rotated_share_is_read_as_transformers_reads_it(cfg):
+    ours = from_hf_config(cfg).arch.rotary_fraction
+    conf = {k: v for k, v in cfg.items() if k != "model_type"}
+    theirs = transformers.AutoConfig.for_model(cfg["model_type"], **conf).rope_parameters["partial_rotary_factor"]
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("cfg", [
+    {"model_type": "gemma", "hidden_act": "gelu"},
+    {"model_type": "gemma", "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "relu"},
+    {"model_type": "gemma", "hidden_activation": "gelu_pytorch_tanh"},
+])
+def test_gemma_activation_is_the_one_transformers_runs(cfg):
+    conf = {k: v for k, v in cfg.items() if k != "model_type"}
+    theirs = transformers.AutoConfig.for_model("gemma", **conf).hidden_act
+    assert from_hf_config(cfg).arch.mlp.activation == {"gelu_pytorch_tanh": "gelu_tanh"}[theirs]
+
+
+@pytest.mark.parametrize("cfg", [
+    {"model_type": "mistral", "num_hidden_layers": 3},
+    {"model_type": "mistral", "num_hidden_layers": 3, "sliding_window": None},
+    {"model_type": "mistral", "num_hidden_layers": 3, "sliding_window": 128},
+    {"model_type": "qwen2", "num_hidden_layers": 5},
+    {"model_type": "qwen2", "num_hidden_layers": 5, "use_sliding_window": True, "max_window_layers": 2},
+    {"model_type": "qwen2", "num_hidden_layers": 5, "use_sliding_window": True, "max_window_layers": 0,
+     "sliding_window": 64},
+    {"model_type": "qwen2", "num_hidden_layers": 3, "use_sliding_window": True,
+     "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]},
+])
+def test_sliding_windows_are_read_layer_by_layer_as_transformers_reads_them(cfg):
+    shape = from_hf_config(cfg)
+    conf = transformers.AutoConfig.for_model(cfg["model_type"], **{k: v for k, v in cfg.items() if k != "model_type"})
+    types = getattr(conf, "layer_types", None) or ["sliding_attention" if conf.sliding_window else "full_attention"] \
+        * conf.num_hidden_layers
+    for i, t in enumerate(types):
+        window = shape.layer_kind(i).sliding_window
+        assert (window > 0) == (t == "sliding_attention" and conf.sliding_window is not None)
+        assert window in (0, conf.sliding_window)

@@ -14,7 +14,7 @@ docs/families.md is the checklist for adding one.
 from __future__ import annotations
 
 from . import gemma, gpt2, gpt_neox, llama, mistral, opt, phi, qwen2
-from .config import ConfigReader, Family
+from .config import ConfigReader, Family, show
 
 FAMILIES: dict[str, Family] = {m.FAMILY.model_type: m.FAMILY
                                for m in (gpt2, opt, llama, mistral, qwen2, gemma, gpt_neox, phi)}
@@ -26,9 +26,7 @@ MODEL_TYPES = tuple(FAMILIES)
 def family(model_type: str) -> Family:
     """The family of a config's `model_type`; ValueError listing the supported ones."""
     if not isinstance(model_type, str) or model_type not in FAMILIES:
-        shown = repr(model_type) if isinstance(model_type, str) and len(model_type) <= 40 else \
-            (repr(model_type[:40] + "...") if isinstance(model_type, str) else type(model_type).__name__)
-        raise ValueError(f"model_type {shown} is not supported; supported: {', '.join(MODEL_TYPES)}")
+        raise ValueError(f"model_type: {show(model_type)} is not supported; supported: {', '.join(MODEL_TYPES)}")
     return FAMILIES[model_type]
 
 

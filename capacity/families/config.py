@@ -176,7 +176,7 @@ def head_dim_of(c: ConfigReader, hidden: int, heads: int, hidden_key: str, heads
     return hidden // heads
 
 
-def layer_kinds_from_types(c: ConfigReader, key: str, num_layers: int, sliding_window: int) -> list | None:
+def windows_from_layer_types(c: ConfigReader, key: str, num_layers: int, sliding_window: int) -> list | None:
     """A config's `layer_types` list ("full_attention" / "sliding_attention" per layer), as
     window sizes per layer; None when the config has none."""
     types = c.cfg.get(key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..shape import MAX_LAYER_PATTERN, ModelShape
 from . import llama
-from .config import ConfigReader, Family, layer_kinds_from_types
+from .config import ConfigReader, Family, windows_from_layer_types
 
 MODEL_TYPE = "qwen2"
 
@@ -22,7 +22,7 @@ def windows(c: ConfigReader, layers: int) -> list[int]:
     (Qwen2Config.__post_init__) sliding from layer max_window_layers on when
     use_sliding_window is set; a sliding layer without a window attends fully."""
     window = (c.optional_integer("sliding_window") or 0) if c.boolean("use_sliding_window") else 0
-    given = layer_kinds_from_types(c, "layer_types", layers, window)
+    given = windows_from_layer_types(c, "layer_types", layers, window)
     if given is not None:
         return given
     if not window:

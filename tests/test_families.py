@@ -1,0 +1,229 @@
+"""Model families as descriptions: the round trip of every family's reader and writer, the
+closed form of the backward pass over the layers against a layer-by-layer loop, the
+context limit, and deep models answered at once."""
+
+import contextlib
+import inspect
+import time
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import capacity as cap
+from capacity import activations as act
+from capacity import memory
+from capacity.accuracy import accuracy_models
+from capacity.architecture import LayerKind, unmodelled_features
+from capacity.families import FAMILIES, MODEL_TYPES
+from capacity.inverse import largest_valid_width, scaled_shape
+from capacity.memory import _state_bytes_per_value, kept_layers
+from capacity.params import embedding_params, head_params, layer_params
+from capacity.shape import repeating_pattern
+
+SHAPES = [cap.load_preset(n) for n in cap.preset_names()] + \
+         [cap.from_hf_config(dict(cfg), name=t) for t, cfg in accuracy_models().items()]
+
+
+def test_every_model_type_has_one_family_and_the_shared_code_never_names_one():
+    assert set(MODEL_TYPES) == set(FAMILIES) == {s.model_type for s in SHAPES}
+    from capacity import compute, params
+    for module in (act, memory, params, compute):
+        assert "model_type" not in inspect.getsource(module), module.__name__
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
+def test_write_then_read_gives_the_shape_back(shape):
+    assert cap.from_hf_config(cap.shape_to_hf_config(shape), name=shape.name) == shape
+
+
+def test_scaled_shapes_round_trip_and_keep_their_description():
+    for shape in SHAPES:
+        big = scaled_shape(shape, 7)
+        assert big.arch == shape.arch and big.layers == shape.layers
+        assert cap.from_hf_config(cap.shape_to_hf_config(big), name=big.name) == big
+
+
+# ------------------------------------------------------------------ the closed form in L
+
+def layer_by_layer(s, sc):
+    """The backward pass through the layers visited one layer at a time, top to bottom, each
+    sum taken over the layers themselves: the reference for the closed form."""
+    L, ckpt = s.num_layers, s.num_layers - kept_layers(s, sc)
+    layers = memory._LayerSums(s, sc)
+    cost = [layers.costs(i) for i in range(L)]
+    gp = _state_bytes_per_value(sc)
+    state = {"weights": memory.weights_bytes(s, sc) if not sc.mixed_precision else
+             memory.compute_copy_bytes(s, sc) - sum(c.copies for c in cost[:ckpt]),
+             "master_weights": memory.weights_bytes(s, sc) if sc.mixed_precision else 0,
+             "optimizer_states": memory.optimizer_state_bytes(s, sc)}
+    c_layer = act.checkpoint_saved_bytes(s, sc)
+    shared = act.rotary_bytes(s, sc) + (act.causal_mask_bytes(s, sc) if ckpt else 0)
+    tied = gp * s.vocab_size * s.embed_dim if s.tie_embeddings else 0
+    ckpt_input = 0 if act.norm_keeps_layer_input(s, sc) else c_layer
+    flow = sc.bytes_per_value * sc.tokens * s.hidden_size
+    worst = None
+    for i in range(L - 1, -1, -1):
+        is_ckpt = i < ckpt
+        below = act.embedding_saved_bytes(s, sc) + shared + sum(
+            c_layer if j < ckpt else cost[j].saved for j in range(i))
+        kept_input = ckpt_input if is_ckpt else 0
+        within = max(cost[i].saved + kept_input + flow + cost[i].mlp_backward,
+                     cost[i].saved_attention + kept_input + cost[i].gradients_mlp + flow + cost[i].attention_backward,
+                     cost[i].saved_attention + kept_input + flow + cost[i].recompute if is_ckpt else 0)
+        copies = state["weights"] - sum(cost[j].copies for j in range(max(i + 1, ckpt), L)) \
+            + (cost[i].copies if is_ckpt else 0)
+        total = {**state, "weights": copies,
+                 "gradients": gp * head_params(s) + tied + sum(cost[j].gradients for j in range(i + 1, L)),
+                 "activations": below + within, "logits_and_loss": act.logits_bytes(s, sc)}
+        if worst is None or sum(total.values()) > sum(worst.values()):
+            worst = total
+    return worst
+
+
+scenarios = st.builds(
+    cap.Scenario, method=st.just("bp"), optimizer=st.sampled_from(["sgd", "momentum", "adamw"]),
+    batch=st.integers(1, 8), seq=st.integers(1, 1024), dtype=st.sampled_from(["fp32", "bf16", "fp16"]),
+    keep=st.floats(0, 1), attention=st.sampled_from(["eager", "sdpa"]), target=st.sampled_from(["cuda", "cpu"]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(SHAPES), scenarios, st.integers(1, 40), st.booleans())
+def test_closed_form_equals_the_layer_by_layer_backward(shape, sc, layers, mixed):
+    s = replace(shape, num_layers=layers)
+    if mixed and sc.dtype != "fp32":
+        sc = replace(sc, mixed_precision=True)
+    est = cap.estimate(s, sc)
+    assert est.phases["backward (layers)"] == sum(layer_by_layer(s, sc).values())
+    if est.phase == "backward (layers)":
+        assert {k: v for k, v in est.breakdown.items() if v} == \
+               {k: v for k, v in layer_by_layer(s, sc).items() if v}
+
+
+@contextlib.contextmanager
+def kinds_priced_apart():
+    """Within it, a layer's costs depend on its kind (its sliding window w), as they will
+    for sliding-window or mixture-of-experts layers."""
+    original = memory._layer_costs
+
+    def costs(s, sc, kind):
+        c = original(s, sc, kind)
+        w = kind.sliding_window
+        return replace(c, saved=c.saved + 977 * w * w, saved_attention=c.saved_attention + 977 * w * w,
+                       gradients=c.gradients + 4099 * (3 - w), mlp_backward=c.mlp_backward + 131 * w,
+                       copies=c.copies + (61 * w if sc.mixed_precision else 0))
+    memory._layer_costs = costs
+    try:
+        yield
+    finally:
+        memory._layer_costs = original
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=7), scenarios, st.integers(1, 50), st.booleans())
+def test_closed_form_over_a_pattern_of_kinds_that_cost_differently(windows, sc, layers, mixed):
+    """Each position in the repeating pattern of kinds is its own affine run: the closed
+    form must find the layer-by-layer peak whatever the kinds cost."""
+    s = replace(cap.load_preset("tiny-llama"), num_layers=layers,
+                layers=tuple(LayerKind(sliding_window=w) for w in windows))
+    if mixed and sc.dtype != "fp32":
+        sc = replace(sc, mixed_precision=True)
+    with kinds_priced_apart():
+        est = cap.estimate(s, sc)
+        reference = layer_by_layer(s, sc)
+    assert est.phases["backward (layers)"] == sum(reference.values())
+    if est.phase == "backward (layers)":
+        assert {k: v for k, v in est.breakdown.items() if v} == {k: v for k, v in reference.items() if v}
+
+
+def test_repeating_pattern_is_the_shortest_period():
+    for kinds in (["a"], ["a", "a"], ["a", "b"] * 5 + ["a"], list("sssssf" * 4 + "ss"), list("ffffsss"),
+                  list("abcabcab"), list("abab" + "c")):
+        p = repeating_pattern(kinds)
+        assert [p[i % len(p)] for i in range(len(kinds))] == kinds
+        assert not any(all(kinds[i] == kinds[i % q] for i in range(len(kinds))) for q in range(1, len(p)))
+
+
+# ------------------------------------------------------------------ deep models
+
+DEEP = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 172,
+        "num_hidden_layers": 2**24, "vocab_size": 512}
+
+
+def test_a_deep_model_is_answered_at_once():
+    s = cap.from_hf_config(DEEP)
+    budget = cap.parse_bytes("80GB")
+    start = time.perf_counter()
+    for method in ("bp", "mezo", "inference"):
+        for keep in (0.0, 0.5, 1.0):
+            cap.estimate(s, cap.Scenario(method=method, keep=keep, mixed_precision=method == "bp"))
+        sc = cap.Scenario(method=method)
+        cap.largest_scaled_model(s, budget, sc)
+        cap.longest_context(s, sc, budget)
+        cap.largest_batch(s, sc, budget)
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("layers", [1, 2**20, 2**24])
+def test_largest_scaled_model_builds_only_valid_shapes(layers):
+    base = cap.from_hf_config({**DEEP, "num_hidden_layers": layers})
+    top = largest_valid_width(base)
+    assert top >= 1
+    scaled_shape(base, top)                      # valid
+    if top < cap.shape.MAX_DIM // base.head_dim and top < 4096:
+        with pytest.raises(ValueError):
+            scaled_shape(base, top + 1)
+    for method in ("bp", "mezo"):
+        big, params = cap.largest_scaled_model(base, 10**15, cap.Scenario(method=method))
+        assert big is None or params == cap.parameter_count(big)
+
+
+# ------------------------------------------------------------------ the context limit
+
+@pytest.mark.parametrize("name,limit", [("gpt2", 1024), ("opt-1.3b", 2048)])
+def test_a_context_beyond_a_learned_table_is_refused_by_name(name, limit):
+    shape = cap.load_preset(name)
+    cap.estimate(shape, cap.Scenario(seq=limit))
+    with pytest.raises(ValueError, match=f"learned position table of {limit:,} positions"):
+        cap.estimate(shape, cap.Scenario(seq=limit + 1))
+    assert cap.longest_context(shape, cap.Scenario(method="mezo"), cap.parse_bytes("80GB")) == limit
+    assert cap.context_note(shape, limit) is None
+
+
+def test_a_rope_answer_beyond_max_position_embeddings_carries_a_note():
+    shape = cap.load_preset("llama-2-7b")
+    seq = cap.longest_context(shape, cap.Scenario(method="mezo"), cap.parse_bytes("80GB"))
+    assert seq > shape.max_positions == 4096
+    assert "max_position_embeddings" in cap.context_note(shape, seq)
+    assert cap.context_note(shape, 4096) is None
+
+
+# ------------------------------------------------------------------ descriptions of what is coming
+
+@pytest.mark.parametrize("change", [
+    lambda a: replace(a, attention=replace(a.attention, qk_norm="head")),
+    lambda a: replace(a, attention=replace(a.attention, logit_softcap=50.0)),
+    lambda a: replace(a, final_logit_softcap=30.0),
+    lambda a: replace(a, norm_placement="sandwich"),
+    lambda a: replace(a, multipliers=replace(a.multipliers, logits=8.0)),
+    lambda a: replace(a, mlp=replace(a.mlp, inputs=("gate_up_proj",))),
+])
+def test_a_described_but_unpriced_mechanism_is_refused(change):
+    base = cap.load_preset("tiny-llama")
+    arch = change(base.arch)
+    assert unmodelled_features(arch, base.layers, None)
+    with pytest.raises(ValueError, match="does not price"):
+        replace(base, arch=arch)
+
+
+def test_layers_of_kinds_are_counted_in_closed_form():
+    kinds = (LayerKind(sliding_window=512),) * 5 + (LayerKind(),)
+    s = replace(cap.load_preset("tiny-llama"), num_layers=26, layers=kinds)
+    assert s.layer_counts() == {LayerKind(sliding_window=512): 22, LayerKind(): 4}
+    deep = replace(s, num_layers=2**24)
+    assert sum(deep.layer_counts().values()) == 2**24
+    # A sliding window is priced as full attention: the same tensors (LayerKind's docstring).
+    sc = cap.Scenario(seq=256)
+    assert cap.estimate(s, sc).peak_bytes == cap.estimate(replace(s, layers=(LayerKind(),)), sc).peak_bytes
+    assert cap.parameter_count(s) == embedding_params(s) + 26 * layer_params(s) + head_params(s)
