@@ -264,7 +264,8 @@ def _backward_through_layers(s: ModelShape, sc: Scenario, layers: _LayerSums, st
     # first norm keeps that same tensor.
     ckpt_input = 0 if act.norm_keeps_layer_input(s, sc) else c_layer
 
-    def at_layer(i: int) -> dict[str, int]:
+    def at_layer(i: int) -> tuple[int, int, int]:
+        """(weight copies, gradients, activations) live in the backward through layer i."""
         cost, is_ckpt = layers.costs(i), i < ckpt
         # Layers 0..i-1: the first `ckpt` keep only their input, the rest everything.
         below = embed_saved + shared + min(i, ckpt) * c_layer + layers.saved(ckpt, max(i, ckpt))
@@ -278,17 +279,16 @@ def _backward_through_layers(s: ModelShape, sc: Scenario, layers: _LayerSums, st
         # Mixed precision: the 16-bit copies of kept layers not yet through backward, and a
         # checkpointed layer's own copies while it is recomputed.
         copies_left = state["weights"] - layers.copies(max(i + 1, ckpt), L) + (cost.copies if is_ckpt else 0)
-        return {**state, "weights": copies_left,
-                "gradients": g_head + layers.gradients(i + 1, L),
-                "activations": below + within,
-                "logits_and_loss": logits}
+        return copies_left, g_head + layers.gradients(i + 1, L), below + within
 
-    worst = None
+    worst, worst_total = None, None
     for i in _candidate_layers(L, ckpt, len(layers.pattern)):
-        total = at_layer(i)
-        if worst is None or sum(total.values()) > sum(worst.values()):
-            worst = total
-    return worst
+        terms = at_layer(i)
+        if worst is None or sum(terms) > worst_total:
+            worst, worst_total = terms, sum(terms)
+    copies_left, gradients, activations = worst
+    return {**state, "weights": copies_left, "gradients": gradients, "activations": activations,
+            "logits_and_loss": logits}
 
 
 def _candidate_layers(num_layers: int, ckpt: int, period: int) -> list[int]:

@@ -20,9 +20,11 @@ from .architecture import (Architecture, LayerKind, Moe, unmodelled_features, va
 # products of a few such sizes stay exact in float64 and in Python ints.
 MAX_DIM = 2**24
 
-# Longest repeating pattern of layer kinds (a config's explicit per-layer list is at most
-# as long as the config allows; the memory model's cost grows with the pattern, not with L).
-MAX_LAYER_PATTERN = 2**16
+# Longest repeating pattern of layer kinds. Real models repeat a few kinds (Gemma 2: 2,
+# Gemma 3: 6) or list one per layer (at most a few hundred). The backward's closed form
+# costs up to 4 layer evaluations per position in the pattern when kinds cost differently
+# (some 30 ms at this length), and nothing more when they cost the same; never more with L.
+MAX_LAYER_PATTERN = 2**10
 
 
 class ShapeError(ValueError):

@@ -23,7 +23,7 @@ DEFAULTS = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008
 KEYS = {"num_layers": "num_hidden_layers", "hidden_size": "hidden_size", "num_heads": "num_attention_heads",
         "num_kv_heads": "num_key_value_heads", "head_dim": "head_dim", "intermediate_size": "intermediate_size",
         "vocab_size": "vocab_size", "max_positions": "max_position_embeddings",
-        "attn_dropout": "attention_dropout"}
+        "attn_dropout": "attention_dropout", "layers": "layer_types"}
 
 
 def architecture(activation: str, qkv_bias: bool = False, out_bias: bool = False, mlp_bias: bool = False,
