@@ -1,6 +1,8 @@
 """The command line: `python -m capacity {estimate,fit,presets,validate} ...`.
 
 Bad input exits with status 2 and one line on stderr naming the problem; never a traceback.
+Exit codes: 0 done; 2 bad input; 3, 4, 5 (validate: no CUDA, bad model folder, out of memory);
+6 cancelled (Ctrl-C) or timed out. docs/reliability.md lists what is checked.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from .shape import ModelShape
 class _Parser(argparse.ArgumentParser):
     """argparse that reports errors on one line and exits 2."""
 
+    MAX_MESSAGE = 300   # characters: a 5000-digit value is not echoed in full
+
     def error(self, message: str):
+        if len(message) > self.MAX_MESSAGE:
+            message = message[:self.MAX_MESSAGE - 3] + "..."
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -48,7 +54,7 @@ def _add_scenario_args(p: argparse.ArgumentParser, method_required: bool = True)
 
 
 def _shape(args) -> ModelShape:
-    return load_preset(args.preset) if args.preset else load_hf_config(args.config)
+    return load_preset(args.preset) if args.preset is not None else load_hf_config(args.config)
 
 
 def _scenario(args, method: str | None = None) -> Scenario:
@@ -88,11 +94,11 @@ def cmd_estimate(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    budget = parse_bytes(args.budget)
-    shape = _shape(args) if (args.preset or args.config) else None
+    budget = parse_bytes(args.budget, what="budget")
+    shape = _shape(args) if (args.preset is not None or args.config is not None) else None
     out: dict = {"budget_bytes": budget}
     methods = [args.method] if args.method else ["bp", "mezo", "inference"]
-    family = args.family or (preset_family(args.preset) if args.preset else None)
+    family = args.family or (preset_family(args.preset) if args.preset is not None else None)
     for m in methods:
         sc = _scenario(args, m)
         res: dict = {}
@@ -159,18 +165,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _empty_source(args) -> str | None:
+    """The first model-source flag given as an empty string (`--config ""` would otherwise
+    read ./config.json), or None."""
+    for name in ("preset", "config", "model_dir", "family"):
+        value = getattr(args, name, None)
+        if value is not None and not value.strip():
+            return "--" + name.replace("_", "-")
+    return None
+
+
+def _unreadable(err: OSError) -> str:
+    """One line for a file that exists but cannot be read (permissions, a folder, ...)."""
+    where = f" {str(err.filename)!r}" if err.filename else ""
+    return f"cannot read{where}: {err.strerror or type(err).__name__}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        return _cancelled("")
+    from .validation.cli import EXIT_BAD_INPUT, flagged, option_strings
+    prog = f"python -m capacity {args.command}"
+    empty = _empty_source(args)
+    if empty:
+        print(f"{prog}: error: {empty}: must not be empty", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.command == "fit" and not (args.preset or args.config or args.family):
-        parser.exit(2, "python -m capacity fit: error: give --preset, --config or --family\n")
+        parser.exit(2, f"{prog}: error: give --preset, --config or --family\n")
+    flags = option_strings(parser, args.command)
     try:
         return args.func(args)
     except ValueError as err:
-        print(f"python -m capacity {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        print(f"{prog}: error: {flagged(str(err), flags)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except BrokenPipeError:
         return 0
     except OverflowError as err:
-        print(f"python -m capacity {args.command}: error: a size is too large ({err})", file=sys.stderr)
-        return 2
+        print(f"{prog}: error: a size is too large ({err})", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as err:   # PermissionError, IsADirectoryError, ...: an unreadable input
+        print(f"{prog}: error: {_unreadable(err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return _cancelled(prog)
+
+
+def _cancelled(prog: str) -> int:
+    print(f"{prog or 'python -m capacity'}: cancelled (Ctrl-C)", file=sys.stderr)
+    return 6

@@ -13,31 +13,42 @@ GiB = 2**30
 MB = 10**6
 MiB = 2**20
 
+EiB = 2**60
+MAX_BYTES = EiB   # the largest size parse_bytes accepts (a budget beyond any machine)
+
 _UNITS = {
     "": 1, "b": 1,
-    "kb": 10**3, "mb": MB, "gb": GB, "tb": 10**12,
-    "kib": 2**10, "mib": MiB, "gib": GiB, "tib": 2**40,
+    "kb": 10**3, "mb": MB, "gb": GB, "tb": 10**12, "pb": 10**15, "eb": 10**18,
+    "kib": 2**10, "mib": MiB, "gib": GiB, "tib": 2**40, "pib": 2**50, "eib": EiB,
 }
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
-def parse_bytes(text: str | int | float) -> int:
-    """Parse '16GB', '16 GiB', '8e9' or a number of bytes into an int number of bytes."""
+def parse_bytes(text: str | int | float, what: str = "budget") -> int:
+    """Parse '16GB', '16 GiB', '8e9' or a number of bytes into an int number of bytes,
+    from 1 byte to 1 EiB (MAX_BYTES) inclusive. `what` names the quantity in messages."""
     if isinstance(text, bool):
-        raise ValueError("budget: expected a size such as '16GB' or '12GiB'")
+        raise ValueError(f"{what}: expected a size such as '16GB' or '12GiB'")
     if isinstance(text, (int, float)):
         value, unit = float(text), ""
     else:
         match = _SIZE_RE.match(str(text))
         if not match:
-            raise ValueError(f"budget: cannot read {text!r}; write a size such as '16GB' or '12GiB'")
+            raise ValueError(f"{what}: cannot read {_short(text)}; write a size such as '16GB' or '12GiB'")
         value, unit = float(match.group(1)), match.group(2).lower()
     if unit not in _UNITS:
-        raise ValueError(f"budget: unknown unit {unit!r}; use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB")
+        raise ValueError(f"{what}: unknown unit {unit!r}; use B, KB, MB, GB, TB, PB, EB, KiB, MiB, GiB, "
+                         "TiB, PiB or EiB")
     size = value * _UNITS[unit]
-    if not size > 0 or size > 2**60:
-        raise ValueError(f"budget: must be between 1 byte and 1 EiB, got {text!r}")
+    if not size >= 1 or size > MAX_BYTES:
+        raise ValueError(f"{what}: must be between 1 byte and 1 EiB (2^60 bytes), got {_short(text)}")
     return int(size)
+
+
+def _short(text) -> str:
+    """A user's text for a message: quoted, and cut when long."""
+    shown = repr(text)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def format_bytes(n: int) -> str:

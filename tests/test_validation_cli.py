@@ -81,7 +81,7 @@ def test_bad_config_exits_2_with_one_line(tmp_path, capsys):
     assert code == 2   # beyond GPT-2's 1024 learned positions
     code, _, err = run_cli(["--preset", "gpt2", "--method", "bp", "--dtype", "fp32", "--mixed-precision",
                             "--progress", "none"], capsys)
-    assert code == 2 and "mixed_precision" in err
+    assert code == 2 and "--mixed-precision" in err
 
 
 def test_missing_model_dir_exits_4(tmp_path, capsys):

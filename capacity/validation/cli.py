@@ -4,7 +4,8 @@
         --method {bp,mezo,inference} [--optimizer {sgd,momentum,adam,adamw}] [--batch B]
         [--seq S] [--dtype {fp32,bf16,fp16}] [--keep R] [--attention {eager,sdpa}]
         [--steps N] [--device {auto,cuda,cpu,trace}] [--full-trace] [--mixed-precision]
-        [--data PATH] [--timeout S] [--json] [--progress {bar,json,none}]
+        [--data PATH] [--timeout S] [--max-memory SIZE] [--dry-run] [--json]
+        [--progress {bar,json,none}]
 
 This module imports neither torch nor transformers until a run starts, so that the
 `capacity` command line stays quick for its other subcommands.
@@ -13,6 +14,12 @@ Exit codes (EXIT_CODES): 0 done; 2 bad input; 3 CUDA requested but not available
 folder missing or unreadable; 5 out of memory (the JSON result still comes, with
 "oom": true); 6 timed out or cancelled. With --json the last line of stdout is one JSON
 object; progress goes to stderr.
+
+Input that cannot run is refused before anything is allocated: the arguments, the model's
+config and the host memory a CPU run needs (preflight.py) are checked before torch is
+imported; what only transformers can judge, right after. The signal handlers (SIGTERM,
+SIGINT, the --timeout alarm) are installed first, so a stop at any point gives exit 6 and,
+with --json, a result. A run started by runner.ValidationRun ends when its parent does.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import os
 import signal
 import sys
 
+from . import host
+
 EXIT_OK, EXIT_BAD_INPUT, EXIT_NO_CUDA, EXIT_MODEL_DIR, EXIT_OOM, EXIT_STOPPED = 0, 2, 3, 4, 5, 6
 EXIT_CODES = {
     EXIT_OK: "done", EXIT_BAD_INPUT: "bad input", EXIT_NO_CUDA: "CUDA requested but not available",
@@ -31,6 +40,9 @@ EXIT_CODES = {
     EXIT_STOPPED: "timed out or cancelled",
 }
 EXIT_INTERNAL = 1   # anything else: a bug, reported in one line (CAPACITY_DEBUG=1 shows the traceback)
+
+MAX_STEPS = 1000                     # --steps: the peak is reached by step 3; the app caps at 100
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600  # --timeout: a week
 
 METHODS = ("bp", "mezo", "inference")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
@@ -62,7 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", type=float, default=1.0,
                    help="checkpoint ratio L'/L: share of layers keeping activations (default 1: none checkpointed)")
     p.add_argument("--attention", default="eager", choices=ATTENTIONS, help="default eager")
-    p.add_argument("--steps", type=int, default=3, help="steps to run, at least 2 (default 3)")
+    p.add_argument("--steps", type=int, default=3, help=f"steps to run, 2 to {MAX_STEPS} (default 3)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="default auto")
     p.add_argument("--full-trace", action="store_true",
                    help="trace: trace every layer of the model; by default the peak is extrapolated "
@@ -71,7 +83,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fp32 weights with autocast to --dtype (bf16 or fp16)")
     p.add_argument("--data", metavar="PATH",
                    help="a .txt or .jsonl file, or 'sample' for the shipped text (default: random tokens)")
-    p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds (exit 6)")
+    p.add_argument("--timeout", type=float, metavar="S",
+                   help=f"stop after S seconds, counted from the start (exit 6); at most {MAX_TIMEOUT_SECONDS}")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="cap this run's host memory, e.g. 8GiB (its data segment, RLIMIT_DATA): a CPU run "
+                        "predicted to need more is refused, an allocation beyond it is out of memory (exit 5)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the input and the host memory the run needs, then stop before building "
+                        "anything (exit 0, or 5 when it would not fit)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
     p.add_argument("--progress", default=None, choices=PROGRESS,
                    help="progress on stderr: a bar, JSON lines, or none (default: bar)")
@@ -90,9 +109,37 @@ class Stopped(Exception):
     """The run's time limit passed, or it was asked to stop (SIGTERM, SIGINT)."""
 
 
-def _on_signal(signum, frame):
-    name = {signal.SIGTERM: "cancelled (SIGTERM)", signal.SIGINT: "cancelled (Ctrl-C)"}.get(signum, "timed out")
-    raise Stopped(name)
+class _StopSignals:
+    """SIGTERM, SIGINT and the --timeout alarm raise Stopped in the main thread, once: a
+    second signal while the run reports the first is ignored. `finish()` disarms them before
+    the result is written; `restore()` puts the previous handlers back."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)
+
+    def __init__(self):
+        self.reason: str | None = None
+        self.previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
+
+    def _on_signal(self, signum, frame):
+        if self.reason is not None:
+            return
+        self.reason = {signal.SIGTERM: "cancelled (SIGTERM)", signal.SIGINT: "cancelled (Ctrl-C)"}.get(
+            signum, "timed out")
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        raise Stopped(self.reason)
+
+    def arm(self, seconds: float) -> None:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+
+    def finish(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        if self.reason is None:
+            self.reason = "finished"
+
+    def restore(self) -> None:
+        self.finish()
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 class Progress:
@@ -134,19 +181,74 @@ def _jsonable(obj):
     return obj
 
 
+def option_strings(parser: argparse.ArgumentParser, command: str | None = None) -> set[str]:
+    """The flags of a parser, or of its subcommand `command`."""
+    if command is not None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+                parser = action.choices[command]
+    return {s for action in parser._actions for s in action.option_strings}
+
+
+def flagged(message: str, flags) -> str:
+    """'batch: must be ...' -> '--batch: must be ...' when --batch is one of `flags`, so that a
+    message about a value given on the command line names the flag."""
+    name, sep, rest = message.partition(":")
+    flag = "--" + name.strip().replace("_", "-")
+    return f"{flag}:{rest}" if sep and flag in flags else message
+
+
+_FLAGS: set[str] = set()
+
+
+def _flags() -> set[str]:
+    if not _FLAGS:
+        parser = argparse.ArgumentParser(add_help=False)
+        add_arguments(parser)
+        # not --config: "config: ..." messages are about the model's config, whatever its source
+        _FLAGS.update(option_strings(parser) - {"--config"})
+    return _FLAGS
+
+
 def _check_numbers(args) -> None:
+    """The flags' values, before anything else is read or imported."""
+    for name in ("preset", "config", "model_dir", "data", "max_memory"):
+        value = getattr(args, name, None)
+        if value is not None and not value.strip():
+            raise ValueError(f"--{name.replace('_', '-')}: must not be empty")
     if args.batch < 1:
         raise ValueError(f"--batch: must be at least 1, got {args.batch}")
     if args.seq < 2:
         raise ValueError(f"--seq: must be at least 2 (the loss predicts the next token), got {args.seq}")
-    if args.steps < 2:
-        raise ValueError(f"--steps: at least 2 (the peak is measured after the first step), got {args.steps}")
+    if not 2 <= args.steps <= MAX_STEPS:
+        raise ValueError(f"--steps: must be between 2 (the peak is measured after the first step) and "
+                         f"{MAX_STEPS}, got {args.steps}")
     if not (math.isfinite(args.keep) and 0.0 <= args.keep <= 1.0):
         raise ValueError(f"--keep: the checkpoint ratio L'/L must be in [0, 1], got {args.keep}")
-    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
-        raise ValueError(f"--timeout: must be a positive number of seconds, got {args.timeout}")
+    if args.timeout is not None and not (math.isfinite(args.timeout) and 0 < args.timeout <= MAX_TIMEOUT_SECONDS):
+        raise ValueError(f"--timeout: must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECONDS} "
+                         f"(a week), got {args.timeout:g}")
     if args.data is not None and args.data != "sample" and not os.path.isfile(args.data):
         raise ValueError(f"--data: no file at {args.data!r}")
+
+
+def _read_source(args):
+    """(shape, config dict, source) of the model flags, read as data (standard library only):
+    source is what compare() takes (a preset name or a config path; None with --model-dir)."""
+    from ..presets import preset_names
+    from .source import read_model_dir, resolve_model
+    if args.model_dir is not None:
+        return (*read_model_dir(args.model_dir), None)
+    if args.preset is not None:
+        if args.preset not in preset_names():
+            raise ValueError(f"--preset: unknown model {args.preset[:100]!r}; run `python -m capacity presets` "
+                             "for the list")
+        return (*resolve_model(args.preset), args.preset)
+    if not os.path.exists(args.config):
+        raise ValueError(f"--config: no file at {args.config!r}")
+    if args.config in preset_names():
+        raise ValueError(f"--config: {args.config!r} is a preset's name; give a path such as ./{args.config}")
+    return (*resolve_model(args.config), args.config)
 
 
 def _max_positions(shape) -> int | None:
@@ -157,48 +259,81 @@ def _max_positions(shape) -> int | None:
 
 def run(args) -> int:
     """Run one validation from parsed arguments; returns the exit code."""
+    stop = _StopSignals()   # first: a signal from here on ends the run with exit 6
+    try:
+        return _run(args, stop)
+    except Stopped as err:
+        stop.finish()
+        what = str(err) if "cancelled" in str(err) or not args.timeout else f"timed out after {args.timeout:g} s"
+        return fail(EXIT_STOPPED, what, args.json, {"timed_out": "cancelled" not in str(err)})
+    except KeyboardInterrupt:   # a Ctrl-C that came before the handlers (or during their restore)
+        stop.finish()
+        return fail(EXIT_STOPPED, "cancelled (Ctrl-C)", args.json, {"timed_out": False})
+    finally:
+        stop.restore()
+        host.restore_memory_cap()
+
+
+def _run(args, stop: _StopSignals) -> int:
+    from ..scenario import Scenario
+    from ..units import parse_bytes
+    from .preflight import check_tensor_sizes, host_memory_refusal
+    from .source import ModelDirError
+    parent = host.parent_to_watch()
+    if parent is not None:
+        host.end_with_parent(parent, EXIT_STOPPED)
     progress_mode = args.progress or "bar"
     say = Progress(progress_mode)
+    max_memory = getattr(args, "max_memory", None)
+    dry_run = getattr(args, "dry_run", False)
+
+    # 1. Refused before anything is imported or allocated: the flags, the model, the host memory.
     try:
         _check_numbers(args)
-        from ..scenario import Scenario
+        if args.timeout is not None:
+            stop.arm(args.timeout)
+        if max_memory is not None:
+            max_memory = parse_bytes(max_memory, what="max-memory")
+            host.cap_memory(max_memory)
         scenario = Scenario(method=args.method, optimizer=args.optimizer, batch=args.batch, seq=args.seq,
                             dtype=args.dtype, mixed_precision=args.mixed_precision, keep=args.keep,
                             attention=args.attention, target="cuda" if args.device == "cuda" else "cpu")
+        shape, cfg, source = _read_source(args)
+        limit = _max_positions(shape)
+        if limit is not None and args.seq > limit:
+            raise ValueError(f"--seq: {shape.model_type} has {limit} learned positions; got --seq {args.seq}")
+        check_tensor_sizes(shape, scenario)
+        if args.device == "cpu":
+            refusal = host_memory_refusal(shape, scenario, args.steps, "cpu")
+            if refusal is not None:
+                return _refused(shape, scenario, args, refusal)
+    except ModelDirError as err:
+        return fail(EXIT_MODEL_DIR, str(err), args.json)
     except ValueError as err:
-        return fail(EXIT_BAD_INPUT, str(err), args.json)
+        return fail(EXIT_BAD_INPUT, flagged(str(err), _flags()), args.json)
+    except MemoryError:
+        return fail(EXIT_OOM, "out of memory while reading the input"
+                    + (f" (--max-memory {args.max_memory})" if max_memory else ""), args.json, {"oom": True})
+    except OSError as err:   # an unreadable config file or folder
+        where = f" {str(err.filename)!r}" if err.filename else ""
+        return fail(EXIT_BAD_INPUT, f"cannot read{where}: {err.strerror or type(err).__name__}", args.json)
 
+    # 2. The engine, and what only transformers can judge (still before anything is built).
     say(0, args.steps, "loading torch and transformers")
     try:
-        from .measurement import CudaUnavailable, compare
-        from .models import ModelDirError, read_model_dir, resolve_model
+        from .measurement import CudaUnavailable, check_transformers_accepts, choose_device, compare
         import transformers
+    except MemoryError:
+        return fail(EXIT_OOM, "out of memory while loading torch and transformers"
+                    + (f" (--max-memory {args.max_memory})" if max_memory else ""), args.json, {"oom": True})
     except ImportError as err:
         return fail(EXIT_INTERNAL, f"the validation engine needs torch and transformers ({err})", args.json)
     transformers.logging.set_verbosity_error()   # keep stderr for progress and one-line errors
 
     try:
-        if args.model_dir is not None:
-            shape, _ = read_model_dir(args.model_dir)
-            source = None
-        else:
-            source = args.preset if args.preset is not None else args.config
-            if args.config is not None and not os.path.exists(args.config):
-                raise ValueError(f"--config: no file at {args.config!r}")
-            shape, _ = resolve_model(source)
-        limit = _max_positions(shape)
-        if limit is not None and args.seq > limit:
-            raise ValueError(f"--seq: {shape.model_type} has {limit} learned positions; got --seq {args.seq}")
-    except ModelDirError as err:
-        return fail(EXIT_MODEL_DIR, str(err), args.json)
-    except ValueError as err:
-        return fail(EXIT_BAD_INPUT, str(err), args.json)
-
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    if args.timeout is not None:
-        signal.signal(signal.SIGALRM, _on_signal)
-        signal.setitimer(signal.ITIMER_REAL, args.timeout)
-    try:
+        check_transformers_accepts(cfg)
+        if dry_run:
+            return _dry_run(shape, scenario, args, choose_device(args.device, shape, scenario, args.steps))
         result = compare(source, scenario, steps=args.steps, device=args.device, data=args.data,
                          model_dir=args.model_dir, progress=say,
                          trace_mode="full" if args.full_trace else "auto")
@@ -206,21 +341,19 @@ def run(args) -> int:
         return fail(EXIT_NO_CUDA, str(err), args.json)
     except ModelDirError as err:
         return fail(EXIT_MODEL_DIR, str(err), args.json)
-    except Stopped as err:
-        what = str(err) if "cancelled" in str(err) else f"timed out after {args.timeout:g} s"
-        return fail(EXIT_STOPPED, what, args.json, {"timed_out": "cancelled" not in str(err)})
     except ValueError as err:
-        return fail(EXIT_BAD_INPUT, str(err), args.json)
+        return fail(EXIT_BAD_INPUT, flagged(str(err), _flags()), args.json)
+    except MemoryError:
+        return fail(EXIT_OOM, "out of memory" + (f" (--max-memory {args.max_memory})" if max_memory else ""),
+                    args.json, {"oom": True})
+    except Stopped:
+        raise
     except Exception as err:  # noqa: BLE001 - a bug: one line, the traceback on request
         if os.environ.get("CAPACITY_DEBUG"):
             raise
         return fail(EXIT_INTERNAL, f"{type(err).__name__}: {str(err)[:300]}", args.json)
-    finally:
-        if args.timeout is not None:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
+    stop.finish()
     if args.json:
         print(json.dumps(_jsonable(result)), flush=True)
     else:
@@ -228,6 +361,46 @@ def run(args) -> int:
     if result.get("oom"):
         print(f"error: {result['message']}", file=sys.stderr, flush=True)
         return EXIT_OOM
+    return EXIT_OK
+
+
+def _refused(shape, scenario, args, refusal: dict) -> int:
+    """A CPU run that would not fit in the host memory: exit 5 before torch is imported, with
+    the message and result keys of an out-of-memory run."""
+    from ..units import format_bytes
+    from .preflight import predict, with_target
+    estimate = predict(shape, with_target(scenario, "cpu"))
+    predicted = format_bytes(estimate.peak_bytes) if estimate is not None else "n/a"
+    message = (f"out of memory at model construction, predicted {predicted}; refused before building: "
+               f"the run needs {format_bytes(refusal['host_needed_bytes'])} of host memory, "
+               f"{format_bytes(refusal['host_available_bytes'])} available")
+    result = {"model": shape.name, "method": scenario.method, "batch": scenario.batch, "seq": scenario.seq,
+              "dtype": scenario.dtype, "device": "cpu", "steps": args.steps, "oom": True, "oom_step": 0,
+              "oom_phase": "model construction", "oom_refused": True, **refusal,
+              "predicted_target": "cpu", "measured_peak_bytes": None,
+              "predicted_peak_bytes": estimate.peak_bytes if estimate is not None else None}
+    return fail(EXIT_OOM, message, args.json, result)
+
+
+def _dry_run(shape, scenario, args, device: str) -> int:
+    """--dry-run: the plan of a run that passed every check (exit 0), or its refusal (exit 5)."""
+    from ..units import format_bytes
+    from . import host
+    from .preflight import host_bytes_needed, host_memory_refusal, predict, with_target
+    refusal = host_memory_refusal(shape, scenario, args.steps, device)
+    if refusal is not None:
+        return _refused(shape, scenario, args, refusal)
+    estimate = predict(shape, with_target(scenario, "cuda" if device == "cuda" else "cpu"))
+    plan = {"dry_run": True, "model": shape.name, "method": scenario.method, "device": device,
+            "steps": args.steps, "predicted_peak_bytes": estimate.peak_bytes if estimate is not None else None,
+            "host_needed_bytes": host_bytes_needed(shape, scenario, args.steps, device),
+            "host_available_bytes": host.available_bytes(), "exit_code": EXIT_OK}
+    if args.json:
+        print(json.dumps(plan), flush=True)
+    else:
+        predicted = "n/a" if plan["predicted_peak_bytes"] is None else format_bytes(plan["predicted_peak_bytes"])
+        print(f"{shape.name}: {scenario.method} on {device}: the input is accepted; predicted peak {predicted}; "
+              f"host memory needed {format_bytes(plan['host_needed_bytes'])}", flush=True)
     return EXIT_OK
 
 

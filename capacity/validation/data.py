@@ -24,10 +24,13 @@ MAX_DATA_BYTES = 64 * 2**20
 def read_text(path: str | Path) -> str:
     """The text of a .txt or .jsonl file. ValueError if unreadable or empty."""
     p = SAMPLE_PATH if str(path) == "sample" else Path(path)
-    if not p.is_file():
-        raise ValueError(f"data: no file at {str(p)!r}")
-    with p.open("rb") as f:
-        raw = f.read(MAX_DATA_BYTES).decode("utf-8", errors="replace")
+    try:
+        if not p.is_file():
+            raise ValueError(f"data: no file at {str(p)!r}")
+        with p.open("rb") as f:
+            raw = f.read(MAX_DATA_BYTES).decode("utf-8", errors="replace")
+    except OSError as err:   # PermissionError and the like
+        raise ValueError(f"data: cannot read {str(p)!r} ({err.strerror or type(err).__name__})") from None
     if p.suffix.lower() == ".jsonl":
         texts = []
         for number, line in enumerate(raw.splitlines(), 1):
@@ -37,6 +40,8 @@ def read_text(path: str | Path) -> str:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 raise ValueError(f"data: {p.name} line {number} is not valid JSON") from None
+            except RecursionError:
+                raise ValueError(f"data: {p.name} line {number} is nested too deeply") from None
             texts.append(_text_of(record))
         text = "\n".join(t for t in texts if t)
     else:

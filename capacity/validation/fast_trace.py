@@ -38,9 +38,9 @@ import time
 
 import torch
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
-from transformers import AutoModelForCausalLM
 
-from .models import TORCH_DTYPES, checkpoint_first_layers, decoder_layers, hf_config, num_checkpointed_layers
+from .models import (TORCH_DTYPES, checkpoint_first_layers, construct, decoder_layers, hf_config,
+                     num_checkpointed_layers)
 from .mezo import default_chunk_elements
 from .steps import Stepper
 
@@ -194,9 +194,7 @@ def _trace_sample(cfg, scenario, checkpointed, kept, ids, extrapolate_c, extrapo
     """Timeline parts of steps 2 (and 3) of a model with checkpointed + kept layers."""
     build_dtype = "fp32" if scenario.mixed_precision else scenario.dtype
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(
-        _sample_config(cfg, checkpointed + kept), dtype=TORCH_DTYPES[build_dtype],
-        attn_implementation=scenario.attention, trust_remote_code=False)
+    model = construct(_sample_config(cfg, checkpointed + kept), TORCH_DTYPES[build_dtype], scenario.attention)
     layers = decoder_layers(model)
     if len(layers) != checkpointed + kept:
         raise NotExtrapolable(f"{len(layers)} decoder layers found, {checkpointed + kept} configured")
@@ -319,8 +317,7 @@ def trace_extrapolated(cfg: dict, scenario, num_layers: int, ids: list, lr=None,
     # The whole model's parameter count (MeZO's z chunk size depends on it): the smallest
     # sample's, plus the missing layers' (identical to its first layer's).
     t_start = time.perf_counter()
-    model = AutoModelForCausalLM.from_config(_sample_config(cfg, 1), dtype=TORCH_DTYPES["fp32"],
-                                             attn_implementation=scenario.attention, trust_remote_code=False)
+    model = construct(_sample_config(cfg, 1), TORCH_DTYPES["fp32"], scenario.attention)
     per_layer = sum(p.numel() for p in decoder_layers(model)[0].parameters())
     params = sum(p.numel() for p in model.parameters()) + (num_layers - 1) * per_layer
     del model

@@ -17,18 +17,21 @@ Devices:
 from __future__ import annotations
 
 import contextlib
-import os
+import logging
 import time
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
 
 from ..scenario import Scenario
+from . import host
 from .data import Batches
-from .models import TORCH_DTYPES, build_model, enable_checkpointing, read_model_dir, resolve_model
-from .steps import Stepper
 from .faithful import real_run_code_paths
+from .models import (TORCH_DTYPES, build_model, enable_checkpointing, hf_config, is_out_of_memory,
+                     read_model_dir, resolve_model)
+from .preflight import check_tensor_sizes, host_bytes_needed, host_memory_refusal, predict, with_target
+from .steps import Stepper
 
 DEVICES = ("auto", "cuda", "cpu", "trace")
 
@@ -38,6 +41,10 @@ _CATEGORIES = {
     _MemRefType.OPT: "optimizer_states", _MemRefType.ACT: "activations",
     _MemRefType.TEMP: "temporaries", _MemRefType.OTH: "other",
 }
+
+# A failed fake-tensor op is reported by the run in one line; torch would also log its
+# traceback on stderr, which the app reads for progress and one-line errors.
+logging.getLogger("torch._subclasses.fake_tensor").setLevel(logging.CRITICAL)
 
 # `auto` picks trace instead of cpu when the predicted peak exceeds this share of the free RAM.
 AUTO_RAM_SHARE = 0.5
@@ -55,45 +62,26 @@ class OutOfMemory(Exception):
         self.result = result
 
 
-def _is_oom(err: BaseException) -> bool:
-    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
-
-
-def predict(shape, scenario: Scenario):
-    """capacity.estimate for this shape and scenario, or None while it is not available."""
-    try:
-        import capacity
-        return capacity.estimate(shape, scenario)
-    except (ImportError, AttributeError, NotImplementedError):
-        return None
-
-
-def choose_device(device: str, shape, scenario: Scenario) -> str:
-    """Resolve `auto`: cuda when available, else cpu, or trace if the run would not fit in RAM."""
+def choose_device(device: str, shape, scenario: Scenario, steps: int = 2) -> str:
+    """Resolve `auto`: cuda when available, else cpu, or trace if the run would not fit in RAM
+    (needs more than AUTO_RAM_SHARE of the available host memory)."""
     if device == "cuda" and not torch.cuda.is_available():
         raise CudaUnavailable("CUDA was requested but torch finds no CUDA GPU on this machine")
     if device != "auto":
         return device
     if torch.cuda.is_available():
         return "cuda"
-    estimate = predict(shape, _with_target(scenario, "cpu"))
-    if estimate is not None:
-        needed = estimate.peak_bytes
-    else:   # before capacity.estimate exists: weights, gradients and two Adam states in fp32
-        from ..params import parameter_count
-        needed = 4 * 4 * parameter_count(shape)
-    try:
-        free_ram = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
+    available = host.available_bytes()
+    if available is None:
         return "trace"
-    return "cpu" if needed <= AUTO_RAM_SHARE * free_ram else "trace"
+    needed = host_bytes_needed(shape, scenario, steps, "cpu")
+    return "cpu" if needed <= AUTO_RAM_SHARE * available else "trace"
 
 
-def _with_target(scenario: Scenario, target: str) -> Scenario:
-    from dataclasses import replace
-    return replace(scenario, target=target)
+def check_transformers_accepts(cfg: dict) -> None:
+    """Build the transformers configuration object (no tensors): ValueError naming the
+    problem when transformers refuses a config that capacity accepted."""
+    hf_config(cfg)
 
 
 def _tracker_snapshot(tracker: MemTracker) -> tuple[int, dict]:
@@ -124,13 +112,12 @@ def measure(model, scenario: Scenario, steps: int = 2, device: str = "trace", da
     if steps < 2:
         raise ValueError("steps: at least 2 (the peak is measured after the first step)")
     shape, cfg = read_model_dir(model_dir) if model_dir is not None else resolve_model(model)
-    device = choose_device(device, shape, scenario)
+    check_transformers_accepts(cfg)
+    check_tensor_sizes(shape, scenario)
+    device = choose_device(device, shape, scenario, steps)
     say = progress or (lambda step, total, message: None)
     if scenario.attention not in ("eager", "sdpa"):
         raise ValueError(f"attention: must be eager or sdpa, got {scenario.attention!r}")
-
-    batches = Batches(shape.vocab_size, scenario.batch, scenario.seq, data=data, seed=seed)
-    ids_cpu = [batches.batch(i) for i in range(steps + 1)]    # one spare for cuda's extra step
     result = {
         "model": shape.name, "params": None,   # counted once the model is built
         "method": scenario.method, "optimizer": scenario.optimizer if scenario.method == "bp" else None,
@@ -139,15 +126,27 @@ def measure(model, scenario: Scenario, steps: int = 2, device: str = "trace", da
         "attention": scenario.attention, "device": device, "steps": steps,
         "losses": [], "step_seconds": [], "oom": False,
     }
+    refusal = host_memory_refusal(shape, scenario, steps, device)
+    if refusal is not None:   # refused before anything is allocated
+        result.update(oom=True, oom_step=0, oom_phase="model construction", oom_refused=True, **refusal)
+        raise OutOfMemory(result)
 
     fake_mode = FakeTensorMode() if device == "trace" else None
+    batches = Batches(shape.vocab_size, scenario.batch, scenario.seq, data=data, seed=seed)
+    if fake_mode is not None:
+        # A trace's token ids are fake too: their values play no part in a fake step, and
+        # real ones would take (steps + 1)·batch·seq·8 bytes of host memory.
+        with fake_mode:
+            ids_cpu = [torch.empty((scenario.batch, scenario.seq), dtype=torch.long) for _ in range(steps + 1)]
+    else:
+        ids_cpu = [batches.batch(i) for i in range(steps + 1)]    # one spare for cuda's extra step
     where = {"step": 0, "stepper": None}
     try:
         with (fake_mode or contextlib.nullcontext()), (real_run_code_paths() if fake_mode else contextlib.nullcontext()):
             _run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, steps,
                  say, lr, seed, where, trace_mode)
     except Exception as err:  # noqa: BLE001 - only out-of-memory is turned into a result
-        if not _is_oom(err):
+        if not is_out_of_memory(err):
             raise
         phase = where["stepper"].phase if where["stepper"] is not None else "model construction"
         result.update(oom=True, oom_step=where["step"], oom_phase=phase, oom_error=str(err)[:300])
@@ -182,7 +181,9 @@ def _run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, st
     where["stepper"] = stepper
 
     def to_device(ids):
-        return fake_mode.from_tensor(ids) if fake_mode is not None else ids.to(target)
+        if fake_mode is not None:
+            return ids if isinstance(ids, FakeTensor) else fake_mode.from_tensor(ids)
+        return ids.to(target)
 
     def timed_step(i, ids):
         where["step"] = i + 1
@@ -251,7 +252,7 @@ def compare(model, scenario: Scenario, steps: int = 2, device: str = "trace", **
     except OutOfMemory as oom:
         result = oom.result
     target = "cuda" if result["device"] == "cuda" else "cpu"
-    estimate = predict(shape, _with_target(scenario, target))
+    estimate = predict(shape, with_target(scenario, target))
     measured = result.get("measured_peak_bytes")
     result["predicted_target"] = target
     result["predicted_peak_bytes"] = estimate.peak_bytes if estimate is not None else None
@@ -269,9 +270,16 @@ def compare(model, scenario: Scenario, steps: int = 2, device: str = "trace", **
             "predicted": by_tracker_class(estimate)}
     if result["oom"]:
         from ..units import format_bytes
-        at = f"step {result['oom_step']} ({result['oom_phase']})"
+        if result.get("oom_refused"):
+            at = result["oom_phase"]
+        else:
+            at = f"step {result['oom_step']} ({result['oom_phase']})"
         if measured:
             at += f" after a peak of {format_bytes(measured)} allocated"
         predicted = format_bytes(estimate.peak_bytes) if estimate is not None else "n/a"
         result["message"] = f"out of memory at {at}, predicted {predicted}"
+        if result.get("oom_refused"):
+            result["message"] += (f"; refused before building: the run needs "
+                                  f"{format_bytes(result['host_needed_bytes'])} of host memory, "
+                                  f"{format_bytes(result['host_available_bytes'])} available")
     return result

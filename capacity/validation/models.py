@@ -1,10 +1,6 @@
-"""Build the Hugging Face causal LM that a validation run fine-tunes.
-
-Three sources, none of which downloads anything or runs code from a config:
-  * a Hugging Face config dict (a preset's, or a user's config.json),
-  * a capacity `ModelShape` (turned back into the config dict of its family:
-    capacity.hf_config.shape_to_hf_config, each family's `write`),
-  * a local folder (`--model-dir`) holding config.json and, optionally, weights.
+"""Build the Hugging Face causal LM that a validation run fine-tunes, from the config dict
+of its source (source.py: a preset, a config.json, a shape or a local folder). Nothing is
+downloaded and no code from a config runs.
 
 The model is built directly in its target dtype (`from_config(cfg, dtype=...)`): under
 FakeTensorMode a `.to(dtype)` after construction fails, and building in fp32 first would
@@ -19,68 +15,61 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from ..hf_config import from_hf_config, read_hf_config_dict, shape_to_hf_config
-from ..shape import ModelShape
+from .source import (ModelDirError, has_weights, read_config_file, read_model_dir,  # noqa: F401
+                     resolve_model, shape_to_hf_config)
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class ModelDirError(Exception):
-    """The --model-dir folder is missing or unreadable (exit code 4)."""
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether an exception is an allocation failure (GPU or host)."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+
+
+def _first_line(err: BaseException, limit: int = 240) -> str:
+    """An exception as one short line: its type and its message, lines joined and cut."""
+    text = " ".join(str(err).split())
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+# Settings of a config.json that the validation run decides itself: code references and
+# load-time settings play no part here, and what a forward pass returns is the training
+# loop's choice (steps.py reads outputs by name: `return_dict: false` would give tuples).
+_RUN_SETTINGS = ("auto_map", "architectures", "torch_dtype", "dtype", "quantization_config",
+                 "return_dict", "use_return_dict", "output_attentions", "output_hidden_states",
+                 "torchscript")
 
 
 def hf_config(cfg: dict):
     """A transformers configuration object from a config dict, without remote code:
-    the class is picked by `model_type` among transformers' own classes."""
+    the class is picked by `model_type` among transformers' own classes.
+    ValueError (one line) when transformers refuses the config."""
     cfg = dict(cfg)
-    for key in ("auto_map", "architectures", "torch_dtype", "dtype", "quantization_config"):
-        cfg.pop(key, None)   # code references and load-time settings play no part here
+    for key in _RUN_SETTINGS:
+        cfg.pop(key, None)
     model_type = cfg.pop("model_type")
-    return AutoConfig.for_model(model_type, **cfg)
-
-
-def resolve_model(source) -> tuple[ModelShape, dict]:
-    """(shape, config dict) from a ModelShape, a preset name, a config dict or a config.json path.
-
-    Raises ValueError for anything malformed or unsupported.
-    """
-    from ..presets import preset_config, preset_names
-    if isinstance(source, ModelShape):
-        if source.name in preset_names() and from_hf_config(preset_config(source.name),
-                                                            name=source.name) == source:
-            return source, preset_config(source.name)
-        return source, shape_to_hf_config(source)
-    if isinstance(source, dict):
-        return from_hf_config(source), dict(source)
-    if isinstance(source, (str, Path)) and str(source) in preset_names():
-        cfg = preset_config(str(source))
-        return from_hf_config(cfg, name=str(source)), cfg
-    if isinstance(source, (str, Path)):
-        cfg = read_config_file(Path(source))
-        return from_hf_config(cfg, name=Path(source).stem), cfg
-    raise ValueError(f"model: expected a ModelShape, a preset name, a config dict or a path, got {type(source).__name__}")
-
-
-def read_config_file(path: Path) -> dict:
-    """A config.json's dict (path may be the folder holding it). ValueError on bad input."""
-    return read_hf_config_dict(path)
-
-
-def read_model_dir(model_dir: str | Path) -> tuple[ModelShape, dict]:
-    """(shape, config dict) of a local model folder. ModelDirError if it cannot be read,
-    ValueError if its config is malformed or unsupported."""
-    folder = Path(model_dir)
-    if not folder.is_dir():
-        raise ModelDirError(f"model folder not found: {str(folder)!r}")
-    config_path = folder / "config.json"
     try:
-        if not config_path.is_file():
-            raise ModelDirError(f"model folder {str(folder)!r} has no config.json")
-        config_path.open("rb").close()   # readable?
-    except PermissionError:
-        raise ModelDirError(f"model folder {str(folder)!r} is not readable") from None
-    cfg = read_config_file(config_path)
-    return from_hf_config(cfg, name=folder.name), cfg
+        return AutoConfig.for_model(model_type, **cfg)
+    except Exception as err:  # noqa: BLE001 - transformers' own validation: bad input
+        if is_out_of_memory(err):
+            raise
+        raise ValueError(f"config: transformers refuses it ({_first_line(err)})") from None
+
+
+def construct(conf, torch_dtype, attention: str):
+    """AutoModelForCausalLM.from_config (random weights, no remote code), with a model that
+    transformers or torch refuse to build (a pad_token_id beyond the vocabulary, ...)
+    reported as a ValueError in one line. Out of memory passes through."""
+    try:
+        return AutoModelForCausalLM.from_config(conf, dtype=torch_dtype, attn_implementation=attention,
+                                                trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001 - construction checks of transformers and torch
+        if is_out_of_memory(err):
+            raise
+        raise ValueError(f"config: transformers cannot build this model ({_first_line(err)})") from None
 
 
 def build_model(cfg: dict, dtype: str, attention: str = "eager", model_dir: str | Path | None = None):
@@ -90,20 +79,27 @@ def build_model(cfg: dict, dtype: str, attention: str = "eager", model_dir: str 
     remote code); a folder without weights gives random weights, which take the same memory.
     """
     torch_dtype = TORCH_DTYPES[dtype]
-    if model_dir is not None and _has_weights(Path(model_dir)):
+    if model_dir is not None and has_weights(Path(model_dir)):
         try:
             return AutoModelForCausalLM.from_pretrained(
                 str(model_dir), dtype=torch_dtype, attn_implementation=attention,
                 local_files_only=True, trust_remote_code=False)
-        except (OSError, ValueError) as err:
-            raise ModelDirError(f"cannot load the weights in {str(model_dir)!r}: {str(err)[:200]}") from None
-    return AutoModelForCausalLM.from_config(hf_config(cfg), dtype=torch_dtype,
-                                            attn_implementation=attention, trust_remote_code=False)
+        except Exception as err:  # noqa: BLE001 - corrupt files, refused pickles, wrong shapes
+            if is_out_of_memory(err):
+                raise
+            raise ModelDirError(f"cannot load the weights in {str(model_dir)!r}: {_weights_problem(err)}") from None
+    return construct(hf_config(cfg), torch_dtype, attention)
 
 
-def _has_weights(folder: Path) -> bool:
-    patterns = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
-    return any(any(folder.glob(p)) for p in patterns)
+def _weights_problem(err: BaseException) -> str:
+    """What is wrong with a folder's weights, in a few words, then transformers' message."""
+    import pickle
+    if isinstance(err, pickle.UnpicklingError):
+        return ("a pickle holding more than tensors was refused (torch.load weights_only; no code from a "
+                f"model folder runs) ({_first_line(err, 120)})")
+    if "mismatched_sizes" in str(err) or "size mismatch" in str(err):
+        return f"their shapes do not match config.json ({_first_line(err, 120)})"
+    return _first_line(err)
 
 
 def decoder_layers(model) -> list:

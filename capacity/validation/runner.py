@@ -1,12 +1,14 @@
 """Run a validation in a child process: `python -m capacity validate ... --json --progress json`.
 
 The child has its own process group, so a time limit or a cancel ends it and whatever it
-started, and nothing else. Its progress events (JSON lines on stderr) are handed to a
-callback as they come; the result is the JSON object on the last line of its stdout.
-Out of memory is a result (exit code 5, "oom": true), not a crash.
+started, and nothing else. It ends by itself, within a second, when this process dies
+(host.end_with_parent). Its progress events (JSON lines on stderr) are handed to a callback
+as they come; the result is the JSON object on the last line of its stdout. Out of memory
+is a result (exit code 5, "oom": true), not a crash; max_memory_bytes caps the child's host
+memory (`--max-memory`: a CPU run predicted to need more is refused before it starts).
 
     run = ValidationRun(["--preset", "gpt2", "--method", "mezo"], time_limit_s=600,
-                        on_event=print)
+                        on_event=print, max_memory_bytes=8 * 2**30)
     result = run.wait()          # or run.cancel() from another thread
 """
 
@@ -19,6 +21,8 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+
+from .host import PARENT_ENV
 
 ROOT = Path(__file__).resolve().parent.parent.parent   # the repository (holds capacity/)
 GRACE_SECONDS = 3.0   # after SIGTERM, before SIGKILL
@@ -40,8 +44,11 @@ class ValidationRun:
     """One validation in a child process. `status`: running, done, oom, failed, cancelled,
     timed out. `result`: the child's JSON result (or a dict with a message)."""
 
-    def __init__(self, args: list[str], time_limit_s: float | None = None, on_event=None):
-        self.command = [sys.executable, "-m", "capacity", "validate", *args, "--json", "--progress", "json"]
+    def __init__(self, args: list[str], time_limit_s: float | None = None, on_event=None,
+                 max_memory_bytes: int | None = None):
+        memory = ["--max-memory", str(int(max_memory_bytes))] if max_memory_bytes is not None else []
+        self.command = [sys.executable, "-m", "capacity", "validate", *args, *memory, "--json",
+                        "--progress", "json"]
         self.time_limit_s = time_limit_s
         self.on_event = on_event or (lambda event: None)
         self.status = "running"
@@ -51,6 +58,7 @@ class ValidationRun:
         self._stderr: list[str] = []
         self._stopped_as: str | None = None
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env[PARENT_ENV] = str(os.getpid())   # the child ends when this process does
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(self.command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1,
@@ -120,6 +128,7 @@ class ValidationRun:
         return self.result
 
 
-def run_validation(args: list[str], time_limit_s: float | None = None, on_event=None) -> dict:
+def run_validation(args: list[str], time_limit_s: float | None = None, on_event=None,
+                   max_memory_bytes: int | None = None) -> dict:
     """Run one validation in a child process and return its result (see ValidationRun)."""
-    return ValidationRun(args, time_limit_s, on_event).wait()
+    return ValidationRun(args, time_limit_s, on_event, max_memory_bytes).wait()
