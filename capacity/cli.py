@@ -18,15 +18,19 @@ from . import (ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, TERMS, CUDA_CONTEXT_BYTE
 from .shape import ModelShape
 
 
+class BadArguments(Exception):
+    """The command line could not be parsed (exit 2); main() reports it."""
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors on one line and exits 2."""
+    """argparse whose errors main() reports on one line, exit code 2."""
 
     MAX_MESSAGE = 300   # characters: a 5000-digit value is not echoed in full
 
     def error(self, message: str):
         if len(message) > self.MAX_MESSAGE:
             message = message[:self.MAX_MESSAGE - 3] + "..."
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        raise BadArguments(message)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -181,34 +185,42 @@ def _unreadable(err: OSError) -> str:
     return f"cannot read{where}: {err.strerror or type(err).__name__}"
 
 
+def _bad_input(prog: str, message: str, argv: list[str]) -> int:
+    """One line on stderr, exit 2; `validate --json` also gets its JSON result on stdout."""
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    if argv[:1] == ["validate"] and "--json" in argv:
+        print(json.dumps({"error": "bad input", "exit_code": 2, "message": message}), flush=True)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+    except BadArguments as err:
+        command = argv[0] if argv and argv[0] in ("estimate", "fit", "presets", "validate") else ""
+        return _bad_input(f"python -m capacity {command}".rstrip(), str(err), argv)
     except KeyboardInterrupt:
         return _cancelled("")
-    from .validation.cli import EXIT_BAD_INPUT, flagged, option_strings
+    from .validation.cli import flagged, option_strings
     prog = f"python -m capacity {args.command}"
     empty = _empty_source(args)
     if empty:
-        print(f"{prog}: error: {empty}: must not be empty", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _bad_input(prog, f"{empty}: must not be empty", argv)
     if args.command == "fit" and not (args.preset or args.config or args.family):
-        parser.exit(2, f"{prog}: error: give --preset, --config or --family\n")
+        return _bad_input(prog, "give --preset, --config or --family", argv)
     flags = option_strings(parser, args.command)
     try:
         return args.func(args)
     except ValueError as err:
-        print(f"{prog}: error: {flagged(str(err), flags)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _bad_input(prog, flagged(str(err), flags), argv)
     except BrokenPipeError:
         return 0
     except OverflowError as err:
-        print(f"{prog}: error: a size is too large ({err})", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _bad_input(prog, f"a size is too large ({err})", argv)
     except OSError as err:   # PermissionError, IsADirectoryError, ...: an unreadable input
-        print(f"{prog}: error: {_unreadable(err)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _bad_input(prog, _unreadable(err), argv)
     except KeyboardInterrupt:
         return _cancelled(prog)
 

@@ -86,7 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, metavar="S",
                    help=f"stop after S seconds, counted from the start (exit 6); at most {MAX_TIMEOUT_SECONDS}")
     p.add_argument("--max-memory", metavar="SIZE",
-                   help="cap this run's host memory, e.g. 8GiB (its data segment, RLIMIT_DATA): a CPU run "
+                   help="cap this run's host memory, e.g. 8GiB (the process's data segment, RLIMIT_DATA, set "
+                        "once torch is loaded; at least what the engine holds then, about 0.3 GB): a CPU run "
                         "predicted to need more is refused, an allocation beyond it is out of memory (exit 5)")
     p.add_argument("--dry-run", action="store_true",
                    help="check the input and the host memory the run needs, then stop before building "
@@ -294,7 +295,6 @@ def _run(args, stop: _StopSignals) -> int:
             stop.arm(args.timeout)
         if max_memory is not None:
             max_memory = parse_bytes(max_memory, what="max-memory")
-            host.cap_memory(max_memory)
         scenario = Scenario(method=args.method, optimizer=args.optimizer, batch=args.batch, seq=args.seq,
                             dtype=args.dtype, mixed_precision=args.mixed_precision, keep=args.keep,
                             attention=args.attention, target="cuda" if args.device == "cuda" else "cpu")
@@ -304,7 +304,7 @@ def _run(args, stop: _StopSignals) -> int:
             raise ValueError(f"--seq: {shape.model_type} has {limit} learned positions; got --seq {args.seq}")
         check_tensor_sizes(shape, scenario)
         if args.device == "cpu":
-            refusal = host_memory_refusal(shape, scenario, args.steps, "cpu")
+            refusal = host_memory_refusal(shape, scenario, args.steps, "cpu", cap=max_memory)
             if refusal is not None:
                 return _refused(shape, scenario, args, refusal)
     except ModelDirError as err:
@@ -327,8 +327,23 @@ def _run(args, stop: _StopSignals) -> int:
         return fail(EXIT_OOM, "out of memory while loading torch and transformers"
                     + (f" (--max-memory {args.max_memory})" if max_memory else ""), args.json, {"oom": True})
     except ImportError as err:
+        if max_memory is not None:   # a shared library that could not be mapped under the cap
+            return fail(EXIT_OOM, f"out of memory while loading torch and transformers (--max-memory "
+                        f"{args.max_memory}): {str(err)[:200]}", args.json, {"oom": True})
         return fail(EXIT_INTERNAL, f"the validation engine needs torch and transformers ({err})", args.json)
     transformers.logging.set_verbosity_error()   # keep stderr for progress and one-line errors
+    transformers.logging.disable_progress_bar()
+    if max_memory is not None:
+        # The cap is set once the engine is loaded: a cap below what it takes by then is
+        # refused here (under it, torch could only abort), and the run's own check (measure)
+        # sees the room left under it.
+        from ..units import format_bytes
+        held = host.data_bytes() or 0
+        if held >= max_memory:
+            return _refused(shape, scenario, args, {"host_needed_bytes": held, "host_available_bytes": max_memory},
+                            why=f"--max-memory {args.max_memory} is below the {format_bytes(held)} the engine "
+                                "holds once torch is loaded")
+        host.cap_memory(max_memory)
 
     try:
         check_transformers_accepts(cfg)
@@ -364,18 +379,18 @@ def _run(args, stop: _StopSignals) -> int:
     return EXIT_OK
 
 
-def _refused(shape, scenario, args, refusal: dict) -> int:
-    """A CPU run that would not fit in the host memory: exit 5 before torch is imported, with
+def _refused(shape, scenario, args, refusal: dict, why: str | None = None) -> int:
+    """A run that would not fit in the host memory: exit 5 before anything is built, with
     the message and result keys of an out-of-memory run."""
     from ..units import format_bytes
     from .preflight import predict, with_target
     estimate = predict(shape, with_target(scenario, "cpu"))
     predicted = format_bytes(estimate.peak_bytes) if estimate is not None else "n/a"
-    message = (f"out of memory at model construction, predicted {predicted}; refused before building: "
-               f"the run needs {format_bytes(refusal['host_needed_bytes'])} of host memory, "
-               f"{format_bytes(refusal['host_available_bytes'])} available")
+    why = why or (f"the run needs {format_bytes(refusal['host_needed_bytes'])} of host memory, "
+                  f"{format_bytes(refusal['host_available_bytes'])} available")
+    message = f"out of memory at model construction, predicted {predicted}; refused before building: {why}"
     result = {"model": shape.name, "method": scenario.method, "batch": scenario.batch, "seq": scenario.seq,
-              "dtype": scenario.dtype, "device": "cpu", "steps": args.steps, "oom": True, "oom_step": 0,
+              "dtype": scenario.dtype, "device": args.device, "steps": args.steps, "oom": True, "oom_step": 0,
               "oom_phase": "model construction", "oom_refused": True, **refusal,
               "predicted_target": "cpu", "measured_peak_bytes": None,
               "predicted_peak_bytes": estimate.peak_bytes if estimate is not None else None}
@@ -452,7 +467,5 @@ def format_result(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m capacity.validation ...`: the same as `python -m capacity validate ...`."""
-    parser = argparse.ArgumentParser(prog="python -m capacity validate", description=DESCRIPTION,
-                                     epilog=EPILOG)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from ..cli import main as capacity_main
+    return capacity_main(["validate", *(sys.argv[1:] if argv is None else argv)])

@@ -77,9 +77,11 @@ def _rlimit_room() -> int | None:
     return max(soft - (data_bytes() or 0), 0)
 
 
-def available_bytes() -> int | None:
-    """Host memory this process can still take, in bytes (None when nothing is known)."""
-    known = [n for n in (_meminfo_available(), _cgroup_room(), _rlimit_room()) if n is not None]
+def available_bytes(cap: int | None = None) -> int | None:
+    """Host memory this process can still take, in bytes (None when nothing is known); with
+    `cap`, also the room under a data cap not set yet (cap minus the data held now)."""
+    room = None if cap is None else max(cap - (data_bytes() or 0), 0)
+    known = [n for n in (_meminfo_available(), _cgroup_room(), _rlimit_room(), room) if n is not None]
     return min(known) if known else None
 
 

@@ -270,8 +270,8 @@ def compare(model, scenario: Scenario, steps: int = 2, device: str = "trace", **
             "predicted": by_tracker_class(estimate)}
     if result["oom"]:
         from ..units import format_bytes
-        if result.get("oom_refused"):
-            at = result["oom_phase"]
+        if result.get("oom_refused") or result["oom_step"] == 0:
+            at = result["oom_phase"]   # "model construction"
         else:
             at = f"step {result['oom_step']} ({result['oom_phase']})"
         if measured:

@@ -9,6 +9,7 @@ double the host memory for nothing.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -81,9 +82,11 @@ def build_model(cfg: dict, dtype: str, attention: str = "eager", model_dir: str 
     torch_dtype = TORCH_DTYPES[dtype]
     if model_dir is not None and has_weights(Path(model_dir)):
         try:
-            return AutoModelForCausalLM.from_pretrained(
-                str(model_dir), dtype=torch_dtype, attn_implementation=attention,
-                local_files_only=True, trust_remote_code=False)
+            with warnings.catch_warnings():   # torch.load's notes on pickles: the error says it
+                warnings.simplefilter("ignore")
+                return AutoModelForCausalLM.from_pretrained(
+                    str(model_dir), dtype=torch_dtype, attn_implementation=attention,
+                    local_files_only=True, trust_remote_code=False)
         except Exception as err:  # noqa: BLE001 - corrupt files, refused pickles, wrong shapes
             if is_out_of_memory(err):
                 raise

@@ -78,11 +78,13 @@ def host_bytes_needed(shape, scenario: Scenario, steps: int, device: str) -> int
     return 4 * 4 * parameter_count(shape) + ids
 
 
-def host_memory_refusal(shape, scenario: Scenario, steps: int, device: str) -> dict | None:
-    """None when the run fits in the host memory available now; else what it needs and what
-    is available (the run is refused as out of memory before anything is built)."""
+def host_memory_refusal(shape, scenario: Scenario, steps: int, device: str,
+                        cap: int | None = None) -> dict | None:
+    """None when the run fits in the host memory available now (and under `cap`, a data cap
+    about to be set); else what it needs and what is available (the run is refused as out
+    of memory before anything is built)."""
     needed = host_bytes_needed(shape, scenario, steps, device)
-    available = host.available_bytes()
+    available = host.available_bytes(cap)
     if needed == 0 or available is None or needed <= available:
         return None
     return {"host_needed_bytes": needed, "host_available_bytes": available}

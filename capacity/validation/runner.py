@@ -50,6 +50,7 @@ class ValidationRun:
         self.command = [sys.executable, "-m", "capacity", "validate", *args, *memory, "--json",
                         "--progress", "json"]
         self.time_limit_s = time_limit_s
+        self.max_memory_bytes = max_memory_bytes
         self.on_event = on_event or (lambda event: None)
         self.status = "running"
         self.result: dict | None = None
@@ -120,6 +121,11 @@ class ValidationRun:
             # Killed from outside with no time limit hit: on Linux, most likely the OOM killer.
             self.status = "oom"
             self.result = {"oom": True, "message": "the run was killed (SIGKILL), most likely out of host memory"}
+        elif code == -signal.SIGABRT and self.max_memory_bytes is not None:
+            # Native code that cannot report a failed allocation aborts (std::bad_alloc).
+            self.status = "oom"
+            self.result = {"oom": True, "message": "the run aborted, most likely out of memory under its cap of "
+                                                   f"{self.max_memory_bytes:,} bytes"}
         else:
             self.status = "failed"
             last = next((line for line in reversed(self._stderr) if line.strip()), "")
