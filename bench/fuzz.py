@@ -404,6 +404,10 @@ class _Counters:
         self._undo.clear()
 
 
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
 class _HarnessTimeout(BaseException):
     pass
 
@@ -459,11 +463,12 @@ def call(argv: list[str], counters: _Counters | None = None, limit_s: float = HA
             problems.append(f"refused after allocating ({built} models built, {batches} token batches)")
     if code == 0 and argv[:1] in (["estimate"], ["fit"]) and seconds > ESTIMATE_SECONDS:
         problems.append(f"{argv[0]} took {seconds:.2f} s")
-    if code in (2, 3, 4, 5, 6) and "--json" in argv and argv[:1] == ["validate"]:
+    wants_result = code == 0 or (code in (2, 3, 4, 5, 6) and argv[:1] == ["validate"])
+    if "--json" in argv and wants_result and "--help" not in argv and "-h" not in argv:
         try:
-            json.loads(stdout.strip().splitlines()[-1])
-        except (IndexError, ValueError):
-            problems.append("--json: no JSON result on the last line of stdout")
+            json.loads(stdout.strip().splitlines()[-1], parse_constant=_not_json)
+        except (IndexError, ValueError) as why:
+            problems.append(f"--json: no strict JSON result on the last line of stdout ({str(why)[:80]})")
     return Outcome(list(argv), code, seconds, stdout, stderr, built, batches, problems)
 
 

@@ -76,10 +76,10 @@ def cmd_estimate(args) -> int:
     est = estimate(shape, sc)
     note = context_note(shape, sc.seq)
     if args.json:
-        print(json.dumps({"model": shape.name, "params": est.params, "peak_bytes": est.peak_bytes,
-                          "phase": est.phase, "breakdown": est.breakdown, "phases": est.phases,
-                          "textbook": est.textbook, "cuda_context_bytes": CUDA_CONTEXT_BYTES,
-                          "context_note": note, "scenario": sc.to_dict()}))
+        print(_strict_json({"model": shape.name, "params": est.params, "peak_bytes": est.peak_bytes,
+                            "phase": est.phase, "breakdown": est.breakdown, "phases": est.phases,
+                            "textbook": est.textbook, "cuda_context_bytes": CUDA_CONTEXT_BYTES,
+                            "context_note": note, "scenario": sc.to_dict()}))
         return 0
     print(f"{shape.name}: {est.params:,} parameters; {sc.method}, batch {sc.batch}, seq {sc.seq}, "
           f"{sc.dtype}{' mixed' if sc.mixed_precision else ''}, L'/L={sc.keep}, {sc.attention}")
@@ -123,7 +123,7 @@ def cmd_fit(args) -> int:
         out["relative_model_size_mezo_over_bp"] = relative_model_size(
             shape, budget, _scenario(args, "bp"), _scenario(args, "mezo"))
     if args.json:
-        print(json.dumps(out))
+        print(_strict_json(out))
         return 0
     print(f"Budget {budget / GB:,.2f} GB ({budget / GiB:,.2f} GiB)")
     for m in methods:
@@ -133,6 +133,12 @@ def cmd_fit(args) -> int:
     if "relative_model_size_mezo_over_bp" in out:
         print(f"P_MeZO / P_BP = {out['relative_model_size_mezo_over_bp']:.2f}")
     return 0
+
+
+def _strict_json(obj) -> str:
+    """JSON without NaN or Infinity (not JSON; a ratio with nothing fitting is infinite): null."""
+    from .validation.cli import _jsonable
+    return json.dumps(_jsonable(obj), allow_nan=False)
 
 
 def cmd_presets(args) -> int:

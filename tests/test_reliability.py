@@ -28,8 +28,6 @@ from bench import fuzz  # noqa: E402
 from bench.fuzz import TINY_CONFIGS, call  # noqa: E402
 from capacity.validation.runner import ROOT, ValidationRun  # noqa: E402
 
-FAMILIES_PENDING = ("config reading is the families helper's work (issue 13 items 4, 5, 13); "
-                    "remove this marker once it is on main")
 DETERMINISTIC = settings(derandomize=True, database=None, deadline=None,
                          suppress_health_check=list(HealthCheck))
 
@@ -120,7 +118,6 @@ def test_3_steps_have_an_upper_bound(harness):
 
 # ---------------------------------------------------------------- 4: time
 
-@pytest.mark.xfail(reason=FAMILIES_PENDING + ": the step's peak is not yet closed-form in L", strict=False)
 def test_4_estimate_and_fit_are_quick_for_any_layer_count(harness):
     path = config(harness, num_hidden_layers=2**24)
     o = call(["estimate", "--config", path, "--method", "bp"], harness[1], limit_s=2)
@@ -131,7 +128,6 @@ def test_4_estimate_and_fit_are_quick_for_any_layer_count(harness):
 
 # ---------------------------------------------------------------- 5-9: tracebacks
 
-@pytest.mark.xfail(reason=FAMILIES_PENDING + ": field types", strict=False)
 @pytest.mark.parametrize("fields", [{"hidden_act": ["silu"]}, {"activation_function": {}}])
 def test_5_wrong_types_in_a_config(harness, fields):
     cfg = harness[0].config_file(json.dumps({**TINY_CONFIGS["gpt2" if "activation_function" in fields else
@@ -309,7 +305,6 @@ def test_13_numeric_flag_out_of_range_names_the_flag(harness, argv, flag):
     assert o.code == 2 and flag in o.stderr and len(o.stderr) < 400
 
 
-@pytest.mark.xfail(reason=FAMILIES_PENDING + ": config messages", strict=False)
 @pytest.mark.parametrize("text,needle", [
     ('{"model_type": "llama", "hidden_size": ' + "9" * 5000 + "}", "hidden_size"),
     ('{"model_type": "llama", "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, '
