@@ -313,7 +313,8 @@ def fit_argv(draw, files: Files) -> list[str]:
 
 @st.composite
 def presets_argv(draw, files: Files) -> list[str]:
-    return ["presets", *draw(st.sampled_from([[], ["--json"], ["--json", "--json"], ["--x"], ["gpt2"]]))]
+    words = st.sampled_from(["--json", "--json", "--x", "gpt2", "", "-", "--", "--preset", "--help=x", "é"])
+    return ["presets", *draw(st.lists(words, max_size=3))]
 
 
 @st.composite

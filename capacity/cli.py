@@ -2,13 +2,15 @@
 
 Bad input exits with status 2 and one line on stderr naming the problem; never a traceback.
 Exit codes: 0 done; 2 bad input; 3, 4, 5 (validate: no CUDA, bad model folder, out of memory);
-6 cancelled (Ctrl-C) or timed out. docs/reliability.md lists what is checked.
+6 cancelled (Ctrl-C) or timed out; 1 only for a bug (one line; CAPACITY_DEBUG=1 shows the
+traceback). docs/reliability.md lists what is checked.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import (ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, TERMS, CUDA_CONTEXT_BYTES, GB, GiB,
@@ -229,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
         return _bad_input(prog, _unreadable(err), argv)
     except KeyboardInterrupt:
         return _cancelled(prog)
+    except Exception as err:  # noqa: BLE001 - a bug: one line (exit 1), the traceback on request
+        if os.environ.get("CAPACITY_DEBUG"):
+            raise
+        print(f"{prog}: internal error (a bug; CAPACITY_DEBUG=1 shows the traceback): "
+              f"{type(err).__name__}: {str(err)[:300]}", file=sys.stderr)
+        return 1
 
 
 def _cancelled(prog: str) -> int:

@@ -34,6 +34,8 @@ model's (it depends on the parameter count).
 
 from __future__ import annotations
 
+import copy
+import json
 import time
 
 import torch
@@ -177,9 +179,22 @@ def _mark_layers(tracker: _TimelineTracker, layers, roles_of) -> list:
     return handles
 
 
+_FULL_CONFIG: dict = {"key": None, "conf": None}   # the last whole-model config built
+
+
+def _full_config(cfg: dict):
+    """hf_config(cfg), built once per config: transformers validates per-layer lists element
+    by element (a million layers take seconds), and the fast trace needs it several times."""
+    key = json.dumps(cfg, sort_keys=True, default=repr)
+    if _FULL_CONFIG["key"] != key:
+        _FULL_CONFIG.update(key=None, conf=hf_config(cfg))
+        _FULL_CONFIG["key"] = key
+    return _FULL_CONFIG["conf"]
+
+
 def _sample_config(cfg: dict, num_layers: int):
     """The transformers config of the model with `num_layers` decoder layers."""
-    conf = hf_config(cfg)
+    conf = copy.copy(_full_config(cfg))   # attributes set below replace, never mutate, shared values
     layer_types = getattr(conf, "layer_types", None)
     if isinstance(layer_types, (list, tuple)) and len(set(layer_types)) > 1:
         raise NotExtrapolable(f"layers differ ({sorted(set(layer_types))})")
@@ -358,7 +373,7 @@ def run_into(result: dict, shape, cfg: dict, scenario, ids_cpu: list, fake_mode,
         return False
     L = shape.num_layers
     try:
-        configured = hf_config(cfg).num_hidden_layers
+        configured = _full_config(cfg).num_hidden_layers
     except (AttributeError, ValueError, KeyError):
         configured = None
     if configured != L:

@@ -29,7 +29,7 @@ from . import host
 from .data import Batches
 from .faithful import real_run_code_paths
 from .models import (TORCH_DTYPES, build_model, enable_checkpointing, hf_config, is_out_of_memory,
-                     read_model_dir, resolve_model)
+                     read_model_dir, resolve_model, with_layers)
 from .preflight import check_tensor_sizes, host_bytes_needed, host_memory_refusal, predict, with_target
 from .steps import Stepper
 
@@ -78,10 +78,19 @@ def choose_device(device: str, shape, scenario: Scenario, steps: int = 2) -> str
     return "cpu" if needed <= AUTO_RAM_SHARE * available else "trace"
 
 
+# The layers transformers' configuration is checked with. Its classes validate per-layer
+# lists element by element (seconds for a million layers); what they check does not depend
+# on the layer count, and a failure is confirmed with the whole config.
+CHECK_LAYERS = 4
+
+
 def check_transformers_accepts(cfg: dict) -> None:
     """Build the transformers configuration object (no tensors): ValueError naming the
     problem when transformers refuses a config that capacity accepted."""
-    hf_config(cfg)
+    try:
+        hf_config(with_layers(cfg, CHECK_LAYERS))
+    except ValueError:
+        hf_config(cfg)   # the whole config decides (and names the problem)
 
 
 def _tracker_snapshot(tracker: MemTracker) -> tuple[int, dict]:

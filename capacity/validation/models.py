@@ -60,6 +60,22 @@ def hf_config(cfg: dict):
         raise ValueError(f"config: transformers refuses it ({_first_line(err)})") from None
 
 
+def with_layers(cfg: dict, num_layers: int) -> dict:
+    """The config dict with at most num_layers decoder layers (its family's layer-count key;
+    a per-layer list such as `layer_types` cut to match)."""
+    from ..families import FAMILIES
+    family = FAMILIES.get(cfg.get("model_type"))
+    if family is None:
+        return cfg
+    key, per_layer = family.keys.get("num_layers"), family.keys.get("layers", "layer_types")
+    if not isinstance(cfg.get(key), int) or cfg[key] <= num_layers:
+        return cfg
+    out = {**cfg, key: num_layers}
+    if per_layer and isinstance(cfg.get(per_layer), list):
+        out[per_layer] = cfg[per_layer][:num_layers]
+    return out
+
+
 def construct(conf, torch_dtype, attention: str):
     """AutoModelForCausalLM.from_config (random weights, no remote code), with a model that
     transformers or torch refuse to build (a pad_token_id beyond the vocabulary, ...)
