@@ -6,6 +6,9 @@
         [--steps N] [--device {auto,cuda,cpu,trace}] [--full-trace] [--mixed-precision]
         [--data PATH] [--timeout S] [--max-memory SIZE] [--dry-run] [--json]
         [--progress {bar,json,none}]
+        [--peft {none,lora,prefix,freeze}] [--lora-rank R] [--lora-alpha A] [--lora-dropout P]
+        [--lora-targets NAMES|all-linear] [--prefix-tokens P] [--trainable-layers K]
+        [--weights-bits {16,8,4}] [--quant {nf4,fp4}] [--double-quant]
 
 This module imports neither torch nor transformers until a run starts, so that the
 `capacity` command line stays quick for its other subcommands.
@@ -50,6 +53,9 @@ DTYPES = ("fp32", "bf16", "fp16")
 ATTENTIONS = ("eager", "sdpa")
 DEVICES = ("auto", "cuda", "cpu", "trace")
 PROGRESS = ("bar", "json", "none")
+PEFT_METHODS = ("none", "lora", "prefix", "freeze")
+WEIGHT_BITS = (16, 8, 4)
+QUANT_TYPES = ("nf4", "fp4")
 
 DESCRIPTION = """Run a short real fine-tune (BP or MeZO) or inference, measure the peak memory of
 the steps after the first and set it beside capacity's prediction, term by term.
@@ -95,6 +101,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
     p.add_argument("--progress", default=None, choices=PROGRESS,
                    help="progress on stderr: a bar, JSON lines, or none (default: bar)")
+    add_peft_arguments(p)
+
+
+def add_peft_arguments(p: argparse.ArgumentParser) -> None:
+    """What is trained and how the base weights are stored (capacity.scenario.Peft); the
+    defaults are peft's (LoraConfig) and the QLoRA recipe's."""
+    g = p.add_argument_group("parameter-efficient fine-tuning")
+    g.add_argument("--peft", default="none", choices=PEFT_METHODS,
+                   help="train LoRA adapters, a key/value prefix, or only the top layers (default none: every parameter)")
+    g.add_argument("--lora-rank", type=int, default=8, metavar="R", help="LoRA rank r (default 8, peft's)")
+    g.add_argument("--lora-alpha", type=float, default=8.0, metavar="A", help="LoRA alpha (default 8, peft's)")
+    g.add_argument("--lora-dropout", type=float, default=0.0, metavar="P", help="dropout on the adapters' input (default 0, peft's)")
+    g.add_argument("--lora-targets", default=None, metavar="NAMES",
+                   help="peft's target_modules: comma-separated module names (q_proj,v_proj; c_attn) or all-linear "
+                        "(default: peft's targets for the model type)")
+    g.add_argument("--prefix-tokens", type=int, default=20, metavar="P", help="virtual tokens of the prefix (default 20)")
+    g.add_argument("--trainable-layers", type=int, default=1, metavar="K",
+                   help="--peft freeze: train only the top K decoder layers (default 1)")
+    g.add_argument("--weights-bits", type=int, default=16, choices=WEIGHT_BITS,
+                   help="base weights: 16 (the dtype), 8 (bitsandbytes LLM.int8) or 4 (bitsandbytes NF4/FP4) (default 16)")
+    g.add_argument("--quant", default="nf4", choices=QUANT_TYPES, help="4-bit data type (default nf4)")
+    g.add_argument("--double-quant", action="store_true", help="4-bit: quantize the block statistics too")
+
+
+def peft_from_args(args):
+    """capacity.scenario.Peft from parsed arguments (ValueError on bad values)."""
+    from ..scenario import Peft
+    targets = () if args.lora_targets is None else tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+    if args.lora_targets is not None and not targets:
+        raise ValueError("--lora-targets: give module names (q_proj,v_proj) or all-linear")
+    if not math.isfinite(args.lora_alpha) or not math.isfinite(args.lora_dropout):
+        raise ValueError("--lora-alpha and --lora-dropout must be finite numbers")
+    alpha = int(args.lora_alpha) if float(args.lora_alpha).is_integer() else args.lora_alpha
+    return Peft(method=args.peft, lora_rank=args.lora_rank, lora_alpha=alpha, lora_dropout=args.lora_dropout,
+                lora_targets=targets, prefix_tokens=args.prefix_tokens, trainable_layers=args.trainable_layers,
+                weights_bits=args.weights_bits, quant=args.quant, double_quant=args.double_quant)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -297,7 +339,8 @@ def _run(args, stop: _StopSignals) -> int:
             max_memory = parse_bytes(max_memory, what="max-memory")
         scenario = Scenario(method=args.method, optimizer=args.optimizer, batch=args.batch, seq=args.seq,
                             dtype=args.dtype, mixed_precision=args.mixed_precision, keep=args.keep,
-                            attention=args.attention, target="cuda" if args.device == "cuda" else "cpu")
+                            attention=args.attention, target="cuda" if args.device == "cuda" else "cpu",
+                            peft=peft_from_args(args))
         shape, cfg, source = _read_source(args)
         limit = _max_positions(shape)
         if limit is not None and args.seq > limit:
@@ -433,6 +476,17 @@ def format_result(r: dict) -> str:
              + f", L'/L {r['keep']:g}, {r['attention']} attention, device {r['device']}"]
     if r.get("checkpointed_layers"):
         lines.append(f"checkpointed layers: {r['checkpointed_layers']}")
+    pf = r.get("peft") or {}
+    if pf.get("method", "none") != "none" or pf.get("weights_bits", 16) != 16:
+        what = {"lora": lambda: f"LoRA r={pf['lora_rank']} alpha={pf['lora_alpha']:g} dropout={pf['lora_dropout']:g} "
+                                f"targets={','.join(pf['lora_targets']) or 'peft default'}",
+                "prefix": lambda: f"prefix tuning, {pf['prefix_tokens']} virtual tokens",
+                "freeze": lambda: f"top {pf['trainable_layers']} layers trained",
+                "none": lambda: "every parameter"}[pf["method"]]()
+        bits = {16: r["dtype"], 8: "8-bit (bitsandbytes)",
+                4: f"4-bit {pf['quant']}" + (" double-quant" if pf.get("double_quant") else "") + " (bitsandbytes)"}
+        lines.append(f"trained: {what}; base weights {bits[pf['weights_bits']]}; "
+                     f"trainable parameters {r.get('trainable_params') or 0:,} of {r.get('params') or 0:,}")
     measured, predicted = r.get("measured_peak_bytes"), r.get("predicted_peak_bytes")
     lines.append(f"measured peak  {fmt(measured)}   [{r.get('peak_source', '')}]")
     if r.get("trace_mode") == "extrapolated":
@@ -442,7 +496,8 @@ def format_result(r: dict) -> str:
     elif r.get("trace_mode") == "full":
         lines.append("trace mode     full" + (f" (fast trace not possible: {r['trace_fallback']})"
                                              if r.get("trace_fallback") else ""))
-    lines.append(f"predicted peak {fmt(predicted)}   [capacity.estimate, target {r.get('predicted_target')}]")
+    lines.append(f"predicted peak {fmt(predicted)}   [capacity.estimate, target {r.get('predicted_target')}]"
+                 + (f" ({r['prediction_unavailable']})" if r.get("prediction_unavailable") else ""))
     if r.get("error_pct") is not None:
         lines.append(f"error          {r['error_pct']:+.2f} %  (100·(predicted − measured)/measured)")
     if "cuda" in r:

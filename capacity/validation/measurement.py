@@ -22,7 +22,7 @@ import time
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
-from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
+from torch.distributed._tools.mem_tracker import _MemRefType
 
 from ..scenario import Scenario
 from . import host
@@ -30,8 +30,11 @@ from .data import Batches
 from .faithful import real_run_code_paths
 from .models import (TORCH_DTYPES, build_model, enable_checkpointing, hf_config, is_out_of_memory,
                      read_model_dir, resolve_model, with_layers)
-from .preflight import check_tensor_sizes, host_bytes_needed, host_memory_refusal, predict, with_target
+from .preflight import (check_tensor_sizes, host_bytes_needed, host_memory_refusal, predict, predict_or_reason,
+                        with_target)
 from .steps import Stepper
+from . import peft_models
+from .tracker import Tracker
 
 DEVICES = ("auto", "cuda", "cpu", "trace")
 
@@ -64,13 +67,16 @@ class OutOfMemory(Exception):
 
 def choose_device(device: str, shape, scenario: Scenario, steps: int = 2) -> str:
     """Resolve `auto`: cuda when available, else cpu, or trace if the run would not fit in RAM
-    (needs more than AUTO_RAM_SHARE of the available host memory)."""
+    (needs more than AUTO_RAM_SHARE of the available host memory). A quantized base runs on
+    real tensors only (peft_models.check)."""
     if device == "cuda" and not torch.cuda.is_available():
         raise CudaUnavailable("CUDA was requested but torch finds no CUDA GPU on this machine")
     if device != "auto":
         return device
     if torch.cuda.is_available():
         return "cuda"
+    if scenario.peft.weights_bits != 16:
+        return "cpu"
     available = host.available_bytes()
     if available is None:
         return "trace"
@@ -93,7 +99,7 @@ def check_transformers_accepts(cfg: dict) -> None:
         hf_config(cfg)   # the whole config decides (and names the problem)
 
 
-def _tracker_snapshot(tracker: MemTracker) -> tuple[int, dict]:
+def _tracker_snapshot(tracker: Tracker) -> tuple[int, dict]:
     """(peak bytes, breakdown) of a MemTracker's peak, summed over devices."""
     peak, breakdown = 0, {name: 0 for name in _CATEGORIES.values()}
     for dev_snap in tracker.get_tracker_snapshot("peak").values():
@@ -133,6 +139,7 @@ def measure(model, scenario: Scenario, steps: int = 2, device: str = "trace", da
         "batch": scenario.batch, "seq": scenario.seq, "dtype": scenario.dtype,
         "mixed_precision": scenario.mixed_precision, "keep": scenario.keep,
         "attention": scenario.attention, "device": device, "steps": steps,
+        "peft": scenario.to_dict()["peft"], "trainable_params": None,
         "losses": [], "step_seconds": [], "oom": False,
     }
     refusal = host_memory_refusal(shape, scenario, steps, device)
@@ -151,7 +158,8 @@ def measure(model, scenario: Scenario, steps: int = 2, device: str = "trace", da
         ids_cpu = [batches.batch(i) for i in range(steps + 1)]    # one spare for cuda's extra step
     where = {"step": 0, "stepper": None}
     try:
-        with (fake_mode or contextlib.nullcontext()), (real_run_code_paths() if fake_mode else contextlib.nullcontext()):
+        with (fake_mode or contextlib.nullcontext()), (real_run_code_paths() if fake_mode else contextlib.nullcontext()), \
+                peft_models.gpu_code_paths(scenario.peft, device):
             _run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, steps,
                  say, lr, seed, where, trace_mode)
     except Exception as err:  # noqa: BLE001 - only out-of-memory is turned into a result
@@ -167,6 +175,11 @@ def measure(model, scenario: Scenario, steps: int = 2, device: str = "trace", da
 
 def _run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, steps, say, lr,
          seed, where, trace_mode="auto"):
+    peft_models.check(scenario.peft, device)
+    if device == "trace" and scenario.peft.method != "none" and trace_mode != "full":
+        # The fast trace samples models of 3-4 layers built without peft: trace the whole model.
+        result["trace_fallback"] = "a PEFT model is traced whole"
+        trace_mode = "full"
     if device == "trace":
         from . import fast_trace
         if fast_trace.run_into(result, shape, cfg, scenario, ids_cpu, fake_mode, steps, say, lr,
@@ -182,7 +195,9 @@ def _run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, st
     target = "cuda" if device == "cuda" else "cpu"
     if device == "cuda":
         model.to(target)   # weights loaded from a folder arrive on the CPU (no-op otherwise)
+    model = peft_models.prepare(model, scenario.peft, device, TORCH_DTYPES[scenario.dtype])
     result["params"] = sum(p.numel() for p in model.parameters())
+    result["trainable_params"] = sum(p.numel() for p in peft_models.trainable_parameters(model))
     result["checkpointed_layers"] = enable_checkpointing(model, scenario.keep) \
         if scenario.method == "bp" else []
     autocast_dtype = TORCH_DTYPES[scenario.dtype] if scenario.mixed_precision else None
@@ -227,8 +242,9 @@ def _run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, st
         result["peak_source"] = "torch.cuda.max_memory_allocated (steps 2..N)"
         # The breakdown: one more step under MemTracker, outside the timed steps.
         ids = to_device(ids_cpu[steps])
-        tracker = MemTracker()
+        tracker = Tracker()
         tracker.track_external(model, stepper.optimizer, ids)
+        tracker.track_weights(*peft_models.quant_state_tensors(model))
         stepper.reset_tracker = tracker.reset_mod_stats
         with tracker:
             stepper.step(ids)
@@ -239,9 +255,10 @@ def _run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, st
 
     # cpu and trace: a fresh tracker after step 1 starts from what is live then (weights,
     # optimizer states), so its peak is the peak of the later steps.
-    tracker = MemTracker()
+    tracker = Tracker()
     ids_later = [to_device(ids) for ids in ids_cpu[1:steps]]
     tracker.track_external(model, stepper.optimizer, *ids_later)
+    tracker.track_weights(*peft_models.quant_state_tensors(model))
     stepper.reset_tracker = tracker.reset_mod_stats
     with tracker:
         for i in range(1, steps):
@@ -261,9 +278,11 @@ def compare(model, scenario: Scenario, steps: int = 2, device: str = "trace", **
     except OutOfMemory as oom:
         result = oom.result
     target = "cuda" if result["device"] == "cuda" else "cpu"
-    estimate = predict(shape, with_target(scenario, target))
+    estimate, why_not = predict_or_reason(shape, with_target(scenario, target))
     measured = result.get("measured_peak_bytes")
     result["predicted_target"] = target
+    if why_not is not None:
+        result["prediction_unavailable"] = why_not
     result["predicted_peak_bytes"] = estimate.peak_bytes if estimate is not None else None
     result["predicted_phase"] = estimate.phase if estimate is not None else None
     result["error_pct"] = (100.0 * (estimate.peak_bytes - measured) / measured

@@ -22,11 +22,20 @@ from . import host
 
 def predict(shape, scenario: Scenario):
     """capacity.estimate for this shape and scenario, or None while it is not available."""
+    return predict_or_reason(shape, scenario)[0]
+
+
+def predict_or_reason(shape, scenario: Scenario):
+    """(capacity.estimate, None), or (None, why not). The scenario is valid (a Scenario
+    checks itself), so a ValueError here is the memory model refusing a setting it does not
+    model yet (PEFT, many devices): the measurement still runs, without a prediction."""
     try:
         import capacity
-        return capacity.estimate(shape, scenario)
-    except (ImportError, AttributeError, NotImplementedError):
-        return None
+        return capacity.estimate(shape, scenario), None
+    except (ImportError, AttributeError, NotImplementedError) as err:
+        return None, f"capacity.estimate is not available ({err})"
+    except ValueError as err:
+        return None, str(err)
 
 
 # A tensor of more elements than this cannot be made: its bytes (elements times up to 8 bytes

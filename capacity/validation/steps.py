@@ -77,7 +77,8 @@ class Stepper:
         self.mezo = None
         if method == "bp":
             model.train()
-            self.optimizer = make_optimizer(optimizer, model.parameters(), lr)
+            # Over the trainable parameters only (all of them, unless a PEFT method froze some).
+            self.optimizer = make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr)
         elif method == "mezo":
             model.eval()
             self.mezo = MeZO(model.parameters(), lr=DEFAULT_LR["mezo"] if lr is None else lr,
