@@ -44,10 +44,11 @@ def test_cpu_run_and_trace_agree_byte_for_byte(method, peft):
     assert cpu["predicted_peak_bytes"] is None and "peft" in cpu["prediction_unavailable"]
     if method == "bp":
         # Optimizer states exist for the trainable parameters only: AdamW's two states in the
-        # parameter's dtype (fp32 adapters, bf16 layers; and a 4-byte step per tensor), far
-        # below two copies of the whole model.
+        # parameter's dtype (fp32 adapters, bf16 layers; a 4-byte step per tensor; at the peak
+        # perhaps foreach's temporary), below the 4 bytes per parameter that AdamW's bf16
+        # states of every parameter would take.
         states = cpu["measured_breakdown"]["optimizer_states"]
-        assert 4 * cpu["trainable_params"] <= states < 2 * cpu["params"]
+        assert 4 * cpu["trainable_params"] <= states < 4 * cpu["params"]
 
 
 def test_trainable_sets_follow_their_definitions():
