@@ -29,7 +29,7 @@ from . import host
 from .data import Batches
 from .faithful import real_run_code_paths
 from .models import (TORCH_DTYPES, build_model, enable_checkpointing, hf_config, is_out_of_memory,
-                     read_model_dir, resolve_model, with_layers)
+                     num_checkpointed_layers, read_model_dir, resolve_model, with_layers)
 from .preflight import (check_tensor_sizes, host_bytes_needed, host_memory_refusal, predict, predict_or_reason,
                         with_target)
 from .steps import Stepper
@@ -175,7 +175,8 @@ def measure(model, scenario: Scenario, steps: int = 2, device: str = "trace", da
 
 def _run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, steps, say, lr,
          seed, where, trace_mode="auto"):
-    peft_models.check(scenario.peft, device)
+    peft_models.check(scenario.peft, device, checkpointing=scenario.method == "bp"
+                      and num_checkpointed_layers(shape.num_layers, scenario.keep) > 0)
     if device == "trace" and scenario.peft.method != "none" and trace_mode != "full":
         # The fast trace samples models of 3-4 layers built without peft: trace the whole model.
         result["trace_fallback"] = "a PEFT model is traced whole"

@@ -64,8 +64,14 @@ class UnsupportedPeft(ValueError):
     """A PEFT setting that cannot run here (a clear one-line message)."""
 
 
-def check(peft: Peft, device: str) -> None:
+def check(peft: Peft, device: str, checkpointing: bool = False) -> None:
     """Refuse, before anything is built, what cannot run."""
+    if peft.method == "prefix" and checkpointing:
+        # transformers' GradientCheckpointingLayer sets past_key_values=None in a
+        # checkpointed layer (modeling_layers.py), while the attention mask was built for
+        # the prefix + sequence: the forward fails (transformers 5.23, peft 0.21.2).
+        raise UnsupportedPeft("prefix tuning with checkpointing (--keep below 1) does not run: transformers "
+                              "drops the prefix key/values in checkpointed layers")
     if peft.weights_bits != 16 and peft.method not in ("lora", "prefix"):
         raise UnsupportedPeft(f"weights_bits {peft.weights_bits}: quantized base weights are frozen; "
                               "train them with --peft lora or --peft prefix")
