@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 
 import torch
 
@@ -101,7 +102,11 @@ def prepare(model, peft: Peft, device: str, dtype: torch.dtype):
         config = PrefixTuningConfig(num_virtual_tokens=peft.prefix_tokens, task_type=TASK_TYPE)
     moves = fake_safe_module_moves() if device == "trace" else contextlib.nullcontext()
     try:
-        with moves:
+        with moves, warnings.catch_warnings():
+            # peft's notes on a Conv1D target (GPT-2) and transformers' deprecation of
+            # is_gradient_checkpointing, which peft reads, are not the user's concern here.
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", FutureWarning)
             return get_peft_model(model, config)
     except ValueError as err:   # e.g. no default targets for this model type
         raise UnsupportedPeft(f"peft: {str(err)[:200]}") from None
