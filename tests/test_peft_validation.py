@@ -86,6 +86,8 @@ def test_quantized_base_weights_are_stored_as_bitsandbytes_stores_them():
     bf16 = 2 * (2 * 128 * H + norms)                # embedding, head, norms
     adapters = 4 * result["trainable_params"]
     assert result["measured_breakdown"]["weights"] == quantized + bf16 + adapters
+    # The parameter count is the model's, not the packed storage's (two 4-bit values a byte).
+    assert result["params"] == sum(i * o for i, o in linears) + (2 * 128 + 2 * L + 1) * H + result["trainable_params"]
 
 
 def test_tracked_peak_does_not_grow_with_the_steps_under_checkpointing():

@@ -196,9 +196,10 @@ def _run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, st
     target = "cuda" if device == "cuda" else "cpu"
     if device == "cuda":
         model.to(target)   # weights loaded from a folder arrive on the CPU (no-op otherwise)
+    base_params = sum(p.numel() for p in model.parameters())   # before quantization packs them
     model = peft_models.prepare(model, scenario.peft, device, TORCH_DTYPES[scenario.dtype])
-    result["params"] = sum(p.numel() for p in model.parameters())
     result["trainable_params"] = sum(p.numel() for p in peft_models.trainable_parameters(model))
+    result["params"] = base_params + peft_models.added_parameters(scenario.peft, result["trainable_params"])
     result["checkpointed_layers"] = enable_checkpointing(model, scenario.keep) \
         if scenario.method == "bp" else []
     autocast_dtype = TORCH_DTYPES[scenario.dtype] if scenario.mixed_precision else None

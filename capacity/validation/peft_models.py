@@ -136,6 +136,12 @@ def freeze_all_but_top_layers(model, k: int) -> None:
             p.requires_grad_(True)
 
 
+def added_parameters(peft: Peft, trainable: int) -> int:
+    """Parameters a method adds to the base model: LoRA's adapters and the prefix are new
+    parameters (all trainable); top-layer training adds none."""
+    return trainable if peft.method in ("lora", "prefix") else 0
+
+
 def trainable_parameters(model) -> list:
     return [p for p in model.parameters() if p.requires_grad]
 
