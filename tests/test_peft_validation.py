@@ -68,6 +68,17 @@ def test_trainable_sets_follow_their_definitions():
     assert {id(p) for p in trainable_parameters(top)} == {id(p) for p in decoder_layers(top)[-1].parameters()}
 
 
+def test_8bit_base_weights_are_int8_with_row_statistics():
+    """LLM.int8: one int8 per weight and one fp32 statistic per output row (SCB, held by the
+    layer's MatmulLtState after the first forward); the rest as in the 4-bit test."""
+    pytest.importorskip("bitsandbytes")
+    result = compare(LLAMA_TINY, scenario("mezo", method="lora", weights_bits=8), steps=2, device="cpu")
+    linears = [(H, H), (H, KV), (H, KV), (H, H), (H, I), (H, I), (I, H)] * L
+    quantized = sum(i * o + 4 * o for i, o in linears)
+    bf16 = 2 * (2 * 128 * H + (2 * L + 1) * H)
+    assert result["measured_breakdown"]["weights"] == quantized + bf16 + 4 * result["trainable_params"]
+
+
 def test_quantized_base_weights_are_stored_as_bitsandbytes_stores_them():
     """4-bit NF4 with double quantization: per linear of n weights, n/2 packed bytes, one
     uint8 statistic per block of 64, an fp32 statistic per 256 blocks, the 256-entry fp32

@@ -196,7 +196,8 @@ def quantize_linears(model, peft: Peft, dtype: torch.dtype) -> None:
 def quant_state_tensors(model) -> list:
     """The tensors of quantized weights that live outside parameters and buffers: a 4-bit
     weight's QuantState (absmax, code, and with double quantization the offset and the
-    second-level absmax and code), an 8-bit weight's row statistics (SCB)."""
+    second-level absmax and code), an 8-bit weight's row statistics (SCB, fp32 per output
+    row). The int8 weight itself (CB) is the parameter's data."""
     out, seen = [], set()
 
     def add(t):
@@ -213,7 +214,10 @@ def quant_state_tensors(model) -> list:
             if state.state2 is not None:
                 add(state.state2.absmax)
                 add(state.state2.code)
+        # An 8-bit weight's row statistics: on the weight until the first forward, then on the
+        # layer's MatmulLtState (Linear8bitLt.init_8bit_state moves CB and SCB there).
         add(getattr(weight, "SCB", None))
+        add(getattr(getattr(module, "state", None), "SCB", None))
     return out
 
 
