@@ -1,0 +1,667 @@
+"""Per-rank memory of data-parallel training over N devices, measured with PyTorch's own
+distributed code on this one CPU.
+
+How. torch's fake process group (`FakeStore`, backend "fake": rank 0 of N, collectives that
+move nothing) and fake tensors (no memory) let the real `DistributedDataParallel`,
+`ZeroRedundancyOptimizer` and FSDP2 (`fully_shard`) code run a step as rank 0 of N would,
+and a MemTracker (`FSDPMemTracker` for FSDP2, per module and phase) counts every tensor that
+rank holds. Rank 0 holds the largest shard of every parameter (FSDP2 pads dim 0 to a
+multiple of N; rank 0's chunk is always full), so its peak is the per-device peak.
+
+What each sharding runs (`Parallel.sharding`):
+  ddp    torch.nn.parallel.DistributedDataParallel(bucket_cap_mb=25) (gradients copied into
+         flat buckets that live as long as the model: gradient_as_bucket_view=False, its
+         default and accelerate's), the optimizer replicated on every rank.
+  zero1  DDP as above with torch.distributed.optim.ZeroRedundancyOptimizer: each rank keeps
+         the optimizer states of its own parameters (whole tensors, assigned greedily by
+         size) and steps them; FSDP2 has no optimizer-only sharding. DeepSpeed ZeRO-1 is not
+         installed: its flat-buffer version is modelled in the notes, not measured here.
+  zero2  FSDP2 with reshard_after_forward=False everywhere (FSDP's SHARD_GRAD_OP):
+         parameters all-gathered once per step and kept from forward to backward, gradients
+         and optimizer states sharded. (DeepSpeed ZeRO-2 keeps the 16-bit parameters whole all
+         the time; not measured.)
+  fsdp   FSDP2 FULL_SHARD exactly as accelerate 1.15 (HF Trainer with fsdp_version 2) wraps a
+         causal LM: accelerate's own `fsdp2_prepare_model` shards every decoder layer
+         (reshard_after_forward=True), the input embedding, the [final norm, head] group
+         (reshard_after_forward=False) and the root.
+  offload_optimizer (zero2, fsdp): FSDP2's CPUOffloadPolicy: sharded parameters, their
+         gradients, the optimizer states and step on the host.
+
+Mixed precision (`Scenario.mixed_precision`): FSDP2 as accelerate sets it up, fp32 sharded
+parameters and MixedPrecisionPolicy(param_dtype = reduce_dtype = output_dtype = the 16-bit
+dtype), no autocast (accelerate's FSDP2 path adds none; `reduce_fp32=True` reduces in fp32
+instead); ddp and zero1 run fp32 parameters under torch.autocast, as accelerate's DDP path.
+
+Two traps of tracing this, and how they are handled:
+  * DTensor works out an op's output shape by running the op on full-size fake tensors
+    (ShardingPropagator._propagate_tensor_meta_non_cached) inside whatever fake mode is
+    active: under our FakeTensorMode that is the same mode the tracker runs in, so a tracker
+    counts a full-size unsharded tensor for every optimizer op on a sharded parameter. A real
+    run does that propagation under its own throw-away fake mode, which the tracker skips;
+    here it is marked (`_untracked_propagation`) and skipped the same way.
+  * DDP's constructor and its bucket rebuild after the first step read parameter data
+    (shape checks across ranks, broadcasts): with fake tensors there is nothing to check,
+    and the rebuild only regroups the same parameters into buckets of the same total size,
+    so both are skipped. The buckets are allocated at construction, before any tracking:
+    their bytes (collected from DDP's own communication hook) are added to every op.
+
+Offload: on this CPU-only machine "device" and "host" are one device to the tracker; the
+host share is what CPUOffloadPolicy keeps there (sharded parameters and gradients, the
+optimizer's states and step), counted op by op, and the device peak is the rest. The
+host-to-device copy of a layer's shard before its all-gather and the device copy of its
+reduced gradient shard before the copy to the host (each one layer's shard, P_layer/N
+values) are no-ops on a CPU and not in the trace.
+
+A whole model is traced in seconds up to a few billion parameters; bigger models are
+extrapolated exactly from traces of 3 and 4 decoder layers (fast_trace.py's method: the
+live bytes after every op are affine in the layer count, op by op).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import types
+from dataclasses import replace
+
+import torch
+import torch.distributed as dist
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from ..scenario import Scenario
+from .data import Batches
+from .faithful import real_run_code_paths
+from .fast_trace import (NotExtrapolable, SAMPLE_LAYERS, _expand, _mark_layers, _roles, _sample_config,
+                         extrapolated_peak, plan)
+from .mezo import MeZO, default_chunk_elements
+from .models import TORCH_DTYPES, checkpoint_first_layers, decoder_layers, num_checkpointed_layers, resolve_model
+from .steps import DEFAULT_LR, MEZO_EPS
+
+SHARDINGS = ("ddp", "zero1", "zero2", "fsdp")
+DDP_BUCKET_CAP_MB = 25     # torch's default, and HF TrainingArguments' (ddp_bucket_cap_mb None)
+
+# The measured breakdown's names, one per tracker category; the same name for the same kind
+# of memory under every sharding. "Parameter"/"Gradient" are MemTracker's (ddp, zero1:
+# replicated), the others FSDPMemTracker's.
+CATEGORY_NAMES = {
+    "Parameter": "weights", "Sharded Param": "weights", "Unsharded Param": "weights_unsharded",
+    "All Gather": "all_gather_buffers", "Gradient": "gradients", "Sharded Grad": "gradients",
+    "Unsharded Grad": "gradients_unsharded", "Reduce Scatter": "reduce_scatter_buffers",
+    "Optstate": "optimizer_states", "OptState": "optimizer_states", "Activation": "activations",
+    "Temp": "temporaries", "Buffer": "buffers", "Inputs": "inputs", "Other": "inputs",
+    "Gradient buckets": "gradient_buckets",
+}
+# What CPUOffloadPolicy keeps on the host.
+HOST_CATEGORIES = ("Sharded Param", "Sharded Grad", "OptState")
+BUCKETS = "Gradient buckets"
+
+
+# ------------------------------------------------------------------ the fake world
+
+MESH_DIM = "dp_shard"
+
+
+@contextlib.contextmanager
+def fake_world(world_size: int):
+    """A fake process group of `world_size` ranks in which this process is rank 0; yields
+    its one-dimensional CPU device mesh (made outside any fake mode: it reads its ranks)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+    if dist.is_initialized():
+        raise RuntimeError("a process group is already initialized in this process")
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+    try:
+        yield init_device_mesh("cpu", (world_size,), mesh_dim_names=(MESH_DIM,))
+    finally:
+        dist.destroy_process_group()
+
+
+_PROPAGATING = [0]   # > 0 while DTensor propagates shapes (see the module docstring)
+
+
+@contextlib.contextmanager
+def _untracked_propagation():
+    """Mark DTensor's shape propagation, whose ops on full-size fake tensors a real run
+    never allocates, so that the tracker skips them."""
+    from torch.distributed.tensor._sharding_prop import ShardingPropagator
+    original = ShardingPropagator._propagate_tensor_meta_non_cached
+
+    def marked(self, op_schema):
+        _PROPAGATING[0] += 1
+        try:
+            return original(self, op_schema)
+        finally:
+            _PROPAGATING[0] -= 1
+
+    ShardingPropagator._propagate_tensor_meta_non_cached = marked
+    try:
+        yield
+    finally:
+        ShardingPropagator._propagate_tensor_meta_non_cached = original
+
+
+# ------------------------------------------------------------------ the tracker
+
+def _recording(base):
+    """A tracker class (MemTracker or FSDPMemTracker) that also keeps the live bytes after
+    every op (total, then each category), in parts for the fast trace's extrapolation, and
+    the peak of each phase of the step."""
+
+    class Recording(base):
+        def setup(self, categories, constant=None):
+            self.categories = list(categories)     # category names, in vector order
+            self.constant = dict(constant or {})   # bytes added to every op (DDP's buckets)
+            self.parts, self._ops = [], []
+            self.phase_no, self.phase = 0, "entry"
+            self.phase_peaks: dict[str, tuple] = {}
+            self.counting = True   # track_propagation=True counts DTensor's propagation (for the notes)
+            self.skip_propagation = True
+
+        def vector(self) -> tuple:
+            cats = dict.fromkeys(self.categories, 0)
+            for dev_snap in self._curr_mem_snap.values():
+                for ref, value in dev_snap.items():
+                    name = getattr(ref, "value", ref)
+                    if name in cats:
+                        cats[name] += value
+            for name, value in self.constant.items():
+                cats[name] += value
+            values = [cats[c] for c in self.categories]
+            return (sum(values), *values)
+
+        def begin(self, unit) -> None:
+            self._ops = []
+            self.parts.append(((self.phase_no, self.phase, unit), self._ops))
+
+        def on_phase(self, name: str) -> None:
+            self.phase_no += 1
+            self.phase = name
+            self.begin(("start",))
+            self._record()
+
+        def _record(self) -> None:
+            v = self.vector()
+            if not self._ops or self._ops[-1] != v:
+                self._ops.append(v)
+            best = self.phase_peaks.get(self.phase)
+            if best is None or v[0] > best[0]:
+                self.phase_peaks[self.phase] = v
+
+        def _update_peak_stats(self, peak_state) -> None:
+            super()._update_peak_stats(peak_state)
+            self._record()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if _PROPAGATING[0] and self.skip_propagation:
+                return func(*args, **(kwargs or {}))
+            return super().__torch_dispatch__(func, types, args, kwargs)
+
+    return Recording
+
+
+def _tracker(model, optimizer, fsdp: bool):
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker, _FSDPRefType
+    from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
+    if fsdp:
+        tracker = _recording(FSDPMemTracker)(model, optimizer)
+        tracker.setup([r.value for r in _FSDPRefType])
+    else:
+        tracker = _recording(MemTracker)()
+        tracker.track_external(model, optimizer)
+        tracker.setup([r.value for r in _MemRefType] + [BUCKETS])
+    return tracker
+
+
+# ------------------------------------------------------------------ the sharded model
+
+def _accelerate_fsdp2(model, mesh, reshard_after_forward: bool, mixed_dtype, reduce_fp32: bool,
+                      offload: bool):
+    """Shard `model` with accelerate 1.15's own fsdp2_prepare_model (what HF Trainer runs
+    with fsdp_version 2), for a plugin with transformer-based wrapping."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    # accelerate's cpu_offload=True is CPUOffloadPolicy() (pinned host memory); pinning needs
+    # an accelerator, and takes the same bytes, so the host copies here are not pinned.
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=2, reshard_after_forward=reshard_after_forward,
+        auto_wrap_policy="transformer_based_wrap",
+        cpu_offload=CPUOffloadPolicy(pin_memory=False) if offload else False,
+        cpu_ram_efficient_loading=False, state_dict_type="SHARDED_STATE_DICT")
+    mixed = "no"
+    if mixed_dtype is not None:
+        mixed = {torch.float16: "fp16", torch.bfloat16: "bf16"}[mixed_dtype]
+        plugin.set_mixed_precision(mixed)          # what Accelerator(mixed_precision=...) does
+        if reduce_fp32:
+            plugin.mixed_precision_policy = MixedPrecisionPolicy(
+                param_dtype=mixed_dtype, reduce_dtype=torch.float32, output_dtype=mixed_dtype)
+    accelerator = types.SimpleNamespace(
+        state=types.SimpleNamespace(fsdp_plugin=plugin), torch_device_mesh=mesh,
+        parallelism_config=types.SimpleNamespace(fsdp_dim_names=(MESH_DIM,)),
+        mixed_precision=mixed, is_main_process=True)
+    return fsdp2_prepare_model(accelerator, model)
+
+
+def _ddp(model):
+    """DDP under the fake process group: (module, bucket buffers), see the module docstring."""
+    import torch.nn.parallel.distributed as ddp_module
+    from torch.nn.parallel import DistributedDataParallel
+
+    skipped = {name: getattr(ddp_module, name) for name in
+               ("_verify_param_shape_across_processes", "_sync_module_states")}
+    for name in skipped:
+        setattr(ddp_module, name, lambda *args, **kwargs: None)
+    try:
+        wrapped = DistributedDataParallel(model, bucket_cap_mb=DDP_BUCKET_CAP_MB, init_sync=False)
+    finally:
+        for name, fn in skipped.items():
+            setattr(ddp_module, name, fn)
+    buckets: dict[int, torch.Tensor] = {}
+
+    def allreduce_hook(state, bucket):
+        # DDP's default hook all-reduces the bucket in place; with a fake process group
+        # that moves nothing, so the bucket is returned as it is (the same memory).
+        buckets[bucket.index()] = bucket.buffer()
+        done = torch.futures.Future()
+        done.set_result(bucket.buffer())
+        return done
+
+    wrapped.register_comm_hook(None, allreduce_hook)
+
+    class NoRebuild:
+        def __init__(self, reducer):
+            self._reducer = reducer
+
+        def _rebuild_buckets(self):
+            return False
+
+        def __getattr__(self, name):
+            return getattr(self._reducer, name)
+
+    wrapped.reducer = NoRebuild(wrapped.reducer)
+    return wrapped, buckets
+
+
+def make_optimizer(name: str, impl: str, params, lr: float | None = None):
+    """The torch optimizer of a scenario with the given implementation (forloop, foreach, fused)."""
+    lr = DEFAULT_LR[name] if lr is None else lr
+    flags = {"forloop": {"foreach": False}, "foreach": {"foreach": True},
+             "fused": {"fused": True}}[impl]
+    if name in ("sgd", "momentum"):
+        flags = {**flags, "momentum": 0.9 if name == "momentum" else 0.0}
+        return torch.optim.SGD(params, lr=lr, **flags)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+    return cls(params, lr=lr, **flags)
+
+
+class _ShardMeZO(MeZO):
+    """MeZO over the local shards of FSDP2's parameters (each rank perturbs its own shard)."""
+
+    def __init__(self, model, lr, eps, seed, chunk_elements):
+        shards = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters() if p.requires_grad]
+        with torch.no_grad():
+            views = [torch.nn.Parameter(s.detach(), requires_grad=True) for s in shards]
+        super().__init__(views, lr=lr, eps=eps, seed=seed, chunk_elements=chunk_elements)
+
+
+class ShardedRun:
+    """One rank's view of a data-parallel run: the model wrapped by `sharding`, its optimizer
+    (BP) or MeZO, and a step that names its phases (tracker.on_phase)."""
+
+    def __init__(self, cfg: dict, scenario: Scenario, sharding: str, mesh=None, checkpointed: int = 0,
+                 reduce_fp32: bool = False, lr: float | None = None, seed: int = 0,
+                 mezo_chunk_elements: int | None = None, config=None):
+        from transformers import AutoModelForCausalLM
+        from .models import hf_config
+        self.scenario, self.sharding = scenario, sharding
+        self.fsdp = sharding in ("zero2", "fsdp")
+        mixed = TORCH_DTYPES[scenario.dtype] if scenario.mixed_precision else None
+        build_dtype = "fp32" if mixed is not None else scenario.dtype
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config if config is not None else hf_config(cfg),
+                                                 dtype=TORCH_DTYPES[build_dtype],
+                                                 attn_implementation=scenario.attention,
+                                                 trust_remote_code=False)
+        self.params = sum(p.numel() for p in model.parameters())
+        self.layers = decoder_layers(model)
+        self.checkpointed = checkpoint_first_layers(model, checkpointed) if scenario.method == "bp" else []
+        self.buckets: dict = {}
+        self.autocast = contextlib.nullcontext
+        if self.fsdp:
+            # MeZO's forwards run without autograd: a unit that is not resharded after forward
+            # would keep a stale unsharded copy that MeZO's perturbation of the shards never
+            # reaches, so MeZO reshards every unit (see NOTES).
+            reshard = True if scenario.method != "bp" else sharding == "fsdp"
+            self.model = _accelerate_fsdp2(model, mesh, reshard, mixed,
+                                           reduce_fp32, scenario.parallel.offload_optimizer)
+        elif scenario.method == "bp":
+            self.model, self.buckets = _ddp(model)
+            if mixed is not None:
+                self.autocast = lambda: torch.autocast("cpu", dtype=mixed)
+        else:   # MeZO and inference under DDP: no gradients, so nothing DDP adds
+            self.model = model
+            if mixed is not None:
+                self.autocast = lambda: torch.autocast("cpu", dtype=mixed)
+        self.optimizer = self.mezo = None
+        if scenario.method == "bp":
+            self.model.train()
+            impl = scenario.optimizer_impl
+            if sharding == "zero1":
+                from torch.distributed.optim import ZeroRedundancyOptimizer
+                flags = {"forloop": {"foreach": False}, "foreach": {"foreach": True},
+                         "fused": {"fused": True}}[impl]
+                cls = {"sgd": torch.optim.SGD, "momentum": torch.optim.SGD,
+                       "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[scenario.optimizer]
+                if scenario.optimizer == "momentum":
+                    flags["momentum"] = 0.9
+                self.optimizer = ZeroRedundancyOptimizer(
+                    self.model.parameters(), optimizer_class=cls,
+                    lr=DEFAULT_LR[scenario.optimizer] if lr is None else lr, **flags)
+            else:
+                self.optimizer = make_optimizer(scenario.optimizer, impl, self.model.parameters(), lr)
+        elif scenario.method == "mezo":
+            self.model.eval()
+            chunk = mezo_chunk_elements or default_chunk_elements(self.params)
+            self.mezo = _ShardMeZO(self.model, DEFAULT_LR["mezo"] if lr is None else lr, MEZO_EPS, seed, chunk)
+        else:
+            self.model.eval()
+        self.tracker = None
+
+    def _phase(self, name):
+        if self.tracker is not None:
+            self.tracker.on_phase(name)
+
+    def _reset(self):
+        if self.tracker is not None:
+            self.tracker.reset_mod_stats()
+
+    def step(self, ids) -> None:
+        sc = self.scenario
+        if sc.method == "bp":
+            self._phase("forward")
+            self._reset()
+            with self.autocast():
+                out = self.model(input_ids=ids, labels=ids, use_cache=False)
+            self._phase("backward")
+            if sc.loop.hold_outputs:
+                out.loss.backward()
+            else:
+                loss = out.loss
+                del out
+                loss.backward()
+                out = loss
+            self._phase("optimizer step")
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            del out
+            return
+        if sc.method == "mezo":
+            self._phase("perturbation")
+            self.mezo.step(self._forward_loss)
+            return
+        self._forward_loss()
+
+    def _forward_loss(self):
+        previous = self.tracker.phase if self.tracker is not None else None
+        self._phase("forward")
+        self._reset()
+        with torch.no_grad(), self.autocast():
+            out = self.model(input_ids=self._ids, labels=self._ids, use_cache=False)
+            loss = out.loss
+            del out
+        if self.fsdp:
+            for module in self.model.modules():
+                if hasattr(module, "reshard") and hasattr(module, "_get_fsdp_state"):
+                    module.reshard()
+        self._reset()
+        if previous is not None and self.scenario.method == "mezo":
+            self._phase(previous)
+        return loss
+
+    def run_step(self, ids) -> None:
+        self._ids = ids
+        self.step(ids)
+
+    def track(self):
+        """A tracker of this rank (entered by the caller around the tracked steps)."""
+        tracker = _tracker(self.model, self.optimizer, self.fsdp)
+        if self.buckets:
+            tracker.constant = {BUCKETS: sum(b.untyped_storage().nbytes() for b in self.buckets.values())}
+        self.tracker = tracker
+        return tracker
+
+
+# ------------------------------------------------------------------ measuring
+
+def _names(categories: list[str], vector, device_only: bool = False) -> dict:
+    out = {}
+    for name, value in zip(categories, vector[1:]):
+        if device_only and name in HOST_CATEGORIES:
+            continue
+        key = CATEGORY_NAMES.get(name, name)
+        out[key] = out.get(key, 0) + value
+    return out
+
+
+def _device_vectors(categories: list[str], parts: dict) -> dict:
+    """The parts with host-side categories (CPUOffloadPolicy) zeroed, and the total redone."""
+    host = [n for n, c in enumerate(categories) if c in HOST_CATEGORIES]
+    out = {}
+    for key, ops in parts.items():
+        new = []
+        for v in ops:
+            values = list(v[1:])
+            for n in host:
+                values[n] = 0
+            new.append((sum(values), *values))
+        out[key] = new
+    return out
+
+
+def _host_vectors(categories: list[str], parts: dict) -> dict:
+    keep = [n for n, c in enumerate(categories) if c in HOST_CATEGORIES]
+    out = {}
+    for key, ops in parts.items():
+        new = []
+        for v in ops:
+            values = [v[1 + n] if n in keep else 0 for n in range(len(categories))]
+            new.append((sum(values), *values))
+        out[key] = new
+    return out
+
+
+def _peak(parts: dict):
+    best = None
+    for ops in parts.values():
+        for v in ops:
+            if best is None or v[0] > best[0]:
+                best = v
+    return best
+
+
+def _phase_peaks(parts: dict) -> dict:
+    out = {}
+    for (_, phase, _), ops in parts.items():
+        for v in ops:
+            if phase not in out or v[0] > out[phase]:
+                out[phase] = v[0]
+    return out
+
+
+def trace_rank(cfg: dict, scenario: Scenario, mesh, num_layers: int | None = None, ids=None,
+               reduce_fp32: bool = False, roles=None, seed: int = 0, lr=None,
+               mezo_chunk_elements: int | None = None, steps: int = 3,
+               skip_propagation: bool = True) -> dict:
+    """Trace `steps` steps of rank 0 (the first untracked) under an active FakeTensorMode and
+    fake process group. Returns the timeline parts, the categories and module statistics.
+    num_layers: trace a model with this many decoder layers (the config's otherwise).
+    roles: (extrapolate_c, extrapolate_k) to name the layers by role for extrapolation."""
+    sc = scenario
+    config = _sample_config(cfg, num_layers) if num_layers is not None else None
+    L = num_layers if num_layers is not None else None
+    if L is None:
+        from .models import hf_config
+        L = hf_config(cfg).num_hidden_layers
+    c = num_checkpointed_layers(L, sc.keep) if sc.method == "bp" else 0
+    run = ShardedRun(cfg, sc, sc.parallel.sharding, mesh=mesh, checkpointed=c, reduce_fp32=reduce_fp32, lr=lr,
+                     seed=seed, mezo_chunk_elements=mezo_chunk_elements, config=config)
+    run.run_step(ids[0])              # step 1: lazy init, optimizer states; not counted
+    tracker = run.track()
+    tracker.skip_propagation = skip_propagation
+    if roles is not None:
+        extrapolate_c, extrapolate_k = roles
+        k = L - c
+
+        def roles_of(i):
+            if i < c:
+                return tuple(("checkpointed", r) for r in _roles(i, c, extrapolate_c))
+            return tuple(("kept", r) for r in _roles(i - c, k, extrapolate_k))
+    else:
+        def roles_of(i):
+            return (("layer", i),)
+    handles = _mark_layers(tracker, run.layers, roles_of)
+    if hasattr(tracker, "track_inputs"):
+        tracker.track_inputs(tuple(ids[1:steps]))
+    else:
+        tracker.track_external(*ids[1:steps])
+    try:
+        with tracker:
+            tracker.begin(("entry",))
+            tracker._record()
+            for later in ids[1:steps]:
+                run.run_step(later)
+    finally:
+        for h in handles:
+            h.remove()
+    modules = {}
+    for mod_stats in getattr(tracker, "memory_tracking", {}).values():
+        peaks = {}
+        for state, snaps in mod_stats.snapshots.items():
+            name = getattr(state, "value", str(state))
+            if name in ("Peak Forward", "Peak Backward") and snaps:
+                peaks[name] = max(sum(d.get("Total", 0) for d in s.values()) for s in snaps)
+        if peaks:
+            modules[mod_stats.mod_fqn] = peaks
+    return {"parts": _expand(tracker.parts), "categories": tracker.categories, "params": run.params,
+            "checkpointed": c, "modules": modules, "constant": tracker.constant}
+
+
+def measure_sharded(model, scenario: Scenario, steps: int = 3, trace_mode: str = "auto",
+                    reduce_fp32: bool = False, data=None, seed: int = 0, lr=None, progress=None,
+                    skip_propagation: bool = True) -> dict:
+    """The per-rank peak of `steps` steps (the first not counted) of `scenario` over
+    scenario.parallel.devices ranks, traced with fake tensors and a fake process group.
+
+    trace_mode: "full" traces the whole model; "extrapolated" traces 3 and 4 layer models
+    and extrapolates exactly; "auto" extrapolates when that traces fewer layers.
+    Returns a result dict like measure()'s: measured_peak_bytes (the device's per-rank
+    peak), measured_breakdown, measured_phases, host_peak_bytes (offload), per-module peaks.
+    """
+    pl = scenario.parallel
+    if pl.sharding not in SHARDINGS:
+        raise ValueError(f"sharding: one of {', '.join(SHARDINGS)} to trace ranks, got {pl.sharding!r}")
+    if pl.offload_optimizer and pl.sharding not in ("zero2", "fsdp"):
+        raise ValueError(f"offload_optimizer: traced with FSDP2's CPUOffloadPolicy (zero2, fsdp), "
+                         f"not with {pl.sharding}")
+    if steps < 2:
+        raise ValueError("steps: at least 2 (the peak is measured after the first step)")
+    say = progress or (lambda step, total, message: None)
+    shape, cfg = resolve_model(model)
+    L = shape.num_layers
+    c = num_checkpointed_layers(L, scenario.keep) if scenario.method == "bp" else 0
+    steps_traced = min(steps, 3)     # steps after the third repeat it (fast_trace.py)
+    batches = Batches(shape.vocab_size, scenario.batch, scenario.seq, data=data, seed=seed)
+    ids_cpu = [batches.batch(i) for i in range(steps_traced)]
+    samples = plan(L, c)
+    extrapolate = trace_mode != "full" and len(samples) > 1 and (
+        trace_mode == "extrapolated" or sum(a + b for a, b in samples) < L)
+    result = {"model": shape.name, "method": scenario.method,
+              "optimizer": scenario.optimizer if scenario.method == "bp" else None,
+              "batch": scenario.batch, "seq": scenario.seq, "dtype": scenario.dtype,
+              "mixed_precision": scenario.mixed_precision, "keep": scenario.keep,
+              "attention": scenario.attention, "device": "trace", "steps": steps,
+              "parallel": dict(pl.__dict__), "rank": 0,
+              "reduce_dtype": ("fp32" if reduce_fp32 else scenario.dtype) if scenario.mixed_precision else None,
+              "losses": [None] * steps, "step_seconds": [], "oom": False}
+    start = time.perf_counter()
+    fake = FakeTensorMode()
+    traces, info = [], []
+    chunk = None
+    if scenario.method == "mezo":
+        chunk = default_chunk_elements(_whole_params(cfg, L, scenario))
+    with fake_world(pl.devices) as mesh, fake, real_run_code_paths(), _untracked_propagation():
+        ids = [fake.from_tensor(t) for t in ids_cpu]
+        if extrapolate:
+            ext_c, ext_k = c > SAMPLE_LAYERS, (L - c) > SAMPLE_LAYERS
+            for n, (cs, ks) in enumerate(samples):
+                t0 = time.perf_counter()
+                sc = replace(scenario, keep=ks / (cs + ks)) if scenario.method == "bp" else scenario
+                tr = trace_rank(cfg, sc, mesh, num_layers=cs + ks, ids=ids, reduce_fp32=reduce_fp32,
+                                roles=(ext_c, ext_k), seed=seed, lr=lr, mezo_chunk_elements=chunk,
+                                steps=steps_traced, skip_propagation=skip_propagation)
+                if tr["checkpointed"] != cs:
+                    raise NotExtrapolable(f"{tr['checkpointed']} layers checkpointed, {cs} planned")
+                traces.append(tr)
+                info.append({"layers": cs + ks, "checkpointed": cs,
+                             "seconds": round(time.perf_counter() - t0, 3)})
+                say(n + 1, len(samples), f"traced {cs + ks} layers on rank 0 of {pl.devices}")
+        else:
+            t0 = time.perf_counter()
+            traces.append(trace_rank(cfg, scenario, mesh, ids=ids, reduce_fp32=reduce_fp32, seed=seed, lr=lr,
+                                     mezo_chunk_elements=chunk, steps=steps_traced,
+                                     skip_propagation=skip_propagation))
+            info.append({"layers": L, "checkpointed": c, "seconds": round(time.perf_counter() - t0, 3)})
+    categories = traces[0]["categories"]
+
+    def best_of(select):
+        timelines = [select(categories, t["parts"]) for t in traces]
+        if extrapolate:
+            vector, _ = extrapolated_peak(timelines, samples, c, L - c)
+            phases = {}
+            for phase in sorted({key[1] for key in timelines[0]}):
+                sub = [{k: v for k, v in tl.items() if k[1] == phase} for tl in timelines]
+                pv, _ = extrapolated_peak(sub, samples, c, L - c)
+                phases[phase] = pv[0]
+            return vector, phases
+        return _peak(timelines[0]), _phase_peaks(timelines[0])
+
+    everything = lambda cats, parts: parts  # noqa: E731
+    if pl.offload_optimizer:
+        device_vec, device_phases = best_of(_device_vectors)
+        host_vec, _ = best_of(_host_vectors)
+    else:
+        device_vec, device_phases = best_of(everything)
+        host_vec = None
+    params = traces[0]["params"] if not extrapolate else _whole_params(cfg, L, scenario)
+    result.update(
+        params=params, checkpointed_layers=list(range(c)),
+        measured_peak_bytes=device_vec[0],
+        measured_breakdown=_names(categories, device_vec, device_only=pl.offload_optimizer),
+        measured_phases=device_phases,
+        host_peak_bytes=host_vec[0] if host_vec is not None else 0,
+        host_breakdown=_names(categories, host_vec) if host_vec is not None else {},
+        trace_mode="extrapolated" if extrapolate else "full", trace_samples=info,
+        trace_seconds=round(time.perf_counter() - start, 3),
+        modules=traces[-1]["modules"] if not extrapolate else {},
+        peak_source=(f"{'FSDPMemTracker' if pl.sharding in ('zero2', 'fsdp') else 'MemTracker'} "
+                     f"peak of rank 0 of {pl.devices}, steps 2..{steps_traced}, fake tensors, fake process group"
+                     + (f", extrapolated exactly from {' and '.join(str(i['layers']) for i in info)} layers to {L}"
+                        if extrapolate else "")),
+        breakdown_source="FSDPMemTracker categories" if pl.sharding in ("zero2", "fsdp") else "MemTracker categories")
+    if traces[0]["constant"]:
+        result["gradient_bucket_bytes"] = sum(traces[0]["constant"].values())
+    return result
+
+
+def _whole_params(cfg: dict, L: int, scenario: Scenario) -> int:
+    """The whole model's parameter count from a 1-layer model (layers are identical)."""
+    from transformers import AutoModelForCausalLM
+    with FakeTensorMode():
+        model = AutoModelForCausalLM.from_config(_sample_config(cfg, 1), dtype=torch.float32,
+                                                 attn_implementation=scenario.attention,
+                                                 trust_remote_code=False)
+        per_layer = sum(p.numel() for p in decoder_layers(model)[0].parameters())
+        return sum(p.numel() for p in model.parameters()) + (L - 1) * per_layer
