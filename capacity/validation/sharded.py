@@ -102,14 +102,14 @@ MESH_DIM = "dp_shard"
 
 
 @contextlib.contextmanager
-def fake_world(world_size: int):
-    """A fake process group of `world_size` ranks in which this process is rank 0; yields
+def fake_world(world_size: int, rank: int = 0):
+    """A fake process group of `world_size` ranks in which this process is `rank`; yields
     its one-dimensional CPU device mesh (made outside any fake mode: it reads its ranks)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.testing._internal.distributed.fake_pg import FakeStore
     if dist.is_initialized():
         raise RuntimeError("a process group is already initialized in this process")
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+    dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world_size)
     try:
         yield init_device_mesh("cpu", (world_size,), mesh_dim_names=(MESH_DIM,))
     finally:
@@ -483,11 +483,19 @@ def _peak(parts: dict):
 
 
 def _phase_peaks(parts: dict) -> dict:
+    """{phase: the vector at the phase's peak}."""
+    return {phase: v for phase, (v, _) in _phase_peak_places(parts).items()}
+
+
+def _phase_peak_places(parts: dict) -> dict:
+    """{phase: (the vector at the phase's peak, the part it falls in)}: the part names a
+    decoder layer's forward, after forward or backward, or the start of the phase."""
     out = {}
-    for (_, phase, _), ops in parts.items():
+    for key, ops in parts.items():
+        phase = key[1]
         for v in ops:
-            if phase not in out or v[0] > out[phase]:
-                out[phase] = v[0]
+            if phase not in out or v[0] > out[phase][0][0]:
+                out[phase] = (v, key)
     return out
 
 
@@ -536,6 +544,11 @@ def trace_rank(cfg: dict, scenario: Scenario, mesh, num_layers: int | None = Non
     finally:
         for h in handles:
             h.remove()
+    rank_elements = None
+    if sc.parallel.sharding == "zero1" and run.optimizer is not None:
+        # ZeroRedundancyOptimizer's own partition (whole tensors, greedily by size)
+        rank_elements = [sum(p.numel() for group in groups for p in group["params"])
+                         for groups in run.optimizer._partition_parameters()]
     modules = {}
     for mod_stats in getattr(tracker, "memory_tracking", {}).values():
         peaks = {}
@@ -546,7 +559,8 @@ def trace_rank(cfg: dict, scenario: Scenario, mesh, num_layers: int | None = Non
         if peaks:
             modules[mod_stats.mod_fqn] = peaks
     return {"parts": _expand(tracker.parts), "categories": tracker.categories, "params": run.params,
-            "checkpointed": c, "modules": modules, "constant": tracker.constant}
+            "checkpointed": c, "modules": modules, "constant": tracker.constant,
+            "rank_elements": rank_elements}
 
 
 def measure_sharded(model, scenario: Scenario, steps: int = 3, trace_mode: str = "auto",
@@ -583,77 +597,132 @@ def measure_sharded(model, scenario: Scenario, steps: int = 3, trace_mode: str =
               "batch": scenario.batch, "seq": scenario.seq, "dtype": scenario.dtype,
               "mixed_precision": scenario.mixed_precision, "keep": scenario.keep,
               "attention": scenario.attention, "device": "trace", "steps": steps,
-              "parallel": dict(pl.__dict__), "rank": 0,
+              "parallel": dict(pl.__dict__),
               "reduce_dtype": ("fp32" if reduce_fp32 else scenario.dtype) if scenario.mixed_precision else None,
               "losses": [None] * steps, "step_seconds": [], "oom": False}
+    if pl.sharding == "zero1":
+        # ZeroRedundancyOptimizer assigns whole tensors to ranks greedily, so the share of a
+        # rank is not affine in the layer count: traced whole, on the rank with the most.
+        extrapolate = False
     start = time.perf_counter()
-    fake = FakeTensorMode()
-    traces, info = [], []
     chunk = None
     if scenario.method == "mezo":
         chunk = default_chunk_elements(_whole_params(cfg, L, scenario))
-    with fake_world(pl.devices) as mesh, fake, real_run_code_paths(), _untracked_propagation():
-        ids = [fake.from_tensor(t) for t in ids_cpu]
-        if extrapolate:
-            ext_c, ext_k = c > SAMPLE_LAYERS, (L - c) > SAMPLE_LAYERS
-            for n, (cs, ks) in enumerate(samples):
-                t0 = time.perf_counter()
-                sc = replace(scenario, keep=ks / (cs + ks)) if scenario.method == "bp" else scenario
-                tr = trace_rank(cfg, sc, mesh, num_layers=cs + ks, ids=ids, reduce_fp32=reduce_fp32,
-                                roles=(ext_c, ext_k), seed=seed, lr=lr, mezo_chunk_elements=chunk,
-                                steps=steps_traced, skip_propagation=skip_propagation)
-                if tr["checkpointed"] != cs:
-                    raise NotExtrapolable(f"{tr['checkpointed']} layers checkpointed, {cs} planned")
-                traces.append(tr)
-                info.append({"layers": cs + ks, "checkpointed": cs,
-                             "seconds": round(time.perf_counter() - t0, 3)})
-                say(n + 1, len(samples), f"traced {cs + ks} layers on rank 0 of {pl.devices}")
-        else:
-            t0 = time.perf_counter()
-            traces.append(trace_rank(cfg, scenario, mesh, ids=ids, reduce_fp32=reduce_fp32, seed=seed, lr=lr,
-                                     mezo_chunk_elements=chunk, steps=steps_traced,
-                                     skip_propagation=skip_propagation))
-            info.append({"layers": L, "checkpointed": c, "seconds": round(time.perf_counter() - t0, 3)})
+    rank = 0
+    while True:
+        try:
+            traces, info = _trace_samples(cfg, scenario, rank, ids_cpu, samples if extrapolate else None,
+                                          c, L, reduce_fp32, seed, lr, chunk, steps_traced,
+                                          skip_propagation, say)
+            summary = _summarize(traces, samples if extrapolate else None, c, L, pl.offload_optimizer)
+        except NotExtrapolable as why:
+            if not extrapolate:
+                raise
+            result["trace_fallback"] = str(why)
+            say(0, steps, f"fast trace not possible ({why}): tracing the whole model")
+            extrapolate = False
+            continue
+        shares = traces[0]["rank_elements"]
+        if not shares or shares[rank] == max(shares):
+            break
+        rank = shares.index(max(shares))
+    result["rank"] = rank
+    if shares:
+        result["rank_parameter_elements"] = shares
     categories = traces[0]["categories"]
-
-    def best_of(select):
-        timelines = [select(categories, t["parts"]) for t in traces]
-        if extrapolate:
-            vector, _ = extrapolated_peak(timelines, samples, c, L - c)
-            phases = {}
-            for phase in sorted({key[1] for key in timelines[0]}):
-                sub = [{k: v for k, v in tl.items() if k[1] == phase} for tl in timelines]
-                pv, _ = extrapolated_peak(sub, samples, c, L - c)
-                phases[phase] = pv[0]
-            return vector, phases
-        return _peak(timelines[0]), _phase_peaks(timelines[0])
-
-    everything = lambda cats, parts: parts  # noqa: E731
-    if pl.offload_optimizer:
-        device_vec, device_phases = best_of(_device_vectors)
-        host_vec, _ = best_of(_host_vectors)
-    else:
-        device_vec, device_phases = best_of(everything)
-        host_vec = None
+    device_vec, device_phases, host_vec = summary
     params = traces[0]["params"] if not extrapolate else _whole_params(cfg, L, scenario)
     result.update(
         params=params, checkpointed_layers=list(range(c)),
         measured_peak_bytes=device_vec[0],
         measured_breakdown=_names(categories, device_vec, device_only=pl.offload_optimizer),
-        measured_phases=device_phases,
+        measured_phases={phase: v[0] for phase, v in device_phases.items()},
+        measured_phase_breakdown={phase: _names(categories, v, device_only=pl.offload_optimizer)
+                                  for phase, v in device_phases.items()},
         host_peak_bytes=host_vec[0] if host_vec is not None else 0,
         host_breakdown=_names(categories, host_vec) if host_vec is not None else {},
         trace_mode="extrapolated" if extrapolate else "full", trace_samples=info,
         trace_seconds=round(time.perf_counter() - start, 3),
         modules=traces[-1]["modules"] if not extrapolate else {},
         peak_source=(f"{'FSDPMemTracker' if pl.sharding in ('zero2', 'fsdp') else 'MemTracker'} "
-                     f"peak of rank 0 of {pl.devices}, steps 2..{steps_traced}, fake tensors, fake process group"
+                     f"peak of rank {rank} of {pl.devices}, steps 2..{steps_traced}, fake tensors, fake process group"
                      + (f", extrapolated exactly from {' and '.join(str(i['layers']) for i in info)} layers to {L}"
                         if extrapolate else "")),
         breakdown_source="FSDPMemTracker categories" if pl.sharding in ("zero2", "fsdp") else "MemTracker categories")
     if traces[0]["constant"]:
         result["gradient_bucket_bytes"] = sum(traces[0]["constant"].values())
+    if not extrapolate and not pl.offload_optimizer:
+        result["measured_phase_where"] = {
+            phase: f"step {2 + (key[0] - 1) // _phases_per_step(scenario)}, {_unit_name(key[2])}"
+            for phase, (_, key) in _phase_peak_places(traces[0]["parts"]).items() if phase != "entry"}
     return result
+
+
+def _phases_per_step(scenario: Scenario) -> int:
+    return {"bp": 3, "mezo": 5, "inference": 1}[scenario.method]
+
+
+def _unit_name(unit) -> str:
+    """("backward", ("layer", 3)) -> "backward of layer 3"; ("start",) -> "start"."""
+    if unit[0] == "start" or len(unit) == 1:
+        return unit[0]
+    where, (kind, index) = unit
+    return f"{where} of {kind} {index}"
+
+
+def _summarize(traces, samples, c, L, offload: bool):
+    """(device peak vector, device peak of each phase, host peak vector or None) of a whole
+    trace (samples None) or extrapolated from the sample traces."""
+    categories = traces[0]["categories"]
+
+    def best_of(select):
+        timelines = [select(categories, t["parts"]) for t in traces]
+        if samples is None:
+            return _peak(timelines[0]), _phase_peaks(timelines[0])
+        vector, _ = extrapolated_peak(timelines, samples, c, L - c)
+        phases = {}
+        for phase in sorted({key[1] for key in timelines[0]}):
+            sub = [{k: v for k, v in tl.items() if k[1] == phase} for tl in timelines]
+            phases[phase] = extrapolated_peak(sub, samples, c, L - c)[0]
+        return vector, phases
+
+    if not offload:
+        device_vec, device_phases = best_of(lambda cats, parts: parts)
+        return device_vec, device_phases, None
+    device_vec, device_phases = best_of(_device_vectors)
+    return device_vec, device_phases, best_of(_host_vectors)[0]
+
+
+def _trace_samples(cfg, scenario, rank, ids_cpu, samples, c, L, reduce_fp32, seed, lr, chunk,
+                   steps_traced, skip_propagation, say):
+    """Traces of `rank`: of the whole model (samples None), or of each sample (checkpointed,
+    kept) layer count of the fast trace. Returns (traces, timing info)."""
+    pl = scenario.parallel
+    fake = FakeTensorMode()
+    traces, info = [], []
+    with fake_world(pl.devices, rank) as mesh, fake, real_run_code_paths(), _untracked_propagation():
+        ids = [fake.from_tensor(t) for t in ids_cpu]
+        if samples is None:
+            t0 = time.perf_counter()
+            traces.append(trace_rank(cfg, scenario, mesh, ids=ids, reduce_fp32=reduce_fp32, seed=seed,
+                                     lr=lr, mezo_chunk_elements=chunk, steps=steps_traced,
+                                     skip_propagation=skip_propagation))
+            info.append({"layers": L, "checkpointed": c, "seconds": round(time.perf_counter() - t0, 3)})
+            say(1, 1, f"traced {L} layers on rank {rank} of {pl.devices}")
+            return traces, info
+        ext_c, ext_k = c > SAMPLE_LAYERS, (L - c) > SAMPLE_LAYERS
+        for n, (cs, ks) in enumerate(samples):
+            t0 = time.perf_counter()
+            sc = replace(scenario, keep=ks / (cs + ks)) if scenario.method == "bp" else scenario
+            tr = trace_rank(cfg, sc, mesh, num_layers=cs + ks, ids=ids, reduce_fp32=reduce_fp32,
+                            roles=(ext_c, ext_k), seed=seed, lr=lr, mezo_chunk_elements=chunk,
+                            steps=steps_traced, skip_propagation=skip_propagation)
+            if tr["checkpointed"] != cs:
+                raise NotExtrapolable(f"{tr['checkpointed']} layers checkpointed, {cs} planned")
+            traces.append(tr)
+            info.append({"layers": cs + ks, "checkpointed": cs, "seconds": round(time.perf_counter() - t0, 3)})
+            say(n + 1, len(samples), f"traced {cs + ks} layers on rank {rank} of {pl.devices}")
+    return traces, info
 
 
 def _whole_params(cfg: dict, L: int, scenario: Scenario) -> int:
@@ -665,3 +734,28 @@ def _whole_params(cfg: dict, L: int, scenario: Scenario) -> int:
                                                  trust_remote_code=False)
         per_layer = sum(p.numel() for p in decoder_layers(model)[0].parameters())
         return sum(p.numel() for p in model.parameters()) + (L - 1) * per_layer
+
+
+def compare_sharded(model, scenario: Scenario, steps: int = 3, **kwargs) -> dict:
+    """measure_sharded(...) with capacity's prediction beside it (predicted_peak_bytes None,
+    with predicted_unavailable saying why, while the sharding model is not written)."""
+    from dataclasses import replace as _replace
+    shape, _ = resolve_model(model)
+    result = measure_sharded(model, scenario, steps=steps, **kwargs)
+    estimate, why = None, None
+    try:
+        import capacity
+        estimate = capacity.estimate(shape, _replace(scenario, target="cpu"))
+    except (ValueError, NotImplementedError, AttributeError) as err:
+        why = str(err)
+    measured = result.get("measured_peak_bytes")
+    result["predicted_target"] = "cpu"
+    result["predicted_peak_bytes"] = estimate.peak_bytes if estimate is not None else None
+    result["predicted_phase"] = estimate.phase if estimate is not None else None
+    if why is not None:
+        result["predicted_unavailable"] = why
+    result["error_pct"] = (100.0 * (estimate.peak_bytes - measured) / measured
+                           if estimate is not None and measured else None)
+    result["breakdown"] = {"measured": result.get("measured_breakdown"),
+                           "predicted": dict(estimate.breakdown) if estimate is not None else None}
+    return result
