@@ -43,7 +43,7 @@ Two traps of tracing this, and how they are handled:
     (shape checks across ranks, broadcasts): with fake tensors there is nothing to check,
     and the rebuild only regroups the same parameters into buckets of the same total size,
     so both are skipped. The buckets are allocated at construction, before any tracking:
-    their bytes (collected from DDP's own communication hook) are added to every op.
+    they are collected from DDP's own communication hook and tracked from the start.
 
 Offload: on this CPU-only machine "device" and "host" are one device to the tracker; the
 host share is what CPUOffloadPolicy keeps there (sharded parameters and gradients, the
@@ -148,9 +148,8 @@ def _recording(base):
     the peak of each phase of the step."""
 
     class Recording(base):
-        def setup(self, categories, constant=None):
+        def setup(self, categories):
             self.categories = list(categories)     # category names, in vector order
-            self.constant = dict(constant or {})   # bytes added to every op (DDP's buckets)
             self.parts, self._ops = [], []
             self.phase_no, self.phase = 0, "entry"
             self.phase_peaks: dict[str, tuple] = {}
@@ -164,13 +163,12 @@ def _recording(base):
                     name = getattr(ref, "value", ref)
                     if name in cats:
                         cats[name] += value
-            for name, value in self.constant.items():
-                cats[name] += value
             values = [cats[c] for c in self.categories]
             return (sum(values), *values)
 
         def begin(self, unit) -> None:
-            self._ops = []
+            # the live bytes at the boundary itself (a hook, between two ops) open the part
+            self._ops = [self.vector()]
             self.parts.append(((self.phase_no, self.phase, unit), self._ops))
 
         def on_phase(self, name: str) -> None:
@@ -199,16 +197,29 @@ def _recording(base):
     return Recording
 
 
-def _tracker(model, optimizer, fsdp: bool):
+def _ddp_ref_type():
+    """MemTracker's categories and one more, DDP's gradient buckets (a str enum: its members
+    equal MemTracker's own, value for value)."""
+    from torch.distributed._tools.mem_tracker import _MemRefType, _RefType
+    return _RefType("_DDPRefType", {**{m.name: m.value for m in _MemRefType}, "BUCKETS": BUCKETS})
+
+
+def _tracker(model, optimizer, fsdp: bool, buckets=()):
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker, _FSDPRefType
-    from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
+    from torch.distributed._tools.mem_tracker import MemTracker
     if fsdp:
         tracker = _recording(FSDPMemTracker)(model, optimizer)
         tracker.setup([r.value for r in _FSDPRefType])
-    else:
-        tracker = _recording(MemTracker)()
-        tracker.track_external(model, optimizer)
-        tracker.setup([r.value for r in _MemRefType] + [BUCKETS])
+        return tracker
+    tracker = _recording(MemTracker)()
+    ref = _ddp_ref_type()
+    tracker._ref_class = ref
+    tracker.track_external(model, optimizer)
+    # DDP's buckets exist from its construction: tracked from the start, so that the ops
+    # that copy gradients into them do not count them anew.
+    for bucket in buckets:
+        tracker._update_and_maybe_create_winfos(bucket, ref.BUCKETS)
+    tracker.setup([r.value for r in ref])
     return tracker
 
 
@@ -427,9 +438,7 @@ class ShardedRun:
 
     def track(self):
         """A tracker of this rank (entered by the caller around the tracked steps)."""
-        tracker = _tracker(self.model, self.optimizer, self.fsdp)
-        if self.buckets:
-            tracker.constant = {BUCKETS: sum(b.untyped_storage().nbytes() for b in self.buckets.values())}
+        tracker = _tracker(self.model, self.optimizer, self.fsdp, list(self.buckets.values()))
         self.tracker = tracker
         return tracker
 
@@ -559,7 +568,8 @@ def trace_rank(cfg: dict, scenario: Scenario, mesh, num_layers: int | None = Non
         if peaks:
             modules[mod_stats.mod_fqn] = peaks
     return {"parts": _expand(tracker.parts), "categories": tracker.categories, "params": run.params,
-            "checkpointed": c, "modules": modules, "constant": tracker.constant,
+            "checkpointed": c, "modules": modules,
+            "bucket_bytes": sum(b.untyped_storage().nbytes() for b in run.buckets.values()),
             "rank_elements": rank_elements}
 
 
@@ -649,8 +659,8 @@ def measure_sharded(model, scenario: Scenario, steps: int = 3, trace_mode: str =
                      + (f", extrapolated exactly from {' and '.join(str(i['layers']) for i in info)} layers to {L}"
                         if extrapolate else "")),
         breakdown_source="FSDPMemTracker categories" if pl.sharding in ("zero2", "fsdp") else "MemTracker categories")
-    if traces[0]["constant"]:
-        result["gradient_bucket_bytes"] = sum(traces[0]["constant"].values())
+    if traces[0]["bucket_bytes"]:
+        result["gradient_bucket_bytes"] = traces[0]["bucket_bytes"]
     if not extrapolate and not pl.offload_optimizer:
         result["measured_phase_where"] = {
             phase: f"step {2 + (key[0] - 1) // _phases_per_step(scenario)}, {_unit_name(key[2])}"
