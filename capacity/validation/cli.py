@@ -9,6 +9,10 @@
         [--peft {none,lora,prefix,freeze}] [--lora-rank R] [--lora-alpha A] [--lora-dropout P]
         [--lora-targets NAMES|all-linear] [--prefix-tokens P] [--trainable-layers K]
         [--weights-bits {16,8,4}] [--quant {nf4,fp4}] [--double-quant]
+        [--devices N --sharding {ddp,zero1,zero2,fsdp} [--offload-optimizer] [--reduce-fp32]]
+
+With --sharding, rank 0 of N (zero1: the rank with the most optimizer state) is traced with
+fake tensors and torch's fake process group (sharded.py) and its per-device peak reported.
 
 This module imports neither torch nor transformers until a run starts, so that the
 `capacity` command line stays quick for its other subcommands.
@@ -56,6 +60,7 @@ PROGRESS = ("bar", "json", "none")
 PEFT_METHODS = ("none", "lora", "prefix", "freeze")
 WEIGHT_BITS = (16, 8, 4)
 QUANT_TYPES = ("nf4", "fp4")
+SHARDINGS = ("none", "ddp", "zero1", "zero2", "fsdp")
 
 DESCRIPTION = """Run a short real fine-tune (BP or MeZO) or inference, measure the peak memory of
 the steps after the first and set it beside capacity's prediction, term by term.
@@ -98,6 +103,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="check the input and the host memory the run needs, then stop before building "
                         "anything (exit 0, or 5 when it would not fit)")
+    p.add_argument("--devices", type=int, default=1, metavar="N",
+                   help="data-parallel devices (with --sharding; default 1)")
+    p.add_argument("--sharding", default="none", choices=SHARDINGS,
+                   help="trace one rank of N: ddp (DistributedDataParallel), zero1 (ZeroRedundancyOptimizer), "
+                        "zero2 (FSDP2 SHARD_GRAD_OP), fsdp (FSDP2 FULL_SHARD as accelerate wraps it); "
+                        "default none")
+    p.add_argument("--offload-optimizer", action="store_true",
+                   help="zero2/fsdp: FSDP2's CPUOffloadPolicy (host memory reported separately)")
+    p.add_argument("--reduce-fp32", action="store_true",
+                   help="zero2/fsdp with --mixed-precision: reduce gradients in fp32 (accelerate reduces "
+                        "in the 16-bit dtype)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
     p.add_argument("--progress", default=None, choices=PROGRESS,
                    help="progress on stderr: a bar, JSON lines, or none (default: bar)")
@@ -273,6 +289,12 @@ def _check_numbers(args) -> None:
                          f"(a week), got {args.timeout:g}")
     if args.data is not None and args.data != "sample" and not os.path.isfile(args.data):
         raise ValueError(f"--data: no file at {args.data!r}")
+    if args.sharding != "none" and args.device not in ("auto", "trace"):
+        raise ValueError(f"--sharding: ranks are traced (--device trace), not run on {args.device}")
+    if args.sharding != "none" and args.model_dir is not None:
+        raise ValueError("--sharding: traces a config (--config or --preset), not --model-dir")
+    if (args.offload_optimizer or args.reduce_fp32) and args.sharding == "none":
+        raise ValueError("--offload-optimizer and --reduce-fp32 need --sharding")
 
 
 def _read_source(args):
@@ -318,7 +340,7 @@ def run(args) -> int:
 
 
 def _run(args, stop: _StopSignals) -> int:
-    from ..scenario import Scenario
+    from ..scenario import Parallel, Scenario
     from ..units import parse_bytes
     from .preflight import check_tensor_sizes, host_memory_refusal
     from .source import ModelDirError
@@ -340,7 +362,9 @@ def _run(args, stop: _StopSignals) -> int:
         scenario = Scenario(method=args.method, optimizer=args.optimizer, batch=args.batch, seq=args.seq,
                             dtype=args.dtype, mixed_precision=args.mixed_precision, keep=args.keep,
                             attention=args.attention, target="cuda" if args.device == "cuda" else "cpu",
-                            peft=peft_from_args(args))
+                            peft=peft_from_args(args),
+                            parallel=Parallel(devices=args.devices, sharding=args.sharding,
+                                              offload_optimizer=args.offload_optimizer))
         shape, cfg, source = _read_source(args)
         limit = _max_positions(shape)
         if limit is not None and args.seq > limit:
@@ -390,11 +414,20 @@ def _run(args, stop: _StopSignals) -> int:
 
     try:
         check_transformers_accepts(cfg)
+        sharded = args.sharding != "none"
+        if dry_run and sharded:
+            return _dry_run_sharded(shape, scenario, args)
         if dry_run:
             return _dry_run(shape, scenario, args, choose_device(args.device, shape, scenario, args.steps))
-        result = compare(source, scenario, steps=args.steps, device=args.device, data=args.data,
-                         model_dir=args.model_dir, progress=say,
-                         trace_mode="full" if args.full_trace else "auto")
+        if sharded:
+            from .sharded import compare_sharded
+            result = compare_sharded(source, scenario, steps=args.steps, data=args.data, progress=say,
+                                     trace_mode="full" if args.full_trace else "auto",
+                                     reduce_fp32=args.reduce_fp32)
+        else:
+            result = compare(source, scenario, steps=args.steps, device=args.device, data=args.data,
+                             model_dir=args.model_dir, progress=say,
+                             trace_mode="full" if args.full_trace else "auto")
     except CudaUnavailable as err:
         return fail(EXIT_NO_CUDA, str(err), args.json)
     except ModelDirError as err:
@@ -462,6 +495,21 @@ def _dry_run(shape, scenario, args, device: str) -> int:
     return EXIT_OK
 
 
+def _dry_run_sharded(shape, scenario, args) -> int:
+    """--dry-run with --sharding: the input is accepted and a rank would be traced (fake
+    tensors: no host memory to speak of); no prediction while capacity models one device."""
+    plan = {"dry_run": True, "model": shape.name, "method": scenario.method, "device": "trace",
+            "steps": args.steps, "parallel": dict(scenario.parallel.__dict__), "predicted_peak_bytes": None,
+            "exit_code": EXIT_OK}
+    if args.json:
+        print(json.dumps(plan), flush=True)
+    else:
+        pl = scenario.parallel
+        print(f"{shape.name}: {scenario.method}, {pl.devices} devices, sharding {pl.sharding}: the input is "
+              "accepted; one rank would be traced (fake tensors, fake process group)", flush=True)
+    return EXIT_OK
+
+
 def format_result(r: dict) -> str:
     """A plain-text report: the peak and each term, measured against predicted."""
     from ..units import format_bytes
@@ -487,6 +535,16 @@ def format_result(r: dict) -> str:
                 4: f"4-bit {pf['quant']}" + (" double-quant" if pf.get("double_quant") else "") + " (bitsandbytes)"}
         lines.append(f"trained: {what}; base weights {bits[pf['weights_bits']]}; "
                      f"trainable parameters {r.get('trainable_params') or 0:,} of {r.get('params') or 0:,}")
+    if r.get("parallel"):
+        pl = r["parallel"]
+        lines.append(f"devices {pl['devices']}, sharding {pl['sharding']}"
+                     + (", optimizer offloaded to the host" if pl["offload_optimizer"] else "")
+                     + f": the per-device peak of rank {r.get('rank', 0)}"
+                     + (f"; host peak {fmt(r.get('host_peak_bytes'))}" if pl["offload_optimizer"] else ""))
+        if r.get("measured_phases"):
+            lines.append("phase peaks    " + ", ".join(f"{k} {fmt(v)}" for k, v in r["measured_phases"].items()))
+        if r.get("predicted_unavailable"):
+            lines.append(f"predicted      n/a ({r['predicted_unavailable']})")
     measured, predicted = r.get("measured_peak_bytes"), r.get("predicted_peak_bytes")
     lines.append(f"measured peak  {fmt(measured)}   [{r.get('peak_source', '')}]")
     if r.get("trace_mode") == "extrapolated":

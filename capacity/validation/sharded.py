@@ -69,12 +69,13 @@ import torch.distributed as dist
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ..scenario import Scenario
-from .data import Batches
 from .faithful import real_run_code_paths
 from .fast_trace import (NotExtrapolable, SAMPLE_LAYERS, _expand, _mark_layers, _roles, _sample_config,
                          extrapolated_peak, plan)
 from .mezo import MeZO, default_chunk_elements
-from .models import TORCH_DTYPES, checkpoint_first_layers, decoder_layers, num_checkpointed_layers, resolve_model
+from .models import (TORCH_DTYPES, checkpoint_first_layers, construct, decoder_layers, hf_config,
+                     num_checkpointed_layers)
+from .source import resolve_model
 from .steps import DEFAULT_LR, MEZO_EPS
 
 SHARDINGS = ("ddp", "zero1", "zero2", "fsdp")
@@ -325,17 +326,13 @@ class ShardedRun:
     def __init__(self, cfg: dict, scenario: Scenario, sharding: str, mesh=None, checkpointed: int = 0,
                  reduce_fp32: bool = False, lr: float | None = None, seed: int = 0,
                  mezo_chunk_elements: int | None = None, config=None):
-        from transformers import AutoModelForCausalLM
-        from .models import hf_config
         self.scenario, self.sharding = scenario, sharding
         self.fsdp = sharding in ("zero2", "fsdp")
         mixed = TORCH_DTYPES[scenario.dtype] if scenario.mixed_precision else None
         build_dtype = "fp32" if mixed is not None else scenario.dtype
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config if config is not None else hf_config(cfg),
-                                                 dtype=TORCH_DTYPES[build_dtype],
-                                                 attn_implementation=scenario.attention,
-                                                 trust_remote_code=False)
+        model = construct(config if config is not None else hf_config(cfg), TORCH_DTYPES[build_dtype],
+                          scenario.attention)
         self.params = sum(p.numel() for p in model.parameters())
         self.layers = decoder_layers(model)
         self.checkpointed = checkpoint_first_layers(model, checkpointed) if scenario.method == "bp" else []
@@ -520,7 +517,6 @@ def trace_rank(cfg: dict, scenario: Scenario, mesh, num_layers: int | None = Non
     config = _sample_config(cfg, num_layers) if num_layers is not None else None
     L = num_layers if num_layers is not None else None
     if L is None:
-        from .models import hf_config
         L = hf_config(cfg).num_hidden_layers
     c = num_checkpointed_layers(L, sc.keep) if sc.method == "bp" else 0
     run = ShardedRun(cfg, sc, sc.parallel.sharding, mesh=mesh, checkpointed=c, reduce_fp32=reduce_fp32, lr=lr,
@@ -592,13 +588,20 @@ def measure_sharded(model, scenario: Scenario, steps: int = 3, trace_mode: str =
                          f"not with {pl.sharding}")
     if steps < 2:
         raise ValueError("steps: at least 2 (the peak is measured after the first step)")
+    if scenario.peft.method != "none" or scenario.peft.weights_bits != 16:
+        raise ValueError("sharding: PEFT and quantized bases are not traced over several devices yet")
     say = progress or (lambda step, total, message: None)
+    from .measurement import check_transformers_accepts
+    from .preflight import check_tensor_sizes
     shape, cfg = resolve_model(model)
+    check_transformers_accepts(cfg)
+    check_tensor_sizes(shape, scenario)
     L = shape.num_layers
     c = num_checkpointed_layers(L, scenario.keep) if scenario.method == "bp" else 0
     steps_traced = min(steps, 3)     # steps after the third repeat it (fast_trace.py)
-    batches = Batches(shape.vocab_size, scenario.batch, scenario.seq, data=data, seed=seed)
-    ids_cpu = [batches.batch(i) for i in range(steps_traced)]
+    # A trace's token ids are fake too (their values play no part in a fake step; `data`
+    # is accepted for the command line's sake): (batch, seq) int64, one per traced step.
+    ids_shape = (scenario.batch, scenario.seq)
     samples = plan(L, c)
     extrapolate = trace_mode != "full" and len(samples) > 1 and (
         trace_mode == "extrapolated" or sum(a + b for a, b in samples) < L)
@@ -621,7 +624,7 @@ def measure_sharded(model, scenario: Scenario, steps: int = 3, trace_mode: str =
     rank = 0
     while True:
         try:
-            traces, info = _trace_samples(cfg, scenario, rank, ids_cpu, samples if extrapolate else None,
+            traces, info = _trace_samples(cfg, scenario, rank, ids_shape, samples if extrapolate else None,
                                           c, L, reduce_fp32, seed, lr, chunk, steps_traced,
                                           skip_propagation, say)
             summary = _summarize(traces, samples if extrapolate else None, c, L, pl.offload_optimizer)
@@ -703,7 +706,7 @@ def _summarize(traces, samples, c, L, offload: bool):
     return device_vec, device_phases, best_of(_host_vectors)[0]
 
 
-def _trace_samples(cfg, scenario, rank, ids_cpu, samples, c, L, reduce_fp32, seed, lr, chunk,
+def _trace_samples(cfg, scenario, rank, ids_shape, samples, c, L, reduce_fp32, seed, lr, chunk,
                    steps_traced, skip_propagation, say):
     """Traces of `rank`: of the whole model (samples None), or of each sample (checkpointed,
     kept) layer count of the fast trace. Returns (traces, timing info)."""
@@ -711,7 +714,7 @@ def _trace_samples(cfg, scenario, rank, ids_cpu, samples, c, L, reduce_fp32, see
     fake = FakeTensorMode()
     traces, info = [], []
     with fake_world(pl.devices, rank) as mesh, fake, real_run_code_paths(), _untracked_propagation():
-        ids = [fake.from_tensor(t) for t in ids_cpu]
+        ids = [torch.empty(ids_shape, dtype=torch.long) for _ in range(steps_traced)]
         if samples is None:
             t0 = time.perf_counter()
             traces.append(trace_rank(cfg, scenario, mesh, ids=ids, reduce_fp32=reduce_fp32, seed=seed,
@@ -737,11 +740,8 @@ def _trace_samples(cfg, scenario, rank, ids_cpu, samples, c, L, reduce_fp32, see
 
 def _whole_params(cfg: dict, L: int, scenario: Scenario) -> int:
     """The whole model's parameter count from a 1-layer model (layers are identical)."""
-    from transformers import AutoModelForCausalLM
     with FakeTensorMode():
-        model = AutoModelForCausalLM.from_config(_sample_config(cfg, 1), dtype=torch.float32,
-                                                 attn_implementation=scenario.attention,
-                                                 trust_remote_code=False)
+        model = construct(_sample_config(cfg, 1), torch.float32, scenario.attention)
         per_layer = sum(p.numel() for p in decoder_layers(model)[0].parameters())
         return sum(p.numel() for p in model.parameters()) + (L - 1) * per_layer
 
