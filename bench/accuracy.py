@@ -4,6 +4,8 @@ docs/accuracy.md and prints the summary.
 
     python bench/accuracy.py            # full matrix, about 6 minutes on 2 cores
     python bench/accuracy.py --quick    # one context length, about 3 minutes
+    python bench/accuracy.py --loops    # the training loops (capacity.accuracy.loop_matrix):
+                                        # writes the results section of docs/loops.md
 """
 
 from __future__ import annotations
@@ -16,17 +18,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from capacity.accuracy import accuracy_models, full_matrix, known_deviation  # noqa: E402
+from capacity.accuracy import accuracy_models, full_matrix, known_deviation, loop_matrix  # noqa: E402
 from capacity.validation import compare  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "accuracy.md"
+LOOPS_DOC = Path(__file__).resolve().parents[1] / "docs" / "loops.md"
+LOOPS_BEGIN, LOOPS_END = "<!-- bench/accuracy.py --loops: begin -->", "<!-- bench/accuracy.py --loops: end -->"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only context 128")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--loops", action="store_true",
+                    help="trace the training loops instead (capacity.accuracy.loop_matrix); results go to docs/loops.md")
+    ap.add_argument("--models", help="comma-separated model types (default: all)")
     args = ap.parse_args()
+    if args.loops:
+        return run_loops(args.models.split(",") if args.models else list(accuracy_models()))
     rows = []
     t0 = time.time()
     matrix = [sc for sc in full_matrix() if not args.quick or sc.seq == 128]
@@ -104,6 +113,68 @@ def write_report(rows, path: Path, seconds: float) -> None:
     path.write_text("\n".join(lines) + "\n")
     print("\n".join(_summary(rows)))
     print(f"wrote {path}")
+
+
+def loop_label(sc) -> str:
+    """What a loop case varies, in a few words."""
+    lp = sc.loop
+    if sc.method == "mezo":
+        return f"MeZO {lp.mezo_impl}, n = {lp.mezo_n}"
+    parts = [lp.name, f"{sc.optimizer} {sc.optimizer_impl}"]
+    defaults = {"plain": dict(hold_outputs=True, use_cache=False), "trainer": dict(hold_outputs=False, use_cache=True)}[lp.name]
+    if lp.hold_outputs != defaults["hold_outputs"]:
+        parts.append("outputs held" if lp.hold_outputs else "outputs dropped")
+    if lp.use_cache != defaults["use_cache"]:
+        parts.append("KV cache" if lp.use_cache else "no KV cache")
+    if lp.grad_accum > 1:
+        parts.append(f"K = {lp.grad_accum}")
+    if not lp.zero_grad_to_none:
+        parts.append("zeroed gradients kept")
+    if sc.keep < 1:
+        parts.append(f"L'/L = {sc.keep:g}")
+    if sc.mixed_precision:
+        parts.append("mixed precision")
+    return ", ".join(parts)
+
+
+def run_loops(models: list[str]) -> int:
+    """Trace every model type over the loop matrix; replace the results section of
+    docs/loops.md and print its summary."""
+    rows = []
+    t0 = time.time()
+    for mtype in models:
+        for sc in loop_matrix():
+            r = compare(dict(accuracy_models()[mtype]), sc, steps=2, device="trace")
+            rows.append((mtype, sc, r["measured_peak_bytes"], r["predicted_peak_bytes"], r["error_pct"],
+                         r.get("predicted_phase")))
+        errs = [abs(r[4]) for r in rows if r[0] == mtype]
+        print(f"{mtype:9s} median |error| {statistics.median(errs):6.3f}%  worst {max(errs):6.3f}%  "
+              f"({len(errs)} cases, {time.time() - t0:.0f} s)", flush=True)
+    seconds = time.time() - t0
+    labels = list(dict.fromkeys(loop_label(sc) for _, sc, *_ in rows))
+    summary = ["| loop setting | cases | median abs error | worst abs error | within 2% |", "|---|---|---|---|---|"]
+    for label in labels + ["all"]:
+        errs = [abs(r[4]) for r in rows if label == "all" or loop_label(r[1]) == label]
+        summary.append(f"| {label} | {len(errs)} | {statistics.median(errs):.3f}% | {max(errs):.3f}% | "
+                       f"{sum(e <= 2 for e in errs)}/{len(errs)} |")
+    detail = ["| model type | loop setting | method | dtype | attention | batch | seq | traced bytes | predicted bytes | error | peak phase |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for mtype, sc, meas, pred, err, phase in rows:
+        detail.append(f"| {mtype} | {loop_label(sc)} | {sc.method} | {sc.dtype} | {sc.attention} | {sc.batch} | {sc.seq} | "
+                      f"{meas:,} | {pred:,} | {err:+.3f}% | {phase} |")
+    section = [LOOPS_BEGIN, "",
+               f"Produced by `python bench/accuracy.py --loops` ({len(rows)} traced steps of "
+               f"{len(models)} model types in {seconds:.0f} s on 2 cores). Error = (predicted − traced) / traced.", "",
+               "### Summary", ""] + summary + ["", "### Every case", ""] + detail + ["", LOOPS_END]
+    text = LOOPS_DOC.read_text() if LOOPS_DOC.exists() else f"# Training loops\n\n{LOOPS_BEGIN}\n{LOOPS_END}\n"
+    if LOOPS_BEGIN not in text or LOOPS_END not in text:
+        text = text.rstrip("\n") + f"\n\n{LOOPS_BEGIN}\n{LOOPS_END}\n"
+    head, rest = text.split(LOOPS_BEGIN, 1)
+    tail = rest.split(LOOPS_END, 1)[1]
+    LOOPS_DOC.write_text(head + "\n".join(section) + tail)
+    print("\n".join(summary))
+    print(f"wrote the results section of {LOOPS_DOC}")
+    return 0
 
 
 if __name__ == "__main__":

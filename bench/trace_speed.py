@@ -20,10 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from capacity import Scenario  # noqa: E402
+from capacity import Scenario, loop_preset  # noqa: E402
 
 BATCH, SEQ = 8, 2048
 
+# The fast trace extrapolates the plain loop (the trainer loop is traced whole).
+PLAIN = loop_preset("plain")
 METHODS = {
     "BP AdamW": dict(method="bp", optimizer="adamw", keep=1.0),
     "BP SGD L'/L 0.5": dict(method="bp", optimizer="sgd", keep=0.5),
@@ -51,7 +53,7 @@ def main(argv=None) -> int:
     # Warm up lazy imports and first-call costs, so that the first row is timed like the others.
     measure({"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 8,
              "num_attention_heads": 4, "vocab_size": 64},
-            Scenario(method="bp", batch=1, seq=8, dtype="bf16", target="cpu"), steps=2, device="trace")
+            Scenario(method="bp", batch=1, seq=8, dtype="bf16", target="cpu", loop=PLAIN), steps=2, device="trace")
 
     cases = []
     models = ["llama-2-7b"] if args.quick else ["llama-2-7b", "mistral-7b", "opt-6.7b"]
@@ -64,7 +66,7 @@ def main(argv=None) -> int:
 
     rows = []
     for model, method, whole in cases:
-        sc = Scenario(batch=BATCH, seq=SEQ, dtype="bf16", attention="eager", target="cpu", **METHODS[method])
+        sc = Scenario(batch=BATCH, seq=SEQ, dtype="bf16", attention="eager", target="cpu", loop=PLAIN, **METHODS[method])
         fast, t_fast = timed(model, sc, "extrapolated")
         assert fast["trace_mode"] == "extrapolated", fast.get("trace_fallback")
         full, t_full = timed(model, sc, "full") if whole else (None, None)

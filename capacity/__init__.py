@@ -16,7 +16,8 @@ from .memory import CUDA_CONTEXT_BYTES, TERMS, estimate
 from .params import parameter_count
 from .presets import (Device, device_names, families, load_device, load_preset, preset_config,
                       preset_family, preset_names)
-from .scenario import ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, TARGETS, Estimate, Scenario
+from .scenario import (ATTENTIONS, DEFAULT_LOOP, DTYPES, LOOPS, METHODS, OPTIMIZERS, TARGETS, Estimate, Loop,
+                       Scenario, loop_preset)
 from .families import MODEL_TYPES
 from .shape import ModelShape
 from .units import GB, GiB, format_bytes, parse_bytes

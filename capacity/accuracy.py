@@ -10,7 +10,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from .scenario import Scenario
+from .scenario import Scenario, loop_preset
 
 _DATA = Path(__file__).parent / "data" / "accuracy_models.json"
 
@@ -21,9 +21,13 @@ def accuracy_models() -> dict:
     return json.loads(_DATA.read_text())["models"]
 
 
+# The model matrix traces the plain loop (docs/loops.md); loop_matrix covers the others.
+PLAIN = loop_preset("plain")
+
+
 def full_matrix() -> list[Scenario]:
-    """Method x optimizer x L'/L x dtype x attention x (batch, context), target cpu; BP in
-    bf16 without checkpointing also with mixed precision."""
+    """Method x optimizer x L'/L x dtype x attention x (batch, context), target cpu, in the
+    plain loop; BP in bf16 without checkpointing also with mixed precision."""
     out = []
     for method, opt, keep in [("bp", "adamw", 1.0), ("bp", "sgd", 1.0), ("bp", "sgd", 0.0),
                               ("bp", "adamw", 0.5), ("mezo", "sgd", 1.0), ("inference", "sgd", 1.0)]:
@@ -31,11 +35,53 @@ def full_matrix() -> list[Scenario]:
             for attention in ("eager", "sdpa"):
                 for batch, seq in ((2, 128), (1, 512)):
                     out.append(Scenario(method=method, optimizer=opt, keep=keep, dtype=dtype,
-                                        attention=attention, batch=batch, seq=seq, target="cpu"))
+                                        attention=attention, batch=batch, seq=seq, target="cpu", loop=PLAIN))
                     if method == "bp" and dtype == "bf16" and keep == 1.0:
                         out.append(Scenario(method=method, optimizer=opt, keep=keep, dtype=dtype,
                                             mixed_precision=True, attention=attention, batch=batch,
-                                            seq=seq, target="cpu"))
+                                            seq=seq, target="cpu", loop=PLAIN))
+    return out
+
+
+def loop_matrix() -> list[Scenario]:
+    """The training loops (docs/loops.md), target cpu, bf16 unless said: the plain loop with
+    each optimizer implementation for SGD, momentum and AdamW, outputs held and dropped,
+    gradient accumulation over 2 and 4 micro-batches, zeroed gradients kept, the KV cache;
+    transformers.Trainer with its defaults and with each optimizer, K = 2 and 4, gradient
+    checkpointing, bf16 mixed precision; MeZO ours and the reference trainer's, with 1 and
+    3 perturbations. Most at batch 2, context 128; a few in fp32, with SDPA, or at 1 x 512."""
+    def sc(loop="plain", method="bp", optimizer="adamw", dtype="bf16", attention="eager", batch=2, seq=128,
+           keep=1.0, mixed=False, **settings):
+        return Scenario(method=method, optimizer=optimizer, batch=batch, seq=seq, dtype=dtype,
+                        mixed_precision=mixed, keep=keep, attention=attention, target="cpu",
+                        loop=loop_preset(loop, **settings))
+    out = [sc(optimizer=opt, optimizer_impl=impl) for opt in ("sgd", "momentum", "adamw")
+           for impl in ("forloop", "foreach", "fused")]
+    out += [
+        sc(optimizer="adamw", optimizer_impl="forloop", dtype="fp32"),
+        sc(optimizer="sgd", hold_outputs=False),
+        sc(optimizer="adamw", optimizer_impl="fused", hold_outputs=False, attention="sdpa", batch=1, seq=512),
+        sc(optimizer="sgd", grad_accum=2),
+        sc(optimizer="adamw", grad_accum=4),
+        sc(optimizer="momentum", optimizer_impl="fused", hold_outputs=False, grad_accum=2, dtype="fp32"),
+        sc(optimizer="sgd", zero_grad_to_none=False),
+        sc(optimizer="adamw", optimizer_impl="fused", zero_grad_to_none=False, attention="sdpa"),
+        sc(optimizer="sgd", use_cache=True),
+        sc("trainer"),
+        sc("trainer", optimizer="sgd"),
+        sc("trainer", optimizer="momentum"),
+        sc("trainer", optimizer_impl="foreach"),
+        sc("trainer", optimizer_impl="forloop"),
+        sc("trainer", grad_accum=2),
+        sc("trainer", optimizer="sgd", grad_accum=4, attention="sdpa"),
+        sc("trainer", keep=0.0),
+        sc("trainer", mixed=True),
+        sc("trainer", use_cache=False, batch=1, seq=512),
+        sc(method="mezo", mezo_impl="reference"),
+        sc(method="mezo", mezo_impl="reference", dtype="fp32", batch=1, seq=512),
+        sc(method="mezo", mezo_n=3),
+        sc("trainer", method="mezo", mezo_impl="reference", mezo_n=3),
+    ]
     return out
 
 

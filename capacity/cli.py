@@ -17,6 +17,8 @@ from . import (ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, TERMS, CUDA_CONTEXT_BYTE
                Scenario, context_note, estimate, families, largest_batch, largest_preset,
                largest_scaled_model, load_hf_config, load_preset, longest_context, parameter_count,
                parse_bytes, preset_family, relative_model_size)
+from .loop_args import add_loop_arguments, loop_from_args
+from .memory import describe_loop, resolved_loop
 from .shape import ModelShape
 
 
@@ -57,6 +59,7 @@ def _add_scenario_args(p: argparse.ArgumentParser, method_required: bool = True)
     p.add_argument("--target", default="cuda", choices=("cuda", "cpu"),
                    help="kernels to model: cuda (default) or cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_loop_arguments(p)
 
 
 def _shape(args) -> ModelShape:
@@ -66,7 +69,8 @@ def _shape(args) -> ModelShape:
 def _scenario(args, method: str | None = None) -> Scenario:
     return Scenario(method=method or args.method, optimizer=args.optimizer, batch=args.batch,
                     seq=args.seq, dtype=args.dtype, mixed_precision=args.mixed_precision,
-                    keep=args.keep, attention=args.attention, target=args.target)
+                    keep=args.keep, attention=args.attention, target=args.target,
+                    loop=loop_from_args(args))
 
 
 def _row(label: str, n: int) -> str:
@@ -81,10 +85,11 @@ def cmd_estimate(args) -> int:
         print(_strict_json({"model": shape.name, "params": est.params, "peak_bytes": est.peak_bytes,
                             "phase": est.phase, "breakdown": est.breakdown, "phases": est.phases,
                             "textbook": est.textbook, "cuda_context_bytes": CUDA_CONTEXT_BYTES,
-                            "context_note": note, "scenario": sc.to_dict()}))
+                            "context_note": note, "loop": resolved_loop(shape, sc), "scenario": sc.to_dict()}))
         return 0
     print(f"{shape.name}: {est.params:,} parameters; {sc.method}, batch {sc.batch}, seq {sc.seq}, "
           f"{sc.dtype}{' mixed' if sc.mixed_precision else ''}, L'/L={sc.keep}, {sc.attention}")
+    print(f"Loop: {describe_loop(shape, sc)}")
     if note:
         print(f"Note: {note}.")
     print(f"Peak at '{est.phase}' (live tensors; CUDA context of about "
@@ -102,7 +107,7 @@ def cmd_estimate(args) -> int:
 def cmd_fit(args) -> int:
     budget = parse_bytes(args.budget, what="budget")
     shape = _shape(args) if (args.preset is not None or args.config is not None) else None
-    out: dict = {"budget_bytes": budget}
+    out: dict = {"budget_bytes": budget, "loop": _scenario(args, "bp").to_dict()["loop"]}
     methods = [args.method] if args.method else ["bp", "mezo", "inference"]
     family = args.family or (preset_family(args.preset) if args.preset is not None else None)
     for m in methods:
@@ -127,7 +132,7 @@ def cmd_fit(args) -> int:
     if args.json:
         print(_strict_json(out))
         return 0
-    print(f"Budget {budget / GB:,.2f} GB ({budget / GiB:,.2f} GiB)")
+    print(f"Budget {budget / GB:,.2f} GB ({budget / GiB:,.2f} GiB); loop {args.loop}")
     for m in methods:
         print(f"{m}:")
         for k, v in out[m].items():

@@ -43,28 +43,30 @@ def forward_flops(s: ModelShape, sc: Scenario) -> float:
 
 def flops_per_step(s: ModelShape, sc: Scenario) -> float:
     """BP: forward + backward (twice the forward) + recomputation of the checkpointed
-    layers. MeZO: two forwards (the weight passes are memory-bound, see bytes_per_step).
+    layers, for each of the loop's K micro-batches. MeZO: two forwards per perturbation
+    (mezo_n of them; the weight passes are memory-bound, see bytes_per_step).
     Inference: one forward."""
     fwd = forward_flops(s, sc)
     if sc.method == "inference":
         return fwd
     if sc.method == "mezo":
-        return 2 * fwd
+        return 2 * sc.loop.mezo_n * fwd
     recompute = (s.num_layers - kept_layers(s, sc)) / s.num_layers * fwd
-    return 3 * fwd + recompute
+    return sc.loop.grad_accum * (3 * fwd + recompute)
 
 
 def bytes_per_step(s: ModelShape, sc: Scenario) -> float:
     """Bytes moved through memory at least once per step: the weights per forward, and
-    for BP the gradients and optimizer states read and written; for MeZO the four
-    read-and-write passes over the weights."""
+    for BP the gradients read and written per micro-batch and the optimizer states once
+    per step; for MeZO two forwards and four read-and-write passes over the weights per
+    perturbation."""
     p = parameter_count(s)
     w = p * sc.bytes_per_value
     if sc.method == "inference":
         return w
     if sc.method == "mezo":
-        return 2 * w + MEZO_WEIGHT_PASSES * 2 * w
-    return 3 * w + 2 * w + 2 * optimizer_state_bytes(s, sc) + 2 * w
+        return sc.loop.mezo_n * (2 * w + MEZO_WEIGHT_PASSES * 2 * w)
+    return sc.loop.grad_accum * (3 * w + 2 * w) + 2 * optimizer_state_bytes(s, sc) + 2 * w
 
 
 def step_time_seconds(s: ModelShape, sc: Scenario, device: Device, efficiency: float = 1.0) -> float:

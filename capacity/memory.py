@@ -25,7 +25,8 @@ from itertools import accumulate
 from . import activations as act
 from .architecture import LayerKind
 from .context import check_context
-from .params import (head_params, largest_tensor_params, layer_params,
+from . import optimizers as optim
+from .params import (head_params, largest_tensor_params, layer_params, mlp_linears,
                      mlp_params, parameter_count, parameter_tensor_count)
 from .scenario import Estimate, Scenario
 from .shape import ModelShape, repeating_pattern
@@ -97,16 +98,87 @@ def optimizer_state_bytes(s: ModelShape, sc: Scenario) -> int:
         return 0
     if sc.optimizer == "momentum":
         return p * per_param
-    steps = FP32 * parameter_tensor_count(s) if sc.target == "cpu" else 0
+    steps = FP32 * parameter_tensor_count(s) if optim.adam_steps_on_device(sc) else 0
     return 2 * p * per_param + steps
 
 
 def optimizer_step_temp_bytes(s: ModelShape, sc: Scenario) -> int:
-    """The foreach Adam/AdamW step computes sqrt(exp_avg_sq) for every tensor at once:
-    one temporary the size of all parameters. SGD and momentum update in place."""
-    if sc.optimizer in ("adam", "adamw"):
-        return parameter_count(s) * _state_bytes_per_value(sc)
-    return 0
+    """What the optimizer step allocates beyond its states, by implementation
+    (capacity/optimizers.py): Adam forloop 2 × the largest tensor, foreach the largest
+    parameter group, fused none; SGD and momentum none."""
+    return optim.optimizer_step_temp_bytes(s, sc, _state_bytes_per_value(sc))
+
+
+# ---------------------------------------------------------------- the loop's own terms
+
+def input_bytes(s: ModelShape, sc: Scenario) -> int:
+    """Token tensors of a step beyond the ids the embedding keeps (counted with the
+    activations): the step's K micro-batches are all on the device for the whole step
+    (Trainer.get_batch_samples prefetches them), each with its labels as a tensor of their
+    own when the loop collates them so (Loop.separate_labels): 8·N·(K·(1 + labels) − 1)."""
+    per_batch = 2 if sc.loop.separate_labels else 1
+    return act.INT64 * sc.tokens * (sc.loop.grad_accum * per_batch - 1)
+
+
+def kv_cache_bytes(s: ModelShape, sc: Scenario) -> int:
+    """One layer's entry of transformers' KV cache (cache_utils.DynamicLayer.update:
+    torch.cat copies of the rotated keys and the values): 2·p·N·K."""
+    return 2 * sc.bytes_per_value * sc.tokens * s.kv_dim
+
+
+def builds_kv_cache(s: ModelShape, sc: Scenario) -> bool:
+    """Whether the step's forwards fill a KV cache: BP when the loop lets the config's
+    use_cache stand (Loop.use_cache) and no layer is checkpointed (transformers turns the
+    cache off once gradient checkpointing is on); MeZO's reference trainer, whose
+    compute_loss passes only the batch."""
+    if sc.method == "bp":
+        return sc.loop.use_cache and kept_layers(s, sc) == s.num_layers
+    return sc.method == "mezo" and sc.loop.mezo_impl == "reference"
+
+
+def bp_kv_cache_bytes(s: ModelShape, sc: Scenario) -> int:
+    """BP: what the KV cache adds to the saved activations, from each layer's forward until
+    the output is released. The attention keeps the cached tensors themselves (the cache's
+    copy replaces the rotated original) unless eager attention repeats grouped key/value
+    heads into a copy (repeat_kv), which leaves the cache's entries as extra: L·2·p·N·K."""
+    if not builds_kv_cache(s, sc):
+        return 0
+    copies = sc.attention == "eager" and act.repeated_kv_bytes(s, sc) != sc.bytes_per_value * sc.tokens * s.kv_dim
+    return s.num_layers * kv_cache_bytes(s, sc) if copies else 0
+
+
+def gradients_live_at_forward(sc: Scenario) -> bool:
+    """Whether some micro-batch's forward and backward run with every gradient already
+    allocated: the 2nd..Kth of gradient accumulation (gradients live from the first
+    micro-batch's backward to the optimizer step), or all of them when zero_grad keeps
+    zeroed gradients (set_to_none=False)."""
+    return sc.loop.grad_accum > 1 or not sc.loop.zero_grad_to_none
+
+
+def resolved_loop(s: ModelShape, sc: Scenario) -> dict:
+    """Every loop setting as this step runs it (JSON-ready): the Loop's fields with the
+    optimizer implementation resolved, and whether a KV cache is built."""
+    return {**sc.to_dict()["loop"], "kv_cache": builds_kv_cache(s, sc)}
+
+
+def describe_loop(s: ModelShape, sc: Scenario) -> str:
+    """One line naming the loop and the settings that apply to this step's method."""
+    lp = sc.loop
+    if sc.method == "bp":
+        parts = [f"{sc.optimizer} {sc.optimizer_impl}",
+                 "outputs held through backward" if lp.hold_outputs else "outputs dropped before backward",
+                 f"{lp.grad_accum} micro-batches per step" if lp.grad_accum > 1 else "one micro-batch per step"]
+        if not lp.zero_grad_to_none:
+            parts.append("zeroed gradients kept")
+        if builds_kv_cache(s, sc):
+            parts.append("KV cache built")
+    elif sc.method == "mezo":
+        parts = [f"MeZO {lp.mezo_impl}", f"{lp.mezo_n} perturbation{'s' if lp.mezo_n > 1 else ''} per step"]
+        if builds_kv_cache(s, sc):
+            parts.append("KV cache built")
+    else:
+        parts = ["forward only"]
+    return f"{lp.name} ({', '.join(parts)})"
 
 
 # ---------------------------------------------------------------- BP phases
@@ -143,30 +215,66 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     loss = act.loss_saved_bytes(s, sc)
     fp32_copy = nv32 if p != FP32 else 0
 
+    # The loop: outputs held through backward (their logits, and the KV cache if one is
+    # built), the step's token tensors, gradients live before a micro-batch's forward.
+    lp = sc.loop
+    held = logits if lp.hold_outputs else 0
+    cache = bp_kv_cache_bytes(s, sc)
+    cache_held = cache if lp.hold_outputs else 0
+    inputs = input_bytes(s, sc)
+    g_all = gp * parameter_count(s)
+    # Gradient accumulation with outputs held: the previous micro-batch's output is still
+    # referenced (`out`) until the next forward returns.
+    previous_out = logits + cache if lp.hold_outputs and lp.grad_accum > 1 else 0
+
     phases: dict[str, dict[str, int]] = {}
-    phases["forward"] = {**state, "activations": saved,
-                         "logits_and_loss": logits + loss + fp32_copy}
+    forward = {**state, "activations": saved + inputs + cache,
+               "logits_and_loss": logits + loss + fp32_copy}
     # log_softmax backward: its saved output, the incoming gradient and its result.
-    phases["backward (loss)"] = {**state, "activations": saved,
-                                 "logits_and_loss": logits + loss + 2 * nv32}
+    backward_loss = {**state, "activations": saved + inputs + cache_held,
+                     "logits_and_loss": held + loss + 2 * nv32}
+    first = lp.zero_grad_to_none     # the first micro-batch runs without gradients
+    if first:
+        phases["forward"] = forward
+        phases["backward (loss)"] = backward_loss
+    if gradients_live_at_forward(sc):
+        phases["forward (gradients live)"] = {**forward, "gradients": g_all,
+                                              "logits_and_loss": forward["logits_and_loss"] + previous_out}
+        phases["backward (loss, gradients live)"] = {**backward_loss, "gradients": g_all}
 
     # Through the layers, top to bottom. Gradients of the head are complete first. A tied
     # embedding's AccumulateGrad waits for both of its gradients, so the LM head's share
     # (V·e) waits in autograd's input buffer through the whole backward.
     tied_head = gp * s.vocab_size * s.embed_dim if s.tie_embeddings else 0
     g_head = gp * head_params(s) + tied_head
-    phases["backward (layers)"] = _backward_through_layers(s, sc, layers, state, g_head, logits)
+    extra = inputs + cache_held       # held through the whole backward
+    if first:
+        phases["backward (layers)"] = _backward_through_layers(s, sc, layers, state, g_head, held, extra)
+    if gradients_live_at_forward(sc):
+        # With every gradient live, the head's new weight gradient is a transient beside the
+        # logits' gradient (in dtype) and the head input's; a tied head's then waits in
+        # autograd's input buffer through the layers, beside the existing gradient.
+        phases["backward (head, gradients live)"] = {
+            **state, "gradients": g_all, "activations": saved + inputs + cache_held,
+            "logits_and_loss": held + p * n * s.vocab_size,
+            "temporaries": gp * s.vocab_size * s.embed_dim + p * n * s.embed_dim}
+        phases["backward (layers, gradients live)"] = _backward_through_layers(
+            s, sc, layers, state, g_head, held, extra, live_gradients=g_all + tied_head)
 
     # At the embedding: the buffered head gradient, the embedding's dense gradient and their
     # sum (made out of place) are live at once; g_all counts one of the three.
+    # With gradients live, the embedding's new gradient (and a tied head's buffered one and
+    # their sum) are all transients, added in place into the gradient that exists
+    # (AccumulateGrad: `variable_grad += new_grad`).
     tied_extra = 2 * tied_head
-    g_all = gp * parameter_count(s)
+    if gradients_live_at_forward(sc):
+        tied_extra += gp * s.vocab_size * s.embed_dim
     end_state = {**state, "weights": 0 if sc.mixed_precision else state["weights"]}
-    phases["backward end"] = {**end_state, "gradients": g_all, "logits_and_loss": logits,
-                              "temporaries": tied_extra}
-    # The output (and its logits) is still referenced until the step ends.
-    phases["optimizer step"] = {**end_state, "gradients": g_all, "logits_and_loss": logits,
-                                "temporaries": optimizer_step_temp_bytes(s, sc)}
+    phases["backward end"] = {**end_state, "gradients": g_all, "activations": inputs + cache_held,
+                              "logits_and_loss": held, "temporaries": tied_extra}
+    # A held output (and its logits) is still referenced until the step ends.
+    phases["optimizer step"] = {**end_state, "gradients": g_all, "activations": inputs + cache_held,
+                                "logits_and_loss": held, "temporaries": optimizer_step_temp_bytes(s, sc)}
     return phases
 
 
@@ -193,6 +301,8 @@ class _LayerCosts:
     mlp_backward: int         # MLP-width gradients live at once in the MLP's backward
     attention_backward: int   # beyond what it keeps, at the softmax's backward
     recompute: int            # beyond what it keeps, at the softmax of its recomputed forward
+    out_weight_backward: int  # beyond what it keeps, at the MLP output projection's backward
+                              # when its weight gradient is a new tensor (gradients live)
 
 
 def _layer_costs(s: ModelShape, sc: Scenario, kind: LayerKind) -> _LayerCosts:
@@ -210,7 +320,15 @@ def _layer_costs(s: ModelShape, sc: Scenario, kind: LayerKind) -> _LayerCosts:
         copies=_layer_copy_bytes(s, sc, kind),
         mlp_backward=widths * p * sc.tokens * s.intermediate_size,
         attention_backward=act.attention_backward_extra_bytes(s, sc),
-        recompute=act.attention_forward_extra_bytes(s, sc))
+        recompute=act.attention_forward_extra_bytes(s, sc),
+        out_weight_backward=_new_weight_gradient_bytes(mlp_linears(s, kind)[-1], sc))
+
+
+def _new_weight_gradient_bytes(lin, sc: Scenario) -> int:
+    """A linear's backward when its weight's gradient is made anew beside the one that
+    exists (accumulation, zeroed gradients kept): its input's gradient (p·N·fan_in) and the
+    new weight gradient (g·fan_in·fan_out), beside the incoming gradient (counted apart)."""
+    return sc.bytes_per_value * sc.tokens * lin.fan_in + _state_bytes_per_value(sc) * lin.fan_in * lin.fan_out
 
 
 class _LayerSums:
@@ -251,9 +369,13 @@ class _PatternSum:
 
 
 def _backward_through_layers(s: ModelShape, sc: Scenario, layers: _LayerSums, state: dict,
-                             g_head: int, logits: int) -> dict[str, int]:
+                             g_head: int, logits: int, extra: int = 0,
+                             live_gradients: int | None = None) -> dict[str, int]:
     """The terms live at the highest point of the backward pass through the layers: the
-    worst layer's (the topmost one of equal totals)."""
+    worst layer's (the topmost one of equal totals). `logits`: the held output's; `extra`:
+    other activations held throughout (the loop's). live_gradients: every gradient is
+    already allocated (gradient accumulation, zeroed gradients kept): the gradients are
+    that many bytes throughout, and a layer's own MLP gradients are among them."""
     L = s.num_layers
     ckpt = L - kept_layers(s, sc)
     c_layer = act.checkpoint_saved_bytes(s, sc)
@@ -275,11 +397,19 @@ def _backward_through_layers(s: ModelShape, sc: Scenario, layers: _LayerSums, st
         # A checkpointed layer first re-runs its forward: its attention part is rebuilt
         # while the fp32 softmax copy is live.
         at_recompute = cost.saved_attention + kept_input + grad_flow + cost.recompute if is_ckpt else 0
-        within = max(at_mlp, at_attn, at_recompute)
+        at_new_weight = 0
+        if live_gradients is not None:
+            # Every gradient already exists: the MLP's are not extra at the attention, and
+            # each new weight gradient is a transient, added in place into the one that
+            # exists; the largest moment is the MLP output's, first in the layer's backward.
+            at_attn -= cost.gradients_mlp
+            at_new_weight = cost.saved + kept_input + grad_flow + cost.out_weight_backward
+        within = max(at_mlp, at_attn, at_recompute, at_new_weight)
         # Mixed precision: the 16-bit copies of kept layers not yet through backward, and a
         # checkpointed layer's own copies while it is recomputed.
         copies_left = state["weights"] - layers.copies(max(i + 1, ckpt), L) + (cost.copies if is_ckpt else 0)
-        return copies_left, g_head + layers.gradients(i + 1, L), below + within
+        gradients = g_head + layers.gradients(i + 1, L) if live_gradients is None else live_gradients
+        return copies_left, gradients, below + within + extra
 
     worst, worst_total = None, None
     for i in _candidate_layers(L, ckpt, len(layers.pattern)):
@@ -328,18 +458,38 @@ def forward_live_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
     # GPT-2's (1, s, h), OPT's (b, s, h)) referenced through the whole layer loop.
     embed = 8 * n + p * n * h + {"": 0, "seq": p * sc.seq * h, "tokens": p * n * h}[arch.forward_keeps_position_output]
     shared = act.rotary_bytes(s, sc) + act.causal_mask_bytes(s, sc)
-    layer_peak = max(_forward_layer_peak(s, sc, kind, embed + shared) for kind in s.layer_counts())
+    # A KV cache (builds_kv_cache) holds every earlier layer's entry at the last layer's
+    # attention, and its own too by its MLP; at the attention the own entry's copies take the
+    # place of k and v, unless those are views of a fused projection that stays alive
+    # (own_kv_cache_extra_bytes).
+    cache = kv_cache_bytes(s, sc) if builds_kv_cache(s, sc) else 0
+    at_attention = embed + shared + ((s.num_layers - 1) * cache + own_kv_cache_extra_bytes(s, sc) if cache else 0)
+    at_mlp = embed + shared + s.num_layers * cache
+    layer_peak = max(_forward_layer_peak(s, sc, kind, at_attention, at_mlp) for kind in s.layer_counts())
     nv = n * s.vocab_size
-    head_peak = p * n * h + 8 * n + 16 * n
+    head_peak = p * n * h + 8 * n + 16 * n + s.num_layers * cache
     logits_loss = p * nv + (FP32 * nv if p != FP32 else 0) + FP32 * nv
     if head_peak + logits_loss >= layer_peak:
         return {"activations": head_peak, "logits_and_loss": logits_loss}
     return {"activations": layer_peak, "logits_and_loss": 0}
 
 
-def _forward_layer_peak(s: ModelShape, sc: Scenario, kind: LayerKind, held: int) -> int:
+def own_kv_cache_extra_bytes(s: ModelShape, sc: Scenario) -> int:
+    """A forward without autograd, at a layer's attention: its KV cache entry beyond the k
+    and v it replaces. The cache copies (torch.cat) of k and v; a copy is extra when the
+    tensor it copies is a view of a fused q/k/v projection that stays alive: v whenever the
+    projection is fused (GPT-2: q is a view of it; NeoX keeps the unrotated q and k), k when
+    it is fused and not rotated (GPT-2); a rotated k is a fresh tensor, freed."""
+    att = s.arch.attention
+    copies = (1 if att.fused_qkv else 0) + (1 if att.fused_qkv and s.arch.positions != "rope" else 0)
+    return copies * sc.bytes_per_value * sc.tokens * s.kv_dim
+
+
+def _forward_layer_peak(s: ModelShape, sc: Scenario, kind: LayerKind, held: int,
+                        held_mlp: int | None = None) -> int:
     """The most a forward without autograd holds inside one decoder layer of `kind`, with
-    `held` bytes referenced from outside it (every kind is priced alike today)."""
+    `held` bytes referenced from outside it at its attention and `held_mlp` (default: the
+    same) at its MLP (every kind is priced alike today)."""
     n, h, p = sc.tokens, s.hidden_size, sc.bytes_per_value
     b, seq, a = sc.batch, sc.seq, s.num_heads
     arch = s.arch
@@ -348,7 +498,8 @@ def _forward_layer_peak(s: ModelShape, sc: Scenario, kind: LayerKind, held: int)
     # At the MLP: x, and two more of: the sum after attention, the MLP's normalised input,
     # the attention output (parallel blocks add it last); a block may also still hold its
     # attention output after the sum (GPT-2's).
-    base_mlp = held + 3 * p * n * h + (p * n * h if arch.forward_keeps_attention_output else 0)
+    base_mlp = (held if held_mlp is None else held_mlp) + 3 * p * n * h \
+        + (p * n * h if arch.forward_keeps_attention_output else 0)
     if sc.attention == "eager":
         # The layer receives the attention probabilities back from its attention call
         # (`hidden_states, _ = self.self_attn(...)`) and holds them through the MLP.
@@ -373,10 +524,23 @@ def _forward_layer_peak(s: ModelShape, sc: Scenario, kind: LayerKind, held: int)
     return max(base + attn_peak, base_mlp + mlp_peak)
 
 
+def reference_mezo_temp_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
+    """princeton-nlp/MeZO's trainer, per parameter tensor (largest: the token table):
+    zo_perturb_parameters' `param.data + scaling_factor * z * eps` holds z, scaling·z and
+    (scaling·z)·eps at once, then z, the scaled z and the new data: 3 tensors beyond the
+    weights. zo_update's `param.data - lr * (g * z + weight_decay * param.data)` holds z,
+    g·z, decay·θ and their sum: 4 (the decay term is computed even when it is 0)."""
+    t = largest_tensor_params(s) * sc.bytes_per_value
+    return {"perturbation": 3 * t, "update": 4 * t}
+
+
 def _forward_only_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     w = parameter_count(s) * sc.bytes_per_value
     phases = {"forward": {"weights": w, **forward_live_bytes(s, sc)}}
-    if sc.method == "mezo":
+    if sc.method == "mezo" and sc.loop.mezo_impl == "reference":
+        for phase, temp in reference_mezo_temp_bytes(s, sc).items():
+            phases[phase] = {"weights": w, "temporaries": temp}
+    elif sc.method == "mezo":
         chunk = mezo_chunk_elements(s) * sc.bytes_per_value
         phases["perturbation"] = {"weights": w, "temporaries": chunk}
     return phases
@@ -438,10 +602,6 @@ def _check_modelled(sc: Scenario) -> None:
         raise ValueError("peft: parameter-efficient and quantized fine-tuning are not modelled yet")
     if sc.parallel.devices != 1:
         raise ValueError("parallel: more than one device is not modelled yet")
-    lp = sc.loop
-    if (sc.optimizer_impl != "foreach" or not lp.hold_outputs or lp.grad_accum != 1
-            or not lp.zero_grad_to_none or lp.mezo_impl != "chunked" or lp.mezo_n != 1):
-        raise ValueError(f"loop: only the plain loop is modelled yet, got {sc.to_dict()['loop']}")
 
 
 def estimate(s: ModelShape, sc: Scenario) -> Estimate:

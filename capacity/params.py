@@ -122,3 +122,13 @@ def parameter_tensor_count(s: ModelShape) -> int:
     embed = 1 + (1 if s.position_table_rows else 0) + (2 if s.embed_dim != s.hidden_size else 0)
     head = (norm if s.arch.final_norm else 0) + (0 if s.tie_embeddings else 1) + (1 if s.arch.lm_head_bias else 0)
     return embed + sum(n * per_kind[kind] for kind, n in s.layer_counts().items()) + head
+
+
+def no_decay_params(s: ModelShape) -> int:
+    """Parameters that transformers.Trainer exempts from weight decay (its
+    get_decay_parameter_names: LayerNorm modules, and names with `bias` or a `norm`): every
+    norm's scale and bias, and every bias."""
+    per_kind = {kind: sum(lin.fan_out for lin in layer_linears(s, kind) if lin.bias)
+                + s.arch.norms_per_layer * norm_params(s) for kind in s.layer_counts()}
+    head = (norm_params(s) if s.arch.final_norm else 0) + (s.vocab_size if s.arch.lm_head_bias else 0)
+    return sum(n * per_kind[kind] for kind, n in s.layer_counts().items()) + head

@@ -55,28 +55,47 @@ MEZO_IMPLS = ("chunked", "reference")
 
 @dataclass(frozen=True)
 class Loop:
-    """How the user's code runs one optimizer step.
+    """How the user's code runs one optimizer step: one set of named settings, each with
+    its own memory mechanism (docs/loops.md).
 
-    name: the preset these settings came from ("plain", "trainer"), or "custom".
+    name: the code that runs the step: "plain" (`out = model(...)`, `loss.backward()`,
+      `opt.step()`, `opt.zero_grad()`) or "trainer" (transformers.Trainer.train()).
     optimizer_impl: torch.optim's implementation: "forloop" (one tensor at a time),
-      "foreach" (grouped multi-tensor kernels), "fused"; None: what the loop gets by default
-      (see resolved_optimizer_impl).
+      "foreach" (grouped multi-tensor kernels), "fused"; None: what the loop's code gets
+      (impl_defaults, else torch's default for the device; see resolved_optimizer_impl).
+    impl_defaults: ((optimizer, impl), ...): the implementation the loop's code asks for
+      when optimizer_impl is None (transformers.Trainer: optim="adamw_torch_fused").
     hold_outputs: whether the model output (its logits) is still referenced during
-      backward() (`out = model(...); out.loss.backward()` holds it; transformers.Trainer
-      keeps only the loss).
+      backward() (`out = model(...); out.loss.backward()` holds it; Trainer.compute_loss
+      returns the loss alone).
     grad_accum: micro-batches per optimizer step (K); `Scenario.batch` is one micro-batch.
+      The K micro-batches of a step are on the device for the whole step (Trainer's
+      get_batch_samples prefetches them). BP only.
     zero_grad_to_none: optimizer.zero_grad(set_to_none=True) (torch's default) frees the
-      gradients; False keeps zeroed gradients alive through the next forward.
+      gradients; False keeps zeroed gradients alive through the next forward and backward.
+    use_cache: whether BP forwards build transformers' KV cache (the config's use_cache,
+      True for every supported family, applies unless the caller passes use_cache=False;
+      transformers turns it off itself when gradient checkpointing is on).
+    split_decay_groups: the optimizer holds two parameter groups, with and without weight
+      decay (Trainer.create_optimizer: biases and norms without); a foreach step then works
+      on one group at a time.
+    separate_labels: the labels are a tensor of their own (Trainer's data collator stacks
+      `labels` beside `input_ids`) rather than the input ids themselves.
     mezo_impl: "chunked" (ours: z regenerated chunk by chunk, in place) or "reference"
-      (princeton-nlp/MeZO: a full-size z per parameter tensor, out-of-place updates).
+      (princeton-nlp/MeZO's trainer: a full-size z per parameter tensor drawn again in each
+      pass, out-of-place updates, forwards under inference_mode with the config's use_cache).
     mezo_n: perturbations (pairs of forward passes) per MeZO step.
     """
 
     name: str = "plain"
     optimizer_impl: str | None = None
+    impl_defaults: tuple = ()
     hold_outputs: bool = True
     grad_accum: int = 1
     zero_grad_to_none: bool = True
+    use_cache: bool = False
+    split_decay_groups: bool = False
+    separate_labels: bool = False
     mezo_impl: str = "chunked"
     mezo_n: int = 1
 
@@ -89,29 +108,40 @@ def loop_preset(name: str, **overrides) -> Loop:
     if name not in LOOPS:
         raise ValueError(f"loop: must be one of {', '.join(LOOPS)}, got {name!r}")
     changes = {k: v for k, v in overrides.items() if v is not None}
+    unknown = sorted(set(changes) - set(Loop.__dataclass_fields__) - {"name"})
+    if unknown or "name" in changes:
+        raise ValueError(f"loop: unknown setting {(unknown or ['name'])[0]!r}")
     return replace(LOOPS[name], **changes)
 
 
 def validate_loop(lp: Loop) -> None:
-    if not isinstance(lp.name, str) or not lp.name:
-        raise ValueError(f"loop: a name is needed, got {lp.name!r}")
+    _check_choice("loop", lp.name, LOOP_NAMES)
     if lp.optimizer_impl is not None:
         _check_choice("optimizer_impl", lp.optimizer_impl, OPTIMIZER_IMPLS)
-    _check_bool("hold_outputs", lp.hold_outputs)
-    _check_bool("zero_grad_to_none", lp.zero_grad_to_none)
+    if not isinstance(lp.impl_defaults, tuple) or not all(
+            isinstance(d, tuple) and len(d) == 2 and d[0] in OPTIMIZERS and d[1] in OPTIMIZER_IMPLS
+            for d in lp.impl_defaults):
+        raise ValueError(f"impl_defaults: (optimizer, implementation) pairs, got {lp.impl_defaults!r}")
+    for name in ("hold_outputs", "zero_grad_to_none", "use_cache", "split_decay_groups", "separate_labels"):
+        _check_bool(name, getattr(lp, name))
     _check_int("grad_accum", lp.grad_accum, MAX_GRAD_ACCUM)
     _check_choice("mezo_impl", lp.mezo_impl, MEZO_IMPLS)
     _check_int("mezo_n", lp.mezo_n, MAX_MEZO_N)
 
 
-# The named loops. "plain": `out = model(...); out.loss.backward(); opt.step();
-# opt.zero_grad()` with foreach optimizers, today's semantics. "trainer": what
-# transformers.Trainer does with its defaults (docs/loops.md).
+# The named loops (docs/loops.md gives the code each one follows).
+#   plain    out = model(input_ids=ids, labels=ids, use_cache=False); (out.loss / K).backward();
+#            opt.step(); opt.zero_grad(), with foreach optimizers: the project's original semantics.
+#   trainer  transformers.Trainer.train() with its defaults (transformers 5.23, torch 2.13):
+#            optim="adamw_torch_fused" for AdamW (torch's default implementation otherwise),
+#            compute_loss keeps only the loss, the config's use_cache, decay and no-decay
+#            parameter groups, input_ids and labels collated as two tensors.
 LOOPS = {
     "plain": Loop(name="plain", optimizer_impl="foreach", hold_outputs=True),
-    "trainer": Loop(name="trainer", optimizer_impl=None, hold_outputs=False),
+    "trainer": Loop(name="trainer", optimizer_impl=None, impl_defaults=(("adamw", "fused"),),
+                    hold_outputs=False, use_cache=True, split_decay_groups=True, separate_labels=True),
 }
-DEFAULT_LOOP = "plain"
+DEFAULT_LOOP = "trainer"
 
 
 # ------------------------------------------------------------------ what is trained
@@ -245,20 +275,23 @@ class Scenario:
         """Plain data (JSON-ready), the loop with its resolved optimizer implementation."""
         out = {f: getattr(self, f) for f in ("method", "optimizer", "batch", "seq", "dtype",
                                              "mixed_precision", "keep", "attention", "target")}
-        out["loop"] = {**self.loop.__dict__, "optimizer_impl": self.optimizer_impl}
+        out["loop"] = {**self.loop.__dict__, "optimizer_impl": self.optimizer_impl,
+                       "impl_defaults": dict(self.loop.impl_defaults)}
         out["peft"] = {**self.peft.__dict__, "lora_targets": list(self.peft.lora_targets)}
         out["parallel"] = dict(self.parallel.__dict__)
         return out
 
 
 def resolved_optimizer_impl(loop: Loop, optimizer: str, target: str) -> str:
-    """The loop's optimizer implementation; when it leaves it open, what the loop's code
-    gets: transformers.Trainer's default optim for AdamW is adamw_torch_fused; otherwise
-    torch's default, foreach on CUDA and the per-tensor loop on the CPU."""
+    """The optimizer implementation the loop runs: its own setting; else what its code asks
+    for this optimizer (impl_defaults); else torch's default (torch/optim/optimizer.py,
+    _default_to_fused_or_foreach): foreach when every parameter is on CUDA, the per-tensor
+    loop on the CPU (the CPU has no foreach kernels)."""
     if loop.optimizer_impl is not None:
         return loop.optimizer_impl
-    if loop.name == "trainer" and optimizer == "adamw":
-        return "fused"
+    asked = dict(loop.impl_defaults).get(optimizer)
+    if asked is not None:
+        return asked
     return "foreach" if target == "cuda" else "forloop"
 
 

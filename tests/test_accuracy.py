@@ -12,20 +12,21 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from capacity import Scenario  # noqa: E402
+from capacity import Scenario, loop_preset  # noqa: E402
 from capacity.accuracy import accuracy_models, known_deviation  # noqa: E402
 from capacity.validation import compare  # noqa: E402
 
 TOLERANCE_PCT = 3.0
+PLAIN = loop_preset("plain")   # the model matrix traces the plain loop (tests/test_loops.py: the others)
 
 SCENARIOS = [
-    Scenario(method="bp", optimizer="adamw", keep=1.0, dtype="bf16", attention="eager", batch=2, seq=64, target="cpu"),
-    Scenario(method="bp", optimizer="sgd", keep=1.0, dtype="fp32", attention="eager", batch=1, seq=256, target="cpu"),
-    Scenario(method="bp", optimizer="momentum", keep=1.0, dtype="bf16", attention="sdpa", batch=4, seq=32, target="cpu"),
-    Scenario(method="bp", optimizer="adam", keep=0.5, dtype="bf16", attention="eager", batch=2, seq=64, target="cpu"),
-    Scenario(method="bp", optimizer="adamw", keep=1.0, dtype="bf16", mixed_precision=True, attention="sdpa", batch=2, seq=128, target="cpu"),
-    Scenario(method="mezo", dtype="bf16", attention="eager", batch=2, seq=128, target="cpu"),
-    Scenario(method="inference", dtype="fp32", attention="eager", batch=8, seq=32, target="cpu"),
+    Scenario(method="bp", optimizer="adamw", keep=1.0, dtype="bf16", attention="eager", batch=2, seq=64, target="cpu", loop=PLAIN),
+    Scenario(method="bp", optimizer="sgd", keep=1.0, dtype="fp32", attention="eager", batch=1, seq=256, target="cpu", loop=PLAIN),
+    Scenario(method="bp", optimizer="momentum", keep=1.0, dtype="bf16", attention="sdpa", batch=4, seq=32, target="cpu", loop=PLAIN),
+    Scenario(method="bp", optimizer="adam", keep=0.5, dtype="bf16", attention="eager", batch=2, seq=64, target="cpu", loop=PLAIN),
+    Scenario(method="bp", optimizer="adamw", keep=1.0, dtype="bf16", mixed_precision=True, attention="sdpa", batch=2, seq=128, target="cpu", loop=PLAIN),
+    Scenario(method="mezo", dtype="bf16", attention="eager", batch=2, seq=128, target="cpu", loop=PLAIN),
+    Scenario(method="inference", dtype="fp32", attention="eager", batch=8, seq=32, target="cpu", loop=PLAIN),
 ]
 
 CASES = []
@@ -58,7 +59,7 @@ def test_predicted_peak_within_tolerance(model_type, sc):
 def test_large_model_trace_llama2_7b():
     """A full-size model traces on this machine and lands within tolerance."""
     from capacity import load_preset
-    sc = Scenario(method="bp", optimizer="adamw", batch=1, seq=128, dtype="bf16", target="cpu")
+    sc = Scenario(method="bp", optimizer="adamw", batch=1, seq=128, dtype="bf16", target="cpu", loop=PLAIN)
     result = compare(load_preset("llama-2-7b"), sc, steps=2, device="trace")
     assert abs(result["error_pct"]) <= TOLERANCE_PCT
 
@@ -76,7 +77,7 @@ def test_checkpointing_can_cost_one_layer_input():
     checkpointing one (the top layer's kept input, 91,008 B, outweighs its gradients,
     90,880 B). Measured, and predicted with the same sign."""
     from capacity import estimate, load_preset
-    base = Scenario(method="bp", optimizer="sgd", batch=1, seq=711, dtype="bf16", target="cpu")
+    base = Scenario(method="bp", optimizer="sgd", batch=1, seq=711, dtype="bf16", target="cpu", loop=PLAIN)
     full_ckpt, half_ckpt = (Scenario(**{**base.__dict__, "keep": k}) for k in (0.0, 0.5))
     measured = [compare("tiny-llama", sc, steps=2, device="trace")["measured_peak_bytes"]
                 for sc in (full_ckpt, half_ckpt)]

@@ -10,11 +10,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from capacity import Scenario  # noqa: E402
+from capacity import Scenario, loop_preset  # noqa: E402
 from capacity.validation import cli, measure  # noqa: E402
 from capacity.validation.fast_trace import plan, worthwhile  # noqa: E402
 
 TOLERANCE = 0.001   # 0.1% of the whole trace's peak
+PLAIN = loop_preset("plain")   # the fast trace extrapolates the plain loop
 
 SMALL = {
     "llama": {"model_type": "llama", "hidden_size": 64, "intermediate_size": 160, "num_attention_heads": 4,
@@ -31,10 +32,10 @@ SMALL = {
 # MeZO runs 3 steps on Llama: step 3 holds step 2's projected gradient (step 2 holds step 1's,
 # untracked), so the fast trace must trace step 3 too.
 CASES = [
-    (Scenario(method="bp", optimizer="adamw", keep=1.0, batch=2, seq=16, dtype="fp32", target="cpu"), 6, 2),
+    (Scenario(method="bp", optimizer="adamw", keep=1.0, batch=2, seq=16, dtype="fp32", target="cpu", loop=PLAIN), 6, 2),
     (Scenario(method="bp", optimizer="sgd", keep=0.5, batch=2, seq=16, dtype="bf16", attention="sdpa",
-              target="cpu"), 8, 2),
-    (Scenario(method="mezo", batch=2, seq=16, dtype="bf16", target="cpu"), 6, 3),
+              target="cpu", loop=PLAIN), 8, 2),
+    (Scenario(method="mezo", batch=2, seq=16, dtype="bf16", target="cpu", loop=PLAIN), 6, 3),
 ]
 
 
@@ -68,7 +69,7 @@ def test_extrapolated_equals_full_trace(model_type, sc, layers, steps):
 
 def test_llama_2_7b_mezo_extrapolated_equals_full_trace():
     """A real 7B preset, whole (32 layers, ~12 s) against 3 + 4 layers."""
-    sc = Scenario(method="mezo", batch=1, seq=64, dtype="bf16", target="cpu")
+    sc = Scenario(method="mezo", batch=1, seq=64, dtype="bf16", target="cpu", loop=PLAIN)
     full = measure("llama-2-7b", sc, steps=2, device="trace", trace_mode="full")
     fast = measure("llama-2-7b", sc, steps=2, device="trace")   # the default: auto
     assert_same_peak(fast, full)
@@ -86,7 +87,7 @@ def test_plan_and_when_auto_extrapolates():
 
 
 def test_auto_traces_a_small_model_whole():
-    sc = Scenario(method="bp", optimizer="sgd", batch=1, seq=8, dtype="fp32", target="cpu")
+    sc = Scenario(method="bp", optimizer="sgd", batch=1, seq=8, dtype="fp32", target="cpu", loop=PLAIN)
     r = measure(with_layers(SMALL["llama"], 4), sc, steps=2, device="trace")
     assert r["trace_mode"] == "full" and len(r["step_seconds"]) == 2
 
@@ -94,7 +95,7 @@ def test_auto_traces_a_small_model_whole():
 def test_cli_fast_by_default_and_full_trace_flag(tmp_path, capsys):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(with_layers(SMALL["llama"], 8)))
-    argv = ["--config", str(path), "--method", "bp", "--optimizer", "adamw", "--batch", "1", "--seq", "16",
+    argv = ["--config", str(path), "--method", "bp", "--optimizer", "adamw", "--loop", "plain", "--batch", "1", "--seq", "16",
             "--steps", "2", "--device", "trace", "--json", "--progress", "none"]
     results = {}
     for flag in ([], ["--full-trace"]):

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 from capacity.presets import preset_names, load_preset, preset_config  # noqa: E402
 from capacity.hf_config import from_hf_config  # noqa: E402
-from capacity.scenario import Scenario  # noqa: E402
+from capacity.scenario import Scenario, loop_preset  # noqa: E402
 from capacity.validation import measure  # noqa: E402
 from capacity.validation.data import Batches, byte_tokens, read_text  # noqa: E402
 from capacity.validation.mezo import MeZO  # noqa: E402
@@ -193,7 +193,7 @@ def test_mezo_peak_is_within_one_percent_of_inference_on_cpu():
 
 
 def test_cpu_and_trace_agree_and_bp_terms_are_counted():
-    sc = Scenario(method="bp", optimizer="adamw", batch=2, seq=16, dtype="fp32", target="cpu")
+    sc = Scenario(method="bp", optimizer="adamw", batch=2, seq=16, dtype="fp32", target="cpu", loop=loop_preset("plain"))
     cpu = measure(LLAMA_TINY, sc, steps=2, device="cpu")
     trace = measure(LLAMA_TINY, sc, steps=2, device="trace")
     assert cpu["measured_peak_bytes"] == trace["measured_peak_bytes"]

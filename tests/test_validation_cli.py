@@ -122,7 +122,7 @@ def test_out_of_memory_is_a_result_exit_5(tiny_config, capsys, monkeypatch):
     original = steps.Stepper.step
     monkeypatch.setattr(steps.Stepper, "step", oom_on_second_forward)
     code, out, err = run_cli(["--config", str(tiny_config), "--method", "bp", "--device", "cpu", "--json",
-                              "--progress", "none", "--seq", "16"], capsys)
+                              "--progress", "none", "--seq", "16", "--loop", "plain"], capsys)
     result = last_json(out)
     assert code == 5 and result["oom"] is True
     assert result["message"].startswith("out of memory at step 2 (backward)") and ", predicted " in result["message"]

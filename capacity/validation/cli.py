@@ -10,6 +10,9 @@
         [--lora-targets NAMES|all-linear] [--prefix-tokens P] [--trainable-layers K]
         [--weights-bits {16,8,4}] [--quant {nf4,fp4}] [--double-quant]
         [--devices N --sharding {ddp,zero1,zero2,fsdp} [--offload-optimizer] [--reduce-fp32]]
+        [--loop {plain,trainer}] [--optimizer-impl {forloop,foreach,fused}] [--grad-accum K]
+        [--hold-outputs | --drop-outputs] [--keep-zeroed-grads] [--use-cache | --no-use-cache]
+        [--mezo-impl {chunked,reference}] [--mezo-n N]
 
 With --sharding, rank 0 of N (zero1: the rank with the most optimizer state) is traced with
 fake tensors and torch's fake process group (sharded.py) and its per-device peak reported.
@@ -118,6 +121,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", default=None, choices=PROGRESS,
                    help="progress on stderr: a bar, JSON lines, or none (default: bar)")
     add_peft_arguments(p)
+    from ..loop_args import add_loop_arguments
+    add_loop_arguments(p)
 
 
 def add_peft_arguments(p: argparse.ArgumentParser) -> None:
@@ -340,6 +345,7 @@ def run(args) -> int:
 
 
 def _run(args, stop: _StopSignals) -> int:
+    from ..loop_args import loop_from_args
     from ..scenario import Parallel, Scenario
     from ..units import parse_bytes
     from .preflight import check_tensor_sizes, host_memory_refusal
@@ -362,7 +368,7 @@ def _run(args, stop: _StopSignals) -> int:
         scenario = Scenario(method=args.method, optimizer=args.optimizer, batch=args.batch, seq=args.seq,
                             dtype=args.dtype, mixed_precision=args.mixed_precision, keep=args.keep,
                             attention=args.attention, target="cuda" if args.device == "cuda" else "cpu",
-                            peft=peft_from_args(args),
+                            peft=peft_from_args(args), loop=loop_from_args(args),
                             parallel=Parallel(devices=args.devices, sharding=args.sharding,
                                               offload_optimizer=args.offload_optimizer))
         shape, cfg, source = _read_source(args)
@@ -522,6 +528,8 @@ def format_result(r: dict) -> str:
              + f", batch {r['batch']}, seq {r['seq']}, {r['dtype']}"
              + (" mixed precision" if r["mixed_precision"] else "")
              + f", L'/L {r['keep']:g}, {r['attention']} attention, device {r['device']}"]
+    if r.get("loop_description"):
+        lines.append(f"loop: {r['loop_description']}")
     if r.get("checkpointed_layers"):
         lines.append(f"checkpointed layers: {r['checkpointed_layers']}")
     pf = r.get("peft") or {}
@@ -547,6 +555,8 @@ def format_result(r: dict) -> str:
             lines.append(f"predicted      n/a ({r['predicted_unavailable']})")
     measured, predicted = r.get("measured_peak_bytes"), r.get("predicted_peak_bytes")
     lines.append(f"measured peak  {fmt(measured)}   [{r.get('peak_source', '')}]")
+    if r.get("allocator_peak_bytes") is not None:
+        lines.append(f"allocator peak {fmt(r['allocator_peak_bytes'])}   [CPU allocator, torch.profiler]")
     if r.get("trace_mode") == "extrapolated":
         samples = ", ".join(f"{s['layers']} layers {s['seconds']:.2f} s" for s in r.get("trace_samples", []))
         lines.append(f"trace mode     extrapolated ({samples}; {r.get('trace_seconds', 0):.2f} s in all); "

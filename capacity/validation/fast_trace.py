@@ -213,17 +213,20 @@ def _trace_sample(cfg, scenario, checkpointed, kept, ids, extrapolate_c, extrapo
     layers = decoder_layers(model)
     if len(layers) != checkpointed + kept:
         raise NotExtrapolable(f"{len(layers)} decoder layers found, {checkpointed + kept} configured")
-    if scenario.method == "bp":
-        checkpoint_first_layers(model, checkpointed)
-    autocast_dtype = TORCH_DTYPES[scenario.dtype] if scenario.mixed_precision else None
-    stepper = Stepper(model, scenario.method, scenario.optimizer, autocast_dtype, lr=lr, seed=seed,
-                      mezo_chunk_elements=chunk_elements)
-    stepper.step(ids[0])   # step 1: optimizer states are created; not counted
 
     def roles_of(i):
         if i < checkpointed:
             return tuple(("checkpointed", r) for r in _roles(i, checkpointed, extrapolate_c))
         return tuple(("kept", r) for r in _roles(i - checkpointed, kept, extrapolate_k))
+
+    if scenario.method == "bp" and scenario.loop.name == "trainer":
+        return _trace_trainer_sample(model, layers, scenario, checkpointed, ids, roles_of, lr, seed)
+    if scenario.method == "bp":
+        checkpoint_first_layers(model, checkpointed)
+    autocast_dtype = TORCH_DTYPES[scenario.dtype] if scenario.mixed_precision else None
+    stepper = Stepper(model, scenario.method, scenario.optimizer, autocast_dtype, lr=lr, seed=seed,
+                      mezo_chunk_elements=chunk_elements, loop=scenario.loop)
+    stepper.step(ids[0])   # step 1: optimizer states are created; not counted
 
     tracker = _TimelineTracker()
     tracker.track_external(model, stepper.optimizer, *ids[1:])
@@ -242,6 +245,39 @@ def _trace_sample(cfg, scenario, checkpointed, kept, ids, extrapolate_c, extrapo
         for h in handles:
             h.remove()
         stepper.on_phase = lambda phase: None
+    peak = sum(tracker._peak_mem.values())
+    return _expand(tracker.parts), peak
+
+
+def _trace_trainer_sample(model, layers, scenario, checkpointed, ids, roles_of, lr, seed):
+    """The trainer loop's timeline: transformers.Trainer.train() on the sample model for
+    steps 1..min(N, 3) (trainer_loop.py), the timeline restarted when step 2 begins; its
+    phases are marked by Trainer's callbacks and hooks on the model (trainer_loop.run)."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch._guards import active_fake_mode
+    from . import trainer_loop
+    fake_mode = active_fake_mode()
+    with unset_fake_temporarily():
+        rows = [torch.randint(0, 2, (t.shape[1],)) for step in ids for t in step for _ in range(t.shape[0])]
+    tracker = _TimelineTracker()
+    handles = _mark_layers(tracker, layers, roles_of)
+
+    def restart():
+        tracker.parts, tracker.phase_no, tracker.phase = [], 0, "entry"
+        tracker.begin(("entry",))
+        tracker._ops.append(tracker.vector())
+        tracker._peak_mem = {d: s["Total"] for d, s in tracker._curr_mem_snap.items()}
+
+    class _Where:
+        phase = "setup"
+
+    try:
+        trainer_loop.run(model, scenario, rows, min(len(ids), 3), "trace", fake_mode, lr, seed, tracker, None,
+                         {"step": 0, "stepper": _Where()}, checkpointed=checkpointed,
+                         on_phase=tracker.on_phase, on_measure_start=restart)
+    finally:
+        for h in handles:
+            h.remove()
     peak = sum(tracker._peak_mem.values())
     return _expand(tracker.parts), peak
 
@@ -382,7 +418,7 @@ def run_into(result: dict, shape, cfg: dict, scenario, ids_cpu: list, fake_mode,
     c = num_checkpointed_layers(L, scenario.keep) if scenario.method == "bp" else 0
     if len(plan(L, c)) == 1 or (trace_mode == "auto" and not worthwhile(L, c)):
         return False
-    ids = [fake_mode.from_tensor(t) for t in ids_cpu[:steps]]
+    ids = [[fake_mode.from_tensor(t) for t in step] for step in ids_cpu[:steps]]
     try:
         fast = trace_extrapolated(cfg, scenario, L, ids, lr=lr, seed=seed, say=say)
     except NotExtrapolable as why:

@@ -21,15 +21,16 @@ import logging
 import time
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
 from torch.distributed._tools.mem_tracker import _MemRefType
 
 from ..scenario import Scenario
 from . import host
+from .allocator import CpuAllocatorPeak
 from .data import Batches
 from .faithful import real_run_code_paths
-from .models import (TORCH_DTYPES, build_model, enable_checkpointing, hf_config, is_out_of_memory,
-                     num_checkpointed_layers, read_model_dir, resolve_model, with_layers)
+from .models import (TORCH_DTYPES, build_model, decoder_layers, enable_checkpointing, hf_config,
+                     is_out_of_memory, num_checkpointed_layers, read_model_dir, resolve_model, with_layers)
 from .preflight import (check_tensor_sizes, host_bytes_needed, host_memory_refusal, predict, predict_or_reason,
                         with_target)
 from .steps import Stepper
@@ -133,13 +134,18 @@ def measure(model, scenario: Scenario, steps: int = 2, device: str = "trace", da
     say = progress or (lambda step, total, message: None)
     if scenario.attention not in ("eager", "sdpa"):
         raise ValueError(f"attention: must be eager or sdpa, got {scenario.attention!r}")
+    if scenario.method == "bp" and scenario.loop.name == "trainer":
+        from .trainer_loop import trainer_refusal
+        why = trainer_refusal(scenario)
+        if why:
+            raise ValueError(why)
     result = {
         "model": shape.name, "params": None,   # counted once the model is built
         "method": scenario.method, "optimizer": scenario.optimizer if scenario.method == "bp" else None,
         "batch": scenario.batch, "seq": scenario.seq, "dtype": scenario.dtype,
         "mixed_precision": scenario.mixed_precision, "keep": scenario.keep,
         "attention": scenario.attention, "device": device, "steps": steps,
-        "peft": scenario.to_dict()["peft"], "trainable_params": None,
+        "peft": scenario.to_dict()["peft"], "trainable_params": None, "loop": scenario.to_dict()["loop"],
         "losses": [], "step_seconds": [], "oom": False,
     }
     refusal = host_memory_refusal(shape, scenario, steps, device)
@@ -149,13 +155,16 @@ def measure(model, scenario: Scenario, steps: int = 2, device: str = "trace", da
 
     fake_mode = FakeTensorMode() if device == "trace" else None
     batches = Batches(shape.vocab_size, scenario.batch, scenario.seq, data=data, seed=seed)
+    # Each step's micro-batches (K of them for BP, one otherwise); one spare step for cuda's extra step.
+    k = scenario.loop.grad_accum if scenario.method == "bp" else 1
     if fake_mode is not None:
         # A trace's token ids are fake too: their values play no part in a fake step, and
-        # real ones would take (steps + 1)·batch·seq·8 bytes of host memory.
+        # real ones would take (steps + 1)·K·batch·seq·8 bytes of host memory.
         with fake_mode:
-            ids_cpu = [torch.empty((scenario.batch, scenario.seq), dtype=torch.long) for _ in range(steps + 1)]
+            ids_cpu = [[torch.empty((scenario.batch, scenario.seq), dtype=torch.long) for _ in range(k)]
+                       for _ in range(steps + 1)]
     else:
-        ids_cpu = [batches.batch(i) for i in range(steps + 1)]    # one spare for cuda's extra step
+        ids_cpu = [[batches.batch(i * k + j) for j in range(k)] for i in range(steps + 1)]
     where = {"step": 0, "stepper": None}
     try:
         with (fake_mode or contextlib.nullcontext()), (real_run_code_paths() if fake_mode else contextlib.nullcontext()), \
@@ -186,6 +195,28 @@ def _run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, st
         if fast_trace.run_into(result, shape, cfg, scenario, ids_cpu, fake_mode, steps, say, lr,
                                seed, trace_mode):
             return
+    # On the CPU the allocator's own count is recorded from before the model is built
+    # (allocator.py), beside MemTracker's.
+    alloc = CpuAllocatorPeak() if device == "cpu" else None
+    with (alloc or contextlib.nullcontext()):
+        _build_and_run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, steps, say,
+                       lr, seed, where, alloc)
+    if alloc is not None:
+        result["allocator_peak_bytes"] = result.pop("_region_start_bytes") + alloc.rise_bytes()
+        result["allocator_peak_source"] = ("CPU allocator (torch.profiler memory events): live bytes at the start "
+                                           "of step 2 as MemTracker counts them, plus the allocator's highest "
+                                           "rise over steps 2..N")
+        if scenario.method == "mezo" and scenario.loop.mezo_impl == "reference":
+            # Its forwards run under torch.inference_mode, where cross_entropy is one composite
+            # op whose internal buffers MemTracker cannot see: the allocator's count is the peak.
+            result["tracker_peak_bytes"] = result["measured_peak_bytes"]
+            result["measured_peak_bytes"] = result["allocator_peak_bytes"]
+            result["peak_source"] = ("CPU allocator (torch.profiler), steps 2..N (inference_mode hides op "
+                                     "internals from MemTracker)")
+
+
+def _build_and_run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, steps, say, lr,
+                   seed, where, alloc):
     build_dtype = "fp32" if scenario.mixed_precision else scenario.dtype
     say(0, steps, f"building {shape.name or shape.model_type} ({build_dtype}, {scenario.attention}) on {device}")
     torch.manual_seed(seed)
@@ -200,16 +231,21 @@ def _run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, st
     model = peft_models.prepare(model, scenario.peft, device, TORCH_DTYPES[scenario.dtype])
     result["trainable_params"] = sum(p.numel() for p in peft_models.trainable_parameters(model))
     result["params"] = base_params + peft_models.added_parameters(scenario.peft, result["trainable_params"])
+    if scenario.method == "bp" and scenario.loop.name == "trainer":
+        _run_trainer(result, model, scenario, device, ids_cpu, fake_mode, steps, say, lr, seed, where, alloc)
+        return
     result["checkpointed_layers"] = enable_checkpointing(model, scenario.keep) \
         if scenario.method == "bp" else []
     autocast_dtype = TORCH_DTYPES[scenario.dtype] if scenario.mixed_precision else None
-    stepper = Stepper(model, scenario.method, scenario.optimizer, autocast_dtype, lr=lr, seed=seed)
+    stepper = Stepper(model, scenario.method, scenario.optimizer, autocast_dtype, lr=lr, seed=seed,
+                      loop=scenario.loop)
     where["stepper"] = stepper
 
-    def to_device(ids):
+    def to_device(batch):
+        """A step's micro-batches on the device."""
         if fake_mode is not None:
-            return ids if isinstance(ids, FakeTensor) else fake_mode.from_tensor(ids)
-        return ids.to(target)
+            return [ids if isinstance(ids, FakeTensor) else fake_mode.from_tensor(ids) for ids in batch]
+        return [ids.to(target) for ids in batch]
 
     def timed_step(i, ids):
         where["step"] = i + 1
@@ -256,18 +292,75 @@ def _run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, st
         return
 
     # cpu and trace: a fresh tracker after step 1 starts from what is live then (weights,
-    # optimizer states), so its peak is the peak of the later steps.
+    # optimizer states, gradients kept by zero_grad(set_to_none=False)), so its peak is the
+    # peak of the later steps.
     tracker = Tracker()
     ids_later = [to_device(ids) for ids in ids_cpu[1:steps]]
     tracker.track_external(model, stepper.optimizer, *ids_later)
     tracker.track_weights(*peft_models.quant_state_tensors(model))
     stepper.reset_tracker = tracker.reset_mod_stats
-    with tracker:
+    result["_region_start_bytes"] = _tracker_total(tracker)
+    with tracker, (alloc.region() if alloc is not None else contextlib.nullcontext()):
         for i in range(1, steps):
             timed_step(i, ids_later[i - 1])
     result["measured_peak_bytes"], result["measured_breakdown"] = _tracker_snapshot(tracker)
     result["peak_source"] = "MemTracker peak (steps 2..N)" + (", fake tensors" if device == "trace" else "")
     result["breakdown_source"] = "MemTracker"
+
+
+def _tracker_total(tracker: Tracker) -> int:
+    return sum(snap.get("Total", 0) for snap in tracker.get_tracker_snapshot("current").values())
+
+
+class _Phase:
+    """Where a trainer run is, for out-of-memory messages (set by its callbacks)."""
+
+    phase = "setup"
+
+
+def _run_trainer(result, model, scenario, device, ids_cpu, fake_mode, steps, say, lr, seed, where, alloc):
+    """The trainer loop: transformers.Trainer.train() under the tracker (trainer_loop.py)."""
+    from . import trainer_loop
+    rows = []   # the dataset: one row per sequence, real token ids (a trace's values play no part)
+    with unset_fake_temporarily():
+        for step in ids_cpu[:steps]:
+            for ids in step:
+                for r in range(scenario.batch):
+                    rows.append(torch.zeros(scenario.seq, dtype=torch.long) if isinstance(ids, FakeTensor)
+                                else ids[r].clone())
+    where["stepper"] = _Phase()
+    say(0, steps, "running transformers.Trainer")
+    tracker = Tracker()
+
+    def on_step(i, loss, seconds):
+        result["losses"].append(loss)
+        result["step_seconds"].append(seconds)
+        loss_text = f"loss {loss:.4f}" if isinstance(loss, float) else "loss n/a (fake tensors)"
+        say(i, steps, f"step {i}/{steps}: {loss_text}, {seconds:.2f} s")
+
+    trainer, start_total = trainer_loop.run(model, scenario, rows, steps, device, fake_mode, lr, seed,
+                                            tracker, alloc, where, on_step)
+    result["checkpointed_layers"] = list(range(num_checkpointed_layers(len(decoder_layers(model)), scenario.keep)))
+    inner = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    result["trainer_optimizer"] = type(inner).__name__
+    result["trainer_optimizer_impl"] = ("fused" if inner.defaults.get("fused") else
+                                        "foreach" if inner.defaults.get("foreach") else
+                                        "default" if inner.defaults.get("foreach") is None else "forloop")
+    result["_region_start_bytes"] = start_total
+    result["measured_peak_bytes"], result["measured_breakdown"] = _tracker_snapshot(tracker)
+    result["peak_source"] = "MemTracker peak (steps 2..N of transformers.Trainer.train())" + \
+        (", fake tensors" if device == "trace" else "")
+    result["breakdown_source"] = "MemTracker"
+    if device == "cuda":
+        free, total = torch.cuda.mem_get_info()
+        result["cuda"] = {
+            "max_memory_allocated_bytes": int(torch.cuda.max_memory_allocated()),
+            "max_memory_reserved_bytes": int(torch.cuda.max_memory_reserved()),
+            "device_used_bytes": int(total - free), "device_total_bytes": int(total),
+            "device_name": torch.cuda.get_device_name(),
+        }
+        result["measured_peak_bytes"] = result["cuda"]["max_memory_allocated_bytes"]
+        result["peak_source"] = "torch.cuda.max_memory_allocated (steps 2..N of transformers.Trainer.train())"
 
 
 def compare(model, scenario: Scenario, steps: int = 2, device: str = "trace", **kwargs) -> dict:
@@ -283,6 +376,11 @@ def compare(model, scenario: Scenario, steps: int = 2, device: str = "trace", **
     estimate, why_not = predict_or_reason(shape, with_target(scenario, target))
     measured = result.get("measured_peak_bytes")
     result["predicted_target"] = target
+    if estimate is not None:
+        from ..memory import describe_loop, resolved_loop
+        scenario_t = with_target(scenario, target)
+        result["loop"] = resolved_loop(shape, scenario_t)
+        result["loop_description"] = describe_loop(shape, scenario_t)
     if why_not is not None:
         result["prediction_unavailable"] = why_not
     result["predicted_peak_bytes"] = estimate.peak_bytes if estimate is not None else None

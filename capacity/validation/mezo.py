@@ -104,18 +104,19 @@ class MeZO:
                 chunk.add_(self._z(chunk, seed, i, j), alpha=scale)
 
     @torch.no_grad()
-    def update(self, seed: int, projected_grad) -> None:
-        """θ ← θ − lr·(g·z(seed) + weight_decay·θ), in place; g is a float, or a 0-d tensor
-        under fake tensors (whose value cannot be read)."""
+    def update(self, seed: int, projected_grad, scale: float = 1.0) -> None:
+        """θ ← θ − lr·(scale·g·z(seed) + weight_decay·θ), in place; g is a float, or a 0-d
+        tensor under fake tensors (whose value cannot be read). scale = 1/n averages the
+        directions of an n-perturbation step."""
         for i, p in enumerate(self.params):
             for j, chunk in self._chunks(p):
                 z = self._z(chunk, seed, i, j)
                 if self.weight_decay:
                     chunk.mul_(1.0 - self.lr * self.weight_decay)
                 if torch.is_tensor(projected_grad):
-                    chunk.sub_(z.mul_(projected_grad), alpha=self.lr)
+                    chunk.sub_(z.mul_(projected_grad), alpha=self.lr * scale)
                 else:
-                    chunk.sub_(z, alpha=self.lr * projected_grad)
+                    chunk.sub_(z, alpha=self.lr * scale * projected_grad)
 
     def projected_grad(self, loss_fn, seed: int):
         """(l+ − l−)/(2ε) along z(seed); the weights end where they started (up to rounding)."""
@@ -126,11 +127,80 @@ class MeZO:
         self.perturb(seed, self.eps)
         return (loss_plus - loss_minus) / (2 * self.eps), loss_plus, loss_minus
 
-    def step(self, loss_fn):
-        """One MeZO step. loss_fn() runs a forward pass and returns the loss (a float or a
-        0-d tensor; under fake tensors it cannot be turned into a float). Returns l+."""
-        seed = self._seeds.randrange(2**31)
-        g, loss_plus, _ = self.projected_grad(loss_fn, seed)
-        self.update(seed, g)
-        self.last_seed, self.last_projected_grad = seed, g
-        return loss_plus
+    def step(self, loss_fn, n: int = 1):
+        """One MeZO step with n perturbations (Malladi et al., n-SPSA: the update averages
+        g_i·z_i over n directions; each z_i is regenerated from its seed, so only 2n scalars
+        are kept). loss_fn() runs a forward pass and returns the loss (a float or a 0-d
+        tensor; under fake tensors it cannot be turned into a float). Returns the first l+."""
+        seeds, grads, first = [], [], None
+        for _ in range(n):
+            seed = self._seeds.randrange(2**31)
+            g, loss_plus, _ = self.projected_grad(loss_fn, seed)
+            seeds.append(seed)
+            grads.append(g)
+            first = loss_plus if first is None else first
+        for seed, g in zip(seeds, grads):
+            self.update(seed, g, scale=1.0 / n)
+        self.last_seed, self.last_projected_grad = seeds[-1], grads[-1]
+        return first
+
+
+class ReferenceMeZO:
+    """The update of princeton-nlp/MeZO's trainer as published (large_models/trainer.py,
+    OurTrainer.zo_step, zo_perturb_parameters and zo_update; the same code in
+    medium_models/src/trainer.py's efficient_perturb_parameters): z is a full-size
+    torch.normal tensor per parameter, drawn again from the step's seed in each of the four
+    passes, and every pass assigns an out-of-place result, `param.data = param.data +
+    scaling_factor * z * eps`. The update decays every parameter but biases and layer norms
+    (`args.weight_decay * param.data` is computed even when the decay is 0).
+
+    n > 1 perturbations (which the large-model trainer does not offer): n pairs of forward
+    passes, then n updates, each regenerating its z from its own seed."""
+
+    def __init__(self, named_params, lr: float = 1e-6, eps: float = 1e-3, weight_decay: float = 0.0,
+                 seed: int = 0):
+        self.named_parameters_to_optim = [(n, p) for n, p in named_params if p.requires_grad]
+        if not self.named_parameters_to_optim:
+            raise ValueError("MeZO: no trainable parameters")
+        self.lr, self.eps, self.weight_decay = lr, eps, weight_decay
+        self._seeds = random.Random(seed)     # np.random.randint(1000000000) in the original
+        self.last_seed: int | None = None
+        self.last_projected_grad = None
+
+    def _normal(self, param):
+        return torch.normal(mean=0, std=1, size=param.data.size(), device=param.data.device,
+                            dtype=param.data.dtype)
+
+    def zo_perturb_parameters(self, random_seed: int, scaling_factor: float = 1) -> None:
+        torch.manual_seed(random_seed)
+        for name, param in self.named_parameters_to_optim:
+            z = self._normal(param)
+            param.data = param.data + scaling_factor * z * self.eps
+
+    def zo_update(self, random_seed: int, projected_grad, scale: float = 1.0) -> None:
+        torch.manual_seed(random_seed)
+        lr = self.lr * scale
+        for name, param in self.named_parameters_to_optim:
+            z = self._normal(param)
+            if "bias" not in name and "layer_norm" not in name and "layernorm" not in name:
+                param.data = param.data - lr * (projected_grad * z + self.weight_decay * param.data)
+            else:
+                param.data = param.data - lr * (projected_grad * z)
+
+    def step(self, loss_fn, n: int = 1):
+        seeds, grads, first = [], [], None
+        for _ in range(n):
+            seed = self._seeds.randrange(1000000000)
+            self.zo_perturb_parameters(seed, scaling_factor=1)
+            loss1 = loss_fn()
+            self.zo_perturb_parameters(seed, scaling_factor=-2)
+            loss2 = loss_fn()
+            g = (loss1 - loss2) / (2 * self.eps)
+            self.zo_perturb_parameters(seed, scaling_factor=1)
+            seeds.append(seed)
+            grads.append(g)
+            first = loss1 if first is None else first
+        for seed, g in zip(seeds, grads):
+            self.zo_update(seed, g, scale=1.0 / n)
+        self.last_seed, self.last_projected_grad = seeds[-1], grads[-1]
+        return first
