@@ -121,7 +121,7 @@ def loop_label(sc) -> str:
     if sc.method == "mezo":
         return f"MeZO {lp.mezo_impl}, n = {lp.mezo_n}"
     parts = [lp.name, f"{sc.optimizer} {sc.optimizer_impl}"]
-    defaults = {"plain": dict(hold_outputs=True, use_cache=False), "trainer": dict(hold_outputs=False, use_cache=True)}[lp.name]
+    defaults = {"trainer": dict(hold_outputs=False, use_cache=True)}.get(lp.name, dict(hold_outputs=True, use_cache=False))
     if lp.hold_outputs != defaults["hold_outputs"]:
         parts.append("outputs held" if lp.hold_outputs else "outputs dropped")
     if lp.use_cache != defaults["use_cache"]:

@@ -59,7 +59,8 @@ class Loop:
     its own memory mechanism (docs/loops.md).
 
     name: the code that runs the step: "plain" (`out = model(...)`, `loss.backward()`,
-      `opt.step()`, `opt.zero_grad()`) or "trainer" (transformers.Trainer.train()).
+      `opt.step()`, `opt.zero_grad()`) or "trainer" (transformers.Trainer.train()); "custom":
+      settings put together by hand, run by the plain loop's code.
     optimizer_impl: torch.optim's implementation: "forloop" (one tensor at a time),
       "foreach" (grouped multi-tensor kernels), "fused"; None: what the loop's code gets
       (impl_defaults, else torch's default for the device; see resolved_optimizer_impl).
@@ -115,7 +116,7 @@ def loop_preset(name: str, **overrides) -> Loop:
 
 
 def validate_loop(lp: Loop) -> None:
-    _check_choice("loop", lp.name, LOOP_NAMES)
+    _check_choice("loop", lp.name, LOOP_NAMES + ("custom",))
     if lp.optimizer_impl is not None:
         _check_choice("optimizer_impl", lp.optimizer_impl, OPTIMIZER_IMPLS)
     if not isinstance(lp.impl_defaults, tuple) or not all(
