@@ -227,7 +227,7 @@ def run() -> tuple[list[str], list[str], float]:
         for label, method, batch, seq, mixed in SCENARIOS:
             seq_used = min(seq, cap_pos) if cap_pos else seq
             sc = cap.Scenario(method=method, optimizer="adamw", batch=batch, seq=seq_used, dtype="bf16",
-                              mixed_precision=mixed, loop=cap.loop_preset("plain"))
+                              mixed_precision=mixed, attention="eager", loop=cap.loop_preset("plain"))
             lbl = label if seq_used == seq else label.replace(f"s{seq}", f"s{seq_used} (its maximum)")
             try:
                 la = (llm_analysis_train(la_name, batch, seq_used, mixed, gated) if method == "bp"

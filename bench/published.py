@@ -69,9 +69,9 @@ PLAIN = cap.loop_preset("plain")
 A100_BYTES = 80 * GiB       # an A100 80GB has 81920 MiB (nvidia-smi's total)
 A100_GPU = 80               # published GB per GPU, to say how many GPUs a figure implies
 
-MEZO = cap.Scenario(method="mezo", batch=BATCH, seq=SEQ, dtype="fp16", loop=PLAIN)
+MEZO = cap.Scenario(method="mezo", batch=BATCH, seq=SEQ, dtype="fp16", attention="eager", loop=PLAIN)
 FT = cap.Scenario(method="bp", optimizer="adam", batch=BATCH, seq=SEQ, dtype="fp16",
-                  mixed_precision=True, loop=PLAIN)
+                  mixed_precision=True, attention="eager", loop=PLAIN)
 
 # The MeZO reference trainer (princeton-nlp/MeZO, large_models/trainer.py) updates each
 # tensor out of place: param.data = param.data - lr * (g * z + wd * param.data), with z
@@ -187,8 +187,8 @@ def time_table() -> list[str]:
             "|" + "---|" * 9]
     for preset, method, batch, gpus, published in TABLE23:
         shape = cap.load_preset(preset)
-        sc = (cap.Scenario(method="mezo", batch=batch, seq=SEQ, dtype="fp16", loop=PLAIN) if method == "mezo" else
-              cap.Scenario(method="bp", optimizer="adam", batch=batch, seq=SEQ, dtype="fp16", mixed_precision=True, loop=PLAIN))
+        sc = (cap.Scenario(method="mezo", batch=batch, seq=SEQ, dtype="fp16", attention="eager", loop=PLAIN) if method == "mezo" else
+              cap.Scenario(method="bp", optimizer="adam", batch=batch, seq=SEQ, dtype="fp16", mixed_precision=True, attention="eager", loop=PLAIN))
         t = cap.step_time_seconds(shape, sc, dev)
         flops_t = cap.flops_per_step(shape, sc) / dev.peak_flops
         bound = "compute" if flops_t >= t * 0.999 else "memory"
@@ -231,8 +231,9 @@ def build(slack: float) -> str:
         "",
         "## Assumptions (stated, not fitted)",
         "",
-        f"- Scenarios: MeZO `Scenario(method='mezo', batch=1, seq={SEQ}, dtype='fp16')`; FT "
-        f"`Scenario(method='bp', optimizer='adam', batch=1, seq={SEQ}, dtype='fp16', mixed_precision=True)` "
+        f"- Scenarios: MeZO `Scenario(method='mezo', batch=1, seq={SEQ}, dtype='fp16', attention='eager')`; FT "
+        f"`Scenario(method='bp', optimizer='adam', batch=1, seq={SEQ}, dtype='fp16', mixed_precision=True, "
+        "attention='eager')` "
         "(fp32 weights, gradients and Adam states, fp16 autocast; torch's foreach Adam), `target='cuda'`, "
         "eager attention (OPT in transformers 4.28, the paper's version, has no SDPA path).",
         f"- CUDA context: `capacity.CUDA_CONTEXT_BYTES` = {ctx_gib:.2f} GiB per GPU, added once "
@@ -305,8 +306,8 @@ def explanation(slack: float, data: list[dict]) -> list[str]:
     dev = cap.load_device("A100 80GB")
     eff = {}
     for preset, method, batch, gpus, published in TABLE23:
-        sc = (cap.Scenario(method="mezo", batch=batch, seq=SEQ, dtype="fp16", loop=PLAIN) if method == "mezo" else
-              cap.Scenario(method="bp", optimizer="adam", batch=batch, seq=SEQ, dtype="fp16", mixed_precision=True, loop=PLAIN))
+        sc = (cap.Scenario(method="mezo", batch=batch, seq=SEQ, dtype="fp16", attention="eager", loop=PLAIN) if method == "mezo" else
+              cap.Scenario(method="bp", optimizer="adam", batch=batch, seq=SEQ, dtype="fp16", mixed_precision=True, attention="eager", loop=PLAIN))
         eff[(preset, method)] = 100 * cap.step_time_seconds(cap.load_preset(preset), sc, dev) / gpus / published
     return [
         "## Where the prediction is off by more than 10%, and why",

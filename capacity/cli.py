@@ -19,6 +19,7 @@ from . import (ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, TERMS, CUDA_CONTEXT_BYTE
                parse_bytes, preset_family, relative_model_size)
 from .loop_args import add_loop_arguments, loop_from_args
 from .memory import describe_loop, resolved_loop
+from .presets import find_family
 from .shape import ModelShape
 
 
@@ -55,7 +56,8 @@ def _add_scenario_args(p: argparse.ArgumentParser, method_required: bool = True)
                    help="fp32 master weights, gradients and optimizer states with 16-bit compute")
     p.add_argument("--keep", type=float, default=1.0,
                    help="checkpoint ratio L'/L: share of layers keeping activations (1: no checkpointing)")
-    p.add_argument("--attention", default="eager", choices=ATTENTIONS, help="default eager")
+    p.add_argument("--attention", default="sdpa", choices=ATTENTIONS,
+                   help="attention implementation (default sdpa: what transformers runs unless told otherwise)")
     p.add_argument("--target", default="cuda", choices=("cuda", "cpu"),
                    help="kernels to model: cuda (default) or cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -105,18 +107,34 @@ def cmd_estimate(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    budget = parse_bytes(args.budget, what="budget")
+    budget = parse_bytes(args.budget, what="budget", require_unit=True)
     shape = _shape(args) if (args.preset is not None or args.config is not None) else None
     out: dict = {"budget_bytes": budget, "loop": _scenario(args, "bp").to_dict()["loop"]}
     methods = [args.method] if args.method else ["bp", "mezo", "inference"]
-    family = args.family or (preset_family(args.preset) if args.preset is not None else None)
+    family = find_family(args.family) if args.family else (
+        preset_family(args.preset) if args.preset is not None else None)
+    # No model and no family: the largest preset of every family, and the largest of all.
+    searched = [family] if family else (list(families()) if shape is None else [])
     for m in methods:
         sc = _scenario(args, m)
         res: dict = {}
-        if family:
-            name, est = largest_preset(family, budget, sc)
+        if searched:
+            found, refused = {}, {}
+            for f in searched:
+                try:
+                    found[f] = largest_preset(f, budget, sc)
+                except ValueError as err:
+                    if len(searched) == 1:
+                        raise                 # the family asked for: its reason is the answer
+                    found[f], refused[f] = (None, None), str(err)    # e.g. a context beyond its positions
+            fitting = [(name, est) for name, est in found.values() if name is not None]
+            name, est = max(fitting, key=lambda pair: pair[1].params, default=(None, None))
             res["largest_preset"] = name
             res["largest_preset_peak_bytes"] = est.peak_bytes if est else None
+            if len(searched) > 1:
+                res["largest_preset_by_family"] = {f: name for f, (name, _) in found.items()}
+                if refused:
+                    res["families_refused"] = refused
         if shape is not None:
             big, params = largest_scaled_model(shape, budget, sc)
             res["largest_scaled_params"] = params
@@ -132,11 +150,18 @@ def cmd_fit(args) -> int:
     if args.json:
         print(_strict_json(out))
         return 0
-    print(f"Budget {budget / GB:,.2f} GB ({budget / GiB:,.2f} GiB); loop {args.loop}")
+    print(f"Budget {budget / GB:,.2f} GB ({budget / GiB:,.2f} GiB), read from {args.budget!r}; loop {args.loop}")
     for m in methods:
         print(f"{m}:")
         for k, v in out[m].items():
-            print(f"  {k:<26s} {v if not isinstance(v, int) or v < 10**6 else f'{v:,}'}")
+            if isinstance(v, dict):
+                print(f"  {k}:")
+                refused = out[m].get("families_refused", {})
+                for f, name in v.items():
+                    shown = name if k == "families_refused" else name or ("n/a (below)" if f in refused else "none fits")
+                    print(f"    {f:<24s} {shown}")
+            else:
+                print(f"  {k:<26s} {v if not isinstance(v, int) or v < 10**6 else f'{v:,}'}")
     if "relative_model_size_mezo_over_bp" in out:
         print(f"P_MeZO / P_BP = {out['relative_model_size_mezo_over_bp']:.2f}")
     return 0
@@ -166,11 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scenario_args(p)
     p.set_defaults(func=cmd_estimate)
     p = sub.add_parser("fit", help="what fits a budget: largest model, context, batch; P_MeZO/P_BP")
-    p.add_argument("--budget", required=True, help="e.g. 16GB, 12GiB, 8e9")
+    p.add_argument("--budget", required=True, help="with its unit: e.g. 16GB (10^9 bytes), 12GiB (2^30 bytes)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--config", metavar="PATH")
     src.add_argument("--preset", metavar="NAME")
-    p.add_argument("--family", help="a preset family, e.g. OPT, Llama-2, GPT-2")
+    p.add_argument("--family", help="a preset family, e.g. OPT, Llama-2, GPT-2 (any case); "
+                                    "without a model or family: every family")
     p.add_argument("--method", choices=METHODS, help="one method (default: all)")
     _add_scenario_args(p, method_required=False)
     p.set_defaults(func=cmd_fit)
@@ -221,8 +247,6 @@ def main(argv: list[str] | None = None) -> int:
     empty = _empty_source(args)
     if empty:
         return _bad_input(prog, f"{empty}: must not be empty", argv)
-    if args.command == "fit" and not (args.preset or args.config or args.family):
-        return _bad_input(prog, "give --preset, --config or --family", argv)
     flags = option_strings(parser, args.command)
     try:
         return args.func(args)

@@ -47,6 +47,14 @@ def families() -> dict[str, list[str]]:
     return {f: sorted(names, key=lambda n: parameter_count(load_preset(n))) for f, names in out.items()}
 
 
+def find_family(text: str) -> str:
+    """A family's name as the presets spell it, matched without regard to case ('opt' -> 'OPT')."""
+    names = {name.lower(): name for name in families()}
+    if not isinstance(text, str) or text.lower() not in names:
+        raise ValueError(f"family: unknown {text!r}; known: {', '.join(families())}")
+    return names[text.lower()]
+
+
 @dataclass(frozen=True)
 class Device:
     """A memory budget with the throughput figures the time model needs."""

@@ -238,7 +238,10 @@ class Scenario:
     torch.optim optimizer whose states take the parameters' dtype). mixed_precision:
     16-bit compute with fp32 master weights, gradients and optimizer states (AMP-style:
     fp32 parameters, autocast to `dtype`). keep: the checkpoint ratio L'/L, the share of
-    layers that keep their activations (1: no checkpointing). target: the device whose
+    layers that keep their activations (1: no checkpointing). attention: the attention
+    implementation, "sdpa" by default as transformers' from_pretrained/from_config choose it
+    when none is given (torch.nn.functional.scaled_dot_product_attention), or "eager".
+    target: the device whose
     kernels are modelled (CUDA fuses dropout into a 1-byte mask; the CPU keeps a full
     noise tensor).
     """
@@ -250,7 +253,7 @@ class Scenario:
     dtype: str = "bf16"
     mixed_precision: bool = False
     keep: float = 1.0
-    attention: str = "eager"
+    attention: str = "sdpa"
     target: str = "cuda"
     loop: Loop = field(default_factory=lambda: LOOPS[DEFAULT_LOOP])
     peft: Peft = field(default_factory=Peft)

@@ -24,9 +24,11 @@ _UNITS = {
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
-def parse_bytes(text: str | int | float, what: str = "budget") -> int:
+def parse_bytes(text: str | int | float, what: str = "budget", require_unit: bool = False) -> int:
     """Parse '16GB', '16 GiB', '8e9' or a number of bytes into an int number of bytes,
-    from 1 byte to 1 EiB (MAX_BYTES) inclusive. `what` names the quantity in messages."""
+    from 1 byte to 1 EiB (MAX_BYTES) inclusive. `what` names the quantity in messages.
+    require_unit: refuse a bare number such as '8' (a person who types 8 means GB or GiB,
+    not 8 bytes); the message says how to write it."""
     if isinstance(text, bool):
         raise ValueError(f"{what}: expected a size such as '16GB' or '12GiB'")
     if isinstance(text, (int, float)):
@@ -36,6 +38,10 @@ def parse_bytes(text: str | int | float, what: str = "budget") -> int:
         if not match:
             raise ValueError(f"{what}: cannot read {_short(text)}; write a size such as '16GB' or '12GiB'")
         value, unit = float(match.group(1)), match.group(2).lower()
+        if require_unit and not unit:
+            number = match.group(1)
+            raise ValueError(f"{what}: {_short(text)} has no unit; write {number}GB (10^9 bytes), "
+                             f"{number}GiB (2^30 bytes) or {number}B (bytes)")
     if unit not in _UNITS:
         raise ValueError(f"{what}: unknown unit {unit!r}; use B, KB, MB, GB, TB, PB, EB, KiB, MiB, GiB, "
                          "TiB, PiB or EiB")

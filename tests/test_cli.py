@@ -77,3 +77,31 @@ def test_import_capacity_is_stdlib_only():
     code = "import sys, capacity, capacity.cli; print(any(m.split('.')[0] in ('torch','transformers','numpy') for m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "False"
+
+
+def test_a_budget_without_a_unit_is_refused_with_the_spellings():
+    r = run("fit", "--budget", "8", "--preset", "gpt2")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "no unit" in r.stderr and "8GB" in r.stderr and "8GiB" in r.stderr
+
+
+def test_fit_without_a_model_answers_across_families():
+    r = run("fit", "--budget", "8GB", "--method", "mezo", "--batch", "1", "--seq", "512", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)["mezo"]
+    from capacity import families, largest_preset
+    sc = Scenario(method="mezo", batch=1, seq=512)
+    found = {f: largest_preset(f, 8 * 10**9, sc) for f in families()}
+    assert res["largest_preset_by_family"] == {f: name for f, (name, _) in found.items()}
+    sizes = {name: est.params for name, est in found.values() if name}
+    assert res["largest_preset"] == max(sizes, key=sizes.get)
+
+
+def test_family_names_ignore_case():
+    lower, exact = (json.loads(run("fit", "--budget", "17GB", "--family", f, "--json").stdout) for f in ("llama-2", "Llama-2"))
+    assert lower == exact and lower["mezo"]["largest_preset"] == "llama-2-7b"
+
+
+def test_attention_defaults_to_sdpa_as_transformers_does():
+    r = run("estimate", "--preset", "gpt2", "--method", "mezo", "--json")
+    assert json.loads(r.stdout)["scenario"]["attention"] == "sdpa" == Scenario().attention

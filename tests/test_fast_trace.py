@@ -32,10 +32,10 @@ SMALL = {
 # MeZO runs 3 steps on Llama: step 3 holds step 2's projected gradient (step 2 holds step 1's,
 # untracked), so the fast trace must trace step 3 too.
 CASES = [
-    (Scenario(method="bp", optimizer="adamw", keep=1.0, batch=2, seq=16, dtype="fp32", target="cpu", loop=PLAIN), 6, 2),
+    (Scenario(method="bp", optimizer="adamw", keep=1.0, batch=2, seq=16, dtype="fp32", target="cpu", attention="eager", loop=PLAIN), 6, 2),
     (Scenario(method="bp", optimizer="sgd", keep=0.5, batch=2, seq=16, dtype="bf16", attention="sdpa",
               target="cpu", loop=PLAIN), 8, 2),
-    (Scenario(method="mezo", batch=2, seq=16, dtype="bf16", target="cpu", loop=PLAIN), 6, 3),
+    (Scenario(method="mezo", batch=2, seq=16, dtype="bf16", target="cpu", attention="eager", loop=PLAIN), 6, 3),
 ]
 
 
@@ -69,7 +69,7 @@ def test_extrapolated_equals_full_trace(model_type, sc, layers, steps):
 
 def test_llama_2_7b_mezo_extrapolated_equals_full_trace():
     """A real 7B preset, whole (32 layers, ~12 s) against 3 + 4 layers."""
-    sc = Scenario(method="mezo", batch=1, seq=64, dtype="bf16", target="cpu", loop=PLAIN)
+    sc = Scenario(method="mezo", batch=1, seq=64, dtype="bf16", target="cpu", attention="eager", loop=PLAIN)
     full = measure("llama-2-7b", sc, steps=2, device="trace", trace_mode="full")
     fast = measure("llama-2-7b", sc, steps=2, device="trace")   # the default: auto
     assert_same_peak(fast, full)
@@ -87,7 +87,7 @@ def test_plan_and_when_auto_extrapolates():
 
 
 def test_auto_traces_a_small_model_whole():
-    sc = Scenario(method="bp", optimizer="sgd", batch=1, seq=8, dtype="fp32", target="cpu", loop=PLAIN)
+    sc = Scenario(method="bp", optimizer="sgd", batch=1, seq=8, dtype="fp32", target="cpu", attention="eager", loop=PLAIN)
     r = measure(with_layers(SMALL["llama"], 4), sc, steps=2, device="trace")
     assert r["trace_mode"] == "full" and len(r["step_seconds"]) == 2
 

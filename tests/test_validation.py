@@ -184,7 +184,7 @@ GPT2_WIDE_VOCAB = {"model_type": "gpt2", "n_embd": 128, "n_layer": 2, "n_head": 
 
 
 def test_mezo_peak_is_within_one_percent_of_inference_on_cpu():
-    sc = dict(batch=1, seq=8, dtype="fp32", target="cpu")
+    sc = dict(batch=1, seq=8, dtype="fp32", attention="eager", target="cpu")
     inference = measure(GPT2_WIDE_VOCAB, Scenario(method="inference", **sc), steps=2, device="cpu")
     mezo = measure(GPT2_WIDE_VOCAB, Scenario(method="mezo", **sc), steps=2, device="cpu")
     ratio = mezo["measured_peak_bytes"] / inference["measured_peak_bytes"]
@@ -193,7 +193,7 @@ def test_mezo_peak_is_within_one_percent_of_inference_on_cpu():
 
 
 def test_cpu_and_trace_agree_and_bp_terms_are_counted():
-    sc = Scenario(method="bp", optimizer="adamw", batch=2, seq=16, dtype="fp32", target="cpu", loop=loop_preset("plain"))
+    sc = Scenario(method="bp", optimizer="adamw", batch=2, seq=16, dtype="fp32", target="cpu", attention="eager", loop=loop_preset("plain"))
     cpu = measure(LLAMA_TINY, sc, steps=2, device="cpu")
     trace = measure(LLAMA_TINY, sc, steps=2, device="trace")
     assert cpu["measured_peak_bytes"] == trace["measured_peak_bytes"]
@@ -206,7 +206,7 @@ def test_cpu_and_trace_agree_and_bp_terms_are_counted():
 
 def test_trace_of_llama_2_7b_mezo():
     """The trace path on a model far larger than this machine's memory (fake tensors)."""
-    sc = dict(batch=1, seq=128, dtype="bf16", target="cpu")
+    sc = dict(batch=1, seq=128, dtype="bf16", attention="eager", target="cpu")
     mezo = measure("llama-2-7b", Scenario(method="mezo", **sc), steps=2, device="trace")
     weights = 2 * mezo["params"]
     assert mezo["params"] == 6_738_415_616

@@ -143,3 +143,35 @@ def test_runner_cancel_stops_the_child():
     result = run.wait()
     assert run.status == "cancelled" and result["message"] == "cancelled"
     assert run.returncode is not None
+
+
+def test_the_text_report_compares_the_same_classes_on_both_sides():
+    """GPT-2 BP on the CPU: MemTracker files Adam's step temporary with the optimizer
+    states, the model with the temporaries; the report sets the classes both can name."""
+    MB = 10**6
+    comparable = {"measured": {"weights": 250 * MB, "gradients": 250 * MB, "optimizer_states": 750 * MB,
+                               "activations_and_temporaries": 10 * MB},
+                  "predicted": {"weights": 250 * MB, "gradients": 250 * MB, "optimizer_states": 750 * MB,
+                                "activations_and_temporaries": 10 * MB}}
+    result = {"model": "gpt2", "method": "bp", "optimizer": "adamw", "batch": 1, "seq": 128, "dtype": "bf16",
+              "mixed_precision": False, "keep": 1.0, "attention": "sdpa", "device": "cpu",
+              "measured_peak_bytes": 1260 * MB, "predicted_peak_bytes": 1260 * MB, "error_pct": -0.0001,
+              "breakdown": {"measured": {"optimizer_states": 750 * MB, "temporaries": 0},
+                            "predicted": {"optimizer_states": 500 * MB, "temporaries": 250 * MB},
+                            "comparable": comparable},
+              "losses": [1.0, 1.0], "step_seconds": [0.1, 0.1]}
+    text = cli.format_result(result)
+    assert "activations_and_temporaries" in text and "temporaries " not in text.replace("_and_temporaries", "")
+    row = next(line for line in text.splitlines() if line.startswith("optimizer_states"))
+    assert row.count("0.75 GB") == 2
+    assert "-0.00 %" not in text and "+0.00 %" in text
+
+
+def test_a_config_json_is_named_by_its_folder(tmp_path):
+    from capacity.validation.models import resolve_model
+    folder = tmp_path / "my-tiny-llama"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(TINY))
+    (tmp_path / "other.json").write_text(json.dumps(TINY))
+    assert resolve_model(folder / "config.json")[0].name == "my-tiny-llama"
+    assert resolve_model(tmp_path / "other.json")[0].name == "other"

@@ -87,7 +87,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="bf16", choices=DTYPES, help="default bf16")
     p.add_argument("--keep", type=float, default=1.0,
                    help="checkpoint ratio L'/L: share of layers keeping activations (default 1: none checkpointed)")
-    p.add_argument("--attention", default="eager", choices=ATTENTIONS, help="default eager")
+    p.add_argument("--attention", default="sdpa", choices=ATTENTIONS,
+                   help="attention implementation (default sdpa: what transformers runs unless told otherwise)")
     p.add_argument("--steps", type=int, default=3, help=f"steps to run, 2 to {MAX_STEPS} (default 3)")
     p.add_argument("--device", default="auto", choices=DEVICES, help="default auto")
     p.add_argument("--full-trace", action="store_true",
@@ -567,18 +568,22 @@ def format_result(r: dict) -> str:
     lines.append(f"predicted peak {fmt(predicted)}   [capacity.estimate, target {r.get('predicted_target')}]"
                  + (f" ({r['prediction_unavailable']})" if r.get("prediction_unavailable") else ""))
     if r.get("error_pct") is not None:
-        lines.append(f"error          {r['error_pct']:+.2f} %  (100·(predicted − measured)/measured)")
+        error = round(r["error_pct"], 2) or 0.0     # no "-0.00 %"
+        lines.append(f"error          {error:+.2f} %  (100·(predicted − measured)/measured)")
     if "cuda" in r:
         c = r["cuda"]
         lines.append(f"cuda ({c['device_name']}): max_memory_allocated {fmt(c['max_memory_allocated_bytes'])}, "
                      f"max_memory_reserved {fmt(c['max_memory_reserved_bytes'])}, "
                      f"device used (total − free, CUDA context included) {fmt(c['device_used_bytes'])}")
-    m, p = r["breakdown"]["measured"] or {}, r["breakdown"]["predicted"] or {}
+    # Side by side in the classes both sides can name (MemTracker's), as the app shows them;
+    # each side's own terms only when there is no such pair (no prediction, out of memory).
+    pair = r["breakdown"].get("comparable") or r["breakdown"]
+    m, p = pair["measured"] or {}, pair["predicted"] or {}
     if m or p:
-        lines.append(f"{'term':<20}{'measured':>34}{'predicted':>34}")
+        lines.append(f"{'term':<28}{'measured':>30}{'predicted':>30}")
         for term in list(dict.fromkeys([*m, *p])):
             if m.get(term) or p.get(term):
-                lines.append(f"{term:<20}{fmt(m.get(term)):>34}{fmt(p.get(term)):>34}")
+                lines.append(f"{term:<28}{fmt(m.get(term)):>30}{fmt(p.get(term)):>30}")
     losses = ", ".join("n/a" if x is None else f"{x:.4f}" for x in r["losses"])
     lines.append(f"losses: {losses}" + ("  (fake tensors carry no values)" if r["device"] == "trace" else ""))
     if r["step_seconds"]:

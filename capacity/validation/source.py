@@ -37,8 +37,11 @@ def resolve_model(source) -> tuple[ModelShape, dict]:
         cfg = preset_config(str(source))
         return from_hf_config(cfg, name=str(source)), cfg
     if isinstance(source, (str, Path)):
-        cfg = read_config_file(Path(source))
-        return from_hf_config(cfg, name=Path(source).stem), cfg
+        path = Path(source)
+        cfg = read_config_file(path)
+        # Named as load_hf_config names it: a config.json by its folder, any other file by its stem.
+        name = (path.parent.name if path.name == "config.json" else "") or path.stem
+        return from_hf_config(cfg, name=name), cfg
     raise ValueError(f"model: expected a ModelShape, a preset name, a config dict or a path, got {type(source).__name__}")
 
 
