@@ -57,12 +57,23 @@ def find_family(text: str) -> str:
 
 @dataclass(frozen=True)
 class Device:
-    """A memory budget with the throughput figures the time model needs."""
+    """A memory budget with the throughput figures the time model needs.
+
+    os_reserve_bytes: what the OS and runtime keep of a unified-memory device's pool (a
+    Jetson, a phone, an Apple chip share it between CPU and GPU), with its source; 0 for a
+    discrete GPU. usable_memory_bytes is what is left for the training step.
+    """
     name: str
     memory_bytes: int
     peak_flops: float          # dense 16-bit matrix FLOP/s (vendor datasheet)
     bandwidth_bytes_s: float   # memory bandwidth, bytes/s (vendor datasheet)
     source: str = ""
+    os_reserve_bytes: int = 0
+    os_reserve_source: str = ""
+
+    @property
+    def usable_memory_bytes(self) -> int:
+        return self.memory_bytes - self.os_reserve_bytes
 
 
 @lru_cache(maxsize=None)
@@ -79,4 +90,5 @@ def load_device(name: str) -> Device:
         raise ValueError(f"device: unknown device {name!r}; known: {', '.join(_devices())}")
     d = _devices()[name]
     return Device(name=name, memory_bytes=int(d["memory_bytes"]), peak_flops=float(d["peak_flops"]),
-                  bandwidth_bytes_s=float(d["bandwidth_bytes_s"]), source=d.get("source", ""))
+                  bandwidth_bytes_s=float(d["bandwidth_bytes_s"]), source=d.get("source", ""),
+                  os_reserve_bytes=int(d.get("os_reserve_bytes", 0)), os_reserve_source=d.get("os_reserve_source", ""))
