@@ -4,7 +4,9 @@ No Streamlit here: the Validate page keeps an `EngineRun` in the session state a
 on every rerun. The child runs in its own process group, so that cancelling it (or its time
 limit) ends it and whatever it started, and nothing else. Two reader threads drain its
 stdout and stderr (a full pipe would stall it); a watchdog thread enforces the time limit
-even when no page is looking.
+even when no page is looking. When the app's server stops, every run still going is ended
+(an exit handler), and the files a run was given (an uploaded config) are removed when it
+ends.
 
 Contract of the engine: progress lines on stderr such as
 {"event": "progress", "step": 2, "total": 5, "message": "..."}; the last line of stdout is
@@ -14,8 +16,10 @@ failure.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +36,9 @@ ENGINE = list(ENGINES[0])
 GRACE_SECONDS = 3        # after SIGTERM, before SIGKILL
 EXTRA_SECONDS = 10       # the engine gets --timeout; the watchdog kills it this much later
 STDERR_LINES_KEPT = 200
+
+_LIVE: set = set()               # the runs still going, ended when the server stops
+_LIVE_LOCK = threading.Lock()
 
 
 def engine_help(timeout_s: float = 30) -> tuple[bool, str]:
@@ -55,8 +62,10 @@ def engine_help(timeout_s: float = 30) -> tuple[bool, str]:
 class EngineRun:
     """One launched run. `status`: running, done, out of memory, failed, cancelled or timed out."""
 
-    def __init__(self, args: list[str], time_limit_s: float, label: str = ""):
+    def __init__(self, args: list[str], time_limit_s: float, label: str = "", cleanup: tuple = ()):
+        """cleanup: folders made for this run (an uploaded config), removed when it ends."""
         self.command = [*ENGINE, *args, "--timeout", f"{time_limit_s:g}", "--json", "--progress", "json"]
+        self.cleanup = tuple(cleanup)
         self.label = label
         self.time_limit_s = time_limit_s
         self.started = time.time()
@@ -67,15 +76,22 @@ class EngineRun:
         self.step = 0
         self.total = 0
         self.progress_message = "starting"
+        self.first_progress_at: float | None = None    # when the engine first said where it is
         self.recorded = False            # set by the page once the run is in the history
         self._cancelled = False
         self._stdout: list[str] = []
         self._stderr: deque[str] = deque(maxlen=STDERR_LINES_KEPT)
         self._lock = threading.Lock()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self._proc = subprocess.Popen(self.command, cwd=ROOT, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                                      errors="replace", bufsize=1, env=env, start_new_session=True)
+        try:
+            self._proc = subprocess.Popen(self.command, cwd=ROOT, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                          errors="replace", bufsize=1, env=env, start_new_session=True)
+        except OSError:
+            self._remove_files()
+            raise
+        with _LIVE_LOCK:
+            _LIVE.add(self)
         self._readers = [threading.Thread(target=self._read, args=(self._proc.stdout, self._on_stdout), daemon=True),
                          threading.Thread(target=self._read, args=(self._proc.stderr, self._on_stderr), daemon=True)]
         for t in self._readers:
@@ -125,6 +141,8 @@ class EngineRun:
         event = _json_object(line)
         with self._lock:
             if event and event.get("event") == "progress":
+                if self.first_progress_at is None:
+                    self.first_progress_at = time.time()
                 self.step = _int(event.get("step"), self.step)
                 self.total = _int(event.get("total"), self.total)
                 self.progress_message = str(event.get("message", ""))[:300]
@@ -172,6 +190,13 @@ class EngineRun:
         with self._lock:
             if self.status == "running":
                 self.status, self.message, self.finished_at = status, message, time.time()
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
+        self._remove_files()
+
+    def _remove_files(self) -> None:
+        for folder in self.cleanup:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _kill(self) -> None:
         """End the child's process group (only the processes this run started)."""
@@ -188,6 +213,17 @@ class EngineRun:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+@atexit.register
+def end_all_runs() -> None:
+    """End every run still going (the app's server is stopping) and remove its files."""
+    with _LIVE_LOCK:
+        runs = list(_LIVE)
+    for run in runs:
+        run._cancelled = True
+        run._kill()
+        run._finish("cancelled", "the app stopped")
 
 
 def _json_object(line: str) -> dict | None:

@@ -1,0 +1,1 @@
+"""The Streamlit app's pages (calculator.py, ...) and their helpers (_scenario.py, ...); see app.py."""

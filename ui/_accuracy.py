@@ -1,0 +1,55 @@
+"""What the figures were checked against, stated beside them: docs/accuracy.md's summary
+(written by bench/accuracy.py), and what has not been measured yet."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCURACY_DOC = ROOT / "docs" / "accuracy.md"
+
+# The terms only a GPU run can check (capacity models them for target="cuda").
+CUDA_ONLY_TERMS = "1-byte dropout masks, fp32 LayerNorm statistics, Adam's step on the host"
+
+
+def summary_row(label: str = "all") -> dict | None:
+    """The summary table's row for `label`: {'cases', 'median', 'worst', 'within'} as
+    written (e.g. '448', '0.01%', '2.91%', '448/448'), or None when there is no report."""
+    if not ACCURACY_DOC.is_file():
+        return None
+    for line in ACCURACY_DOC.read_text(encoding="utf-8", errors="replace").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0] == label:
+            return dict(zip(("method", "cases", "median", "worst", "within"), cells))
+    return None
+
+
+def statement(target: str) -> str:
+    """Markdown (our own text): what the figures were measured against, and what not."""
+    row = summary_row()
+    checked = ("**Checked against:** traces of the real `transformers` code under fake tensors, with CPU "
+               "kernel semantics (small models, batch 1-2, contexts up to 512 tokens)")
+    checked += (f": {row['cases']} cases, median error {row['median']}, worst {row['worst']}."
+                if row else ": no accuracy report (docs/accuracy.md) in this build.")
+    unmeasured = ("**Not measured yet:** no GPU run. With *Kernels modelled: cuda* the CUDA-specific terms "
+                  f"({CUDA_ONLY_TERMS}) are modelled from the kernels' code but unmeasured; the Validate "
+                  "page measures your own GPU." if target == "cuda" else
+                  "**Not measured yet:** no GPU run; these are the CPU kernels' figures, the ones the traces check.")
+    return f"{checked} {unmeasured}"
+
+
+def summary() -> str | None:
+    """The opening paragraph and the summary section of docs/accuracy.md (the whole file
+    when it has no summary heading), or None when the file is not there."""
+    if not ACCURACY_DOC.is_file():
+        return None
+    lines = ACCURACY_DOC.read_text(encoding="utf-8", errors="replace").splitlines()
+    start = next((i for i, line in enumerate(lines) if re.match(r"^#{1,6}\s.*summary", line, re.IGNORECASE)), None)
+    if start is None:
+        return "\n".join(lines)
+    first_heading = next((i for i, line in enumerate(lines) if line.startswith("#")), start)
+    intro = [line for line in lines[first_heading + 1:start] if not line.startswith("#")]
+    level = len(lines[start]) - len(lines[start].lstrip("#"))
+    end = next((j for j in range(start + 1, len(lines)) if re.match(rf"^#{{1,{level}}}\s", lines[j])), len(lines))
+    return "\n".join(intro + lines[start + 1:end]).strip()

@@ -1,0 +1,415 @@
+"""The scenario every page shares: its settings, their link, the model and the budget.
+
+The settings live in one dict, `st.session_state["scenario"]`, read once from the URL's
+query parameters when a browser session starts and written back after every run (only
+the settings that differ from their defaults), so a link reproduces what the user sees.
+PARAMS describes every setting once: its default and its range or choices; a new part of
+the scenario (a PEFT method, a number of devices) adds its settings here, a section to
+the sidebar (ui/_sidebar.py) and its field in `method_scenario`.
+
+An uploaded config.json travels in the link too, compressed (`config=`), so that a link to
+an uploaded model opens that model.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import streamlit as st
+
+import capacity as cap
+from capacity import scenario as cap_scenario
+from ui._format import gb_text, params_text, plain
+
+CUSTOM = "Custom budget"
+UPLOADED = "uploaded"          # the `model` value when the model is an uploaded config.json
+# A Hugging Face config.json is a few KB; the server also refuses uploads over 1 MB
+# (.streamlit/config.toml, server.maxUploadSize).
+UPLOAD_LIMIT_BYTES = 1_000_000
+LINK_CONFIG_MAX_CHARS = 6000   # an upload travels in the link up to this size, compressed
+AUTO = "auto"                  # a loop setting left to the loop preset
+
+
+@dataclass(frozen=True)
+class Param:
+    """One setting: its default, and its range (numbers) or its choices (text)."""
+    default: object
+    low: float | None = None
+    high: float | None = None
+    choices: Callable[[], list] | None = None
+
+
+def _device_choices() -> list:
+    return [CUSTOM] + cap.device_names()
+
+
+def _model_choices() -> list:
+    return cap.preset_names() + ([UPLOADED] if "uploaded_shape" in st.session_state else [])
+
+
+# The default scenario is the paper's experiment (Katti et al. 2025, arXiv 2511.11362):
+# batch 8, MeZO on Llama-2-7B against BP on GPT2-medium, about 17 GB of memory.
+PARAMS: dict[str, Param] = {
+    # the model
+    "model": Param("llama-2-7b", choices=_model_choices),      # the calculator's and the figures'
+    "bp_model": Param("gpt2-medium", choices=cap.preset_names),  # the paper's small BP model
+    "family": Param("Llama-2", choices=lambda: list(cap.families())),
+    # the data
+    "batch": Param(8, 1, 4096),
+    "seq": Param(512, 1, 1 << 20),              # tokens per example; BoolQ examples fit in 512
+    # precision and kernels
+    "dtype": Param("bf16", choices=lambda: list(cap.DTYPES)),
+    "mixed": Param(False),
+    "attn": Param(cap.Scenario().attention, choices=lambda: list(cap.ATTENTIONS)),
+    "target": Param("cuda", choices=lambda: list(cap.TARGETS)),
+    # training
+    "opt": Param("adamw", choices=lambda: list(cap.OPTIMIZERS)),
+    "keep": Param(0.25, 0.0, 1.0),              # L'/L of the checkpointed BP column
+    "loop": Param(cap_scenario.DEFAULT_LOOP, choices=lambda: list(cap_scenario.LOOPS)),
+    "opt_impl": Param(AUTO, choices=lambda: [AUTO, *cap_scenario.OPTIMIZER_IMPLS]),
+    "hold": Param(AUTO, choices=lambda: [AUTO, "held", "dropped"]),
+    "accum": Param(1, 1, 4096),
+    # the memory budget
+    "device": Param(CUSTOM, choices=_device_choices),
+    "budget_gb": Param(17.0, 0.1, 10_000.0),
+    "reserve_gb": Param(-1.0, -1.0, 10_000.0),  # -1: the device's own OS/runtime reserve
+    "ctx": Param(False),                        # count the CUDA context against the budget
+    # the time page
+    "time_device": Param("A100 80GB", choices=cap.device_names),   # throughput with a custom budget
+    "steps": Param(1000, 1, 10**9),             # BP-equivalent steps
+    "mult": Param(float(cap.MEZO_STEPS_MULTIPLIER), 1.0, 10_000.0),
+    "eff": Param(1.0, 0.01, 1.0),               # share of peak throughput reached
+    # the memory figure
+    "ctx_max": Param(8192, 128, 1 << 20),       # longest context shown
+    "log": Param(True),                         # logarithmic axes (memory and context)
+    # the Validate page
+    "v_method": Param("mezo", choices=lambda: list(VALIDATE_METHODS)),
+    "v_device": Param("auto", choices=lambda: list(VALIDATE_DEVICES)),
+    "v_steps": Param(3, 2, 100),
+    "v_limit": Param(300, 10, 3600),            # seconds
+}
+DEFAULTS = {key: p.default for key, p in PARAMS.items()}
+
+# What "Load the paper's setting" restores (the rest of the scenario stays as it is).
+PAPER_SETTING = {key: DEFAULTS[key] for key in (
+    "model", "bp_model", "family", "batch", "seq", "dtype", "mixed", "opt", "device", "budget_gb", "reserve_gb",
+    "ctx")}
+
+# The Validate page's methods: the engine's, with BP plain (L'/L = 1) or checkpointed at
+# the sidebar's L'/L, like the calculator's columns.
+VALIDATE_METHODS = {"mezo": ("mezo", False), "bp": ("bp", False), "bp checkpointed": ("bp", True),
+                    "inference": ("inference", False)}
+VALIDATE_DEVICES = ("auto", "cuda", "cpu", "trace")
+
+# Changing one setting resets others to their defaults (a new device brings its own reserve).
+RESETS = {"device": ("reserve_gb",)}
+
+
+# --- the session's scenario and its link ------------------------------------------------
+
+def parse_param(key: str, text: str):
+    """One query parameter as a typed value; ValueError when it is not acceptable."""
+    p = PARAMS[key]
+    if isinstance(p.default, bool):
+        if text.lower() not in ("1", "0", "true", "false"):
+            raise ValueError("expected 1 or 0")
+        return text.lower() in ("1", "true")
+    if isinstance(p.default, (int, float)):
+        try:
+            value = float(text) if isinstance(p.default, float) else int(text)
+        except ValueError:
+            raise ValueError("not a number") from None
+        if not p.low <= value <= p.high:
+            raise ValueError(f"must be between {p.low:g} and {p.high:g}")
+        return value
+    choices = p.choices()
+    if text not in choices:
+        raise ValueError("must be one of " + ", ".join(choices[:8]) + ("…" if len(choices) > 8 else ""))
+    return text
+
+
+def scenario() -> dict:
+    """The session's scenario, read once from the URL when the session starts."""
+    if "scenario" not in st.session_state:
+        values, problems = dict(DEFAULTS), []
+        params = st.query_params.to_dict()
+        if "config" in params:
+            problem = _read_link_config(params["config"])
+            if problem:
+                problems.append(("config", params["config"][:40], problem))
+        for key, text in params.items():
+            if key not in PARAMS:
+                continue
+            try:
+                values[key] = parse_param(key, text)
+            except ValueError as err:
+                problems.append((key, text, f"{err}; using {DEFAULTS[key]!r}"))
+        st.session_state["scenario"] = values
+        st.session_state["url_problems"] = problems
+    return st.session_state["scenario"]
+
+
+def url_params(values: dict) -> dict:
+    """The query parameters of a scenario: the keys that differ from the defaults, and an
+    uploaded model's config."""
+    params = {}
+    for key, value in values.items():
+        if key not in PARAMS or value == DEFAULTS[key]:
+            continue
+        params[key] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    if values.get("model") == UPLOADED and "uploaded_text" in st.session_state:
+        packed = pack_config(st.session_state["uploaded_text"])
+        if packed is not None:
+            params["config"] = packed
+    return params
+
+
+def write_url() -> None:
+    """Mirror the scenario into the URL. Sent on every run, not only on a change: a run
+    that ends in st.rerun() loses its messages, and the server's copy of the URL would
+    already match."""
+    st.query_params.from_dict(url_params(scenario()))
+
+
+def control(widget, label: str, key: str, **kwargs):
+    """A widget bound to scenario[key]: keeps its value across pages and in the URL.
+
+    Streamlit forgets a widget's value when another page draws a widget with the same key,
+    so the scenario is the one copy: the widget starts from it on every run, and its
+    on_change callback (run before the script) writes the user's choice back.
+    """
+    wkey = f"w_{key}"
+    st.session_state[wkey] = scenario()[key]
+    widget(label, key=wkey, on_change=store, args=(key,), **kwargs)
+    return scenario()[key]
+
+
+def store(key: str, value=None) -> None:
+    """Write a widget's value (or `value`) into the scenario, resetting what depends on it."""
+    s = scenario()
+    new = st.session_state[f"w_{key}"] if value is None else value
+    if new != s[key]:
+        for other in RESETS.get(key, ()):
+            s[other] = DEFAULTS[other]
+    s[key] = new
+
+
+def set_scenario(**values) -> None:
+    """Change scenario keys (e.g. from a button's callback); the widgets follow on the next run."""
+    scenario().update(values)
+
+
+# --- the model --------------------------------------------------------------------------
+
+def model_shape(name: str | None = None):
+    """The shape of the scenario's model (or of a named preset)."""
+    name = name or scenario()["model"]
+    if name == UPLOADED:
+        return st.session_state["uploaded_shape"]
+    return _preset(name)
+
+
+_PRESETS: dict = {}
+
+
+def _preset(name: str):
+    if name not in _PRESETS:
+        _PRESETS[name] = cap.load_preset(name)
+    return _PRESETS[name]
+
+
+def preset_params(name: str) -> int:
+    return cap.parameter_count(_preset(name))
+
+
+def model_label(name: str) -> str:
+    """A model as the pages name it: a preset's name, or an upload's own name."""
+    if name == UPLOADED:
+        return st.session_state.get("uploaded_name", "uploaded config")
+    return name
+
+
+def model_name() -> str:
+    return model_label(scenario()["model"])
+
+
+def read_upload(file_name: str, data: bytes):
+    """(shape, display name, None) or (None, None, a message saying what to change).
+
+    The display name is the config's own (`_name_or_path`) when it has one, else the file's
+    name, with the model type and size: 'meta-llama/Llama-2-7b-hf (llama, 6.74 B)'."""
+    if len(data) > UPLOAD_LIMIT_BYTES:
+        return None, None, (f"the file is {len(data):,} bytes; a model's config.json is a few KB "
+                            f"(limit {UPLOAD_LIMIT_BYTES:,} bytes). Upload the model's config.json.")
+    try:
+        own = json.loads(data).get("_name_or_path")
+    except (ValueError, AttributeError, RecursionError):
+        own = None
+    base = plain(own) if isinstance(own, str) and own.strip() else plain(Path(file_name).stem or "config")
+    try:
+        shape = cap.parse_hf_config_text(data, name=base)
+        size = params_text(cap.parameter_count(shape))
+    except (ValueError, TypeError, OverflowError, RecursionError) as err:
+        return None, None, (f"could not read it ({err}). Upload a Hugging Face config.json of a "
+                            f"supported model type ({', '.join(cap.MODEL_TYPES)}) with valid sizes.")
+    return shape, f"{base} ({plain(shape.model_type, 24)}, {size})", None
+
+
+def use_upload(shape, name: str, data: bytes, upload_id=None) -> None:
+    """Make an uploaded (or linked) config the scenario's model."""
+    st.session_state.update(uploaded_shape=shape, uploaded_name=name, uploaded_text=data, uploaded_id=upload_id)
+    st.session_state.pop("upload_error", None)
+    set_scenario(model=UPLOADED)
+
+
+def pack_config(data: bytes) -> str | None:
+    """An uploaded config for the link: minified JSON, zlib, URL-safe base64; None when it
+    is too large to travel in a link."""
+    try:
+        text = json.dumps(json.loads(data), separators=(",", ":"), ensure_ascii=False).encode()
+    except (ValueError, RecursionError):
+        return None
+    packed = base64.urlsafe_b64encode(zlib.compress(text, 9)).decode().rstrip("=")
+    return packed if len(packed) <= LINK_CONFIG_MAX_CHARS else None
+
+
+def unpack_config(packed: str) -> bytes:
+    """The config bytes of a link's `config=`; ValueError when it is not one (at most
+    UPLOAD_LIMIT_BYTES are ever inflated)."""
+    if len(packed) > LINK_CONFIG_MAX_CHARS:
+        raise ValueError(f"longer than {LINK_CONFIG_MAX_CHARS} characters")
+    try:
+        raw = base64.urlsafe_b64decode(packed + "=" * (-len(packed) % 4))
+        inflater = zlib.decompressobj()
+        data = inflater.decompress(raw, UPLOAD_LIMIT_BYTES + 1)
+    except (ValueError, zlib.error):
+        raise ValueError("not a config packed by this app") from None
+    if len(data) > UPLOAD_LIMIT_BYTES or inflater.unconsumed_tail:
+        raise ValueError(f"unpacks to more than {UPLOAD_LIMIT_BYTES:,} bytes")
+    return data
+
+
+def _read_link_config(packed: str) -> str | None:
+    """Take a link's config as the uploaded model; a problem's text, or None."""
+    try:
+        data = unpack_config(packed)
+    except ValueError as err:
+        return str(err)
+    shape, name, error = read_upload("link", data)
+    if error:
+        return error
+    use_upload(shape, name, data)
+    return None
+
+
+# --- the steps the pages compare ---------------------------------------------------------
+
+def loop():
+    """The training loop of the sidebar: a named preset with the user's overrides."""
+    s = scenario()
+    return cap_scenario.loop_preset(
+        s["loop"], optimizer_impl=None if s["opt_impl"] == AUTO else s["opt_impl"],
+        hold_outputs=None if s["hold"] == AUTO else s["hold"] == "held", grad_accum=int(s["accum"]))
+
+
+def method_scenario(method: str, keep: float = 1.0, **changes) -> "cap.Scenario":
+    """A capacity.Scenario from the sidebar's settings; ValueError when they conflict."""
+    s = scenario()
+    fields = dict(method=method, optimizer=s["opt"], batch=int(s["batch"]), seq=int(s["seq"]),
+                  dtype=s["dtype"], mixed_precision=bool(s["mixed"]) and s["dtype"] != "fp32",
+                  keep=float(keep), attention=s["attn"], target=s["target"], loop=loop())
+    fields.update(changes)
+    return cap.Scenario(**fields)
+
+
+def methods() -> list[tuple[str, "cap.Scenario"]]:
+    """The four columns the pages compare, labelled; ValueError when the sidebar's settings
+    are not a valid scenario."""
+    keep = float(scenario()["keep"])
+    return [
+        ("Inference", method_scenario("inference")),
+        ("MeZO", method_scenario("mezo")),
+        ("BP", method_scenario("bp")),
+        (f"BP checkpointed (L'/L={keep:g})", method_scenario("bp", keep=keep)),
+    ]
+
+
+def refusal() -> str | None:
+    """Why capacity cannot answer for the sidebar's scenario (a setting not modelled yet, a
+    context beyond the model's positions), or None when it can."""
+    if budget_bytes() <= 0:
+        return "the OS/runtime reserve and the CUDA context leave no memory for the model"
+    try:
+        shape = model_shape()
+        for _, sc in methods():
+            cap.estimate(shape, sc)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def loop_text() -> str:
+    """'plain loop (foreach AdamW, output held, 1 micro-batch per step)'."""
+    lp, s = loop(), scenario()
+    try:
+        impl = cap_scenario.resolved_optimizer_impl(lp, s["opt"], s["target"])
+    except (AttributeError, ValueError):
+        impl = lp.optimizer_impl or "default"
+    steps = "1 micro-batch" if lp.grad_accum == 1 else f"{lp.grad_accum} micro-batches"
+    return (f"{lp.name} loop ({impl} {s['opt']}, output {'held' if lp.hold_outputs else 'dropped'} "
+            f"through backward, {steps} per step)")
+
+
+# --- the memory budget --------------------------------------------------------------------
+
+def device():
+    """The sidebar's device preset, or None for a custom budget."""
+    name = scenario()["device"]
+    return None if name == CUSTOM else cap.load_device(name)
+
+
+def memory_bytes() -> int:
+    """The device's memory, or the custom budget."""
+    dev = device()
+    return dev.memory_bytes if dev else int(scenario()["budget_gb"] * cap.GB)
+
+
+def reserve_bytes() -> int:
+    """The OS/runtime reserve: the device's own (unified memory: Jetson, Apple, phones),
+    unless the user changed it."""
+    s, dev = scenario(), device()
+    if s["reserve_gb"] >= 0:
+        return int(s["reserve_gb"] * cap.GB)
+    return dev.os_reserve_bytes if dev else 0
+
+
+def budget_bytes() -> int:
+    """The usable budget: the memory less the OS/runtime reserve, less the CUDA context
+    when the user reserves it."""
+    ctx = cap.CUDA_CONTEXT_BYTES if scenario()["ctx"] else 0
+    return memory_bytes() - reserve_bytes() - ctx
+
+
+def budget_label() -> str:
+    """'6.00 GB usable on Jetson Orin Nano 8GB' or '17.00 GB (custom budget)'."""
+    dev = device()
+    return f"{gb_text(budget_bytes())} " + (f"usable on {dev.name}" if dev else "(custom budget)")
+
+
+def summary(with_model: bool = True, with_context: bool = True) -> str:
+    """The whole scenario in one line, for captions and figure titles (plain text; a
+    figure that sweeps the context leaves it out)."""
+    s = scenario()
+    parts = [model_name()] if with_model else []
+    parts.append(f"batch {s['batch']}")
+    if with_context:
+        parts.append(f"context {s['seq']:,}")
+    parts += [f"{s['dtype']}{' mixed precision' if s['mixed'] and s['dtype'] != 'fp32' else ''}",
+              f"{s['opt']} (BP)", f"{s['attn']} attention", loop_text(), f"{s['target']} kernels",
+              f"budget {budget_label()}"]
+    return " · ".join(parts)

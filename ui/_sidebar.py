@@ -1,0 +1,177 @@
+"""The sidebar every page shares, and how every page begins (`start_page`).
+
+The sidebar is a list of sections, SECTIONS, drawn in order; each draws the controls of
+one part of the scenario (ui/_scenario.py holds their settings). A new part of the
+scenario (PEFT, several devices) adds one section function here.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import capacity as cap
+from capacity import scenario as cap_scenario
+from ui import _scenario as sc
+from ui._format import both_text, gb_text, md
+
+# --- the sections ---------------------------------------------------------------------
+
+
+def model_section(s: dict) -> None:
+    st.header("Scenario")
+    _upload_box()
+    choices = sc.PARAMS["model"].choices()
+    if s["model"] not in choices:
+        sc.set_scenario(model=sc.DEFAULTS["model"])
+    sc.control(st.selectbox, "Model", "model", options=choices, format_func=sc.model_label,
+               help="A preset, or the config.json you uploaded (named by its own `_name_or_path`).")
+
+
+def data_section(s: dict) -> None:
+    sc.control(st.number_input, "Batch size", "batch", min_value=1, max_value=int(sc.PARAMS["batch"].high), step=1,
+               help="Sequences per micro-batch.")
+    sc.control(st.number_input, "Context length (tokens per example)", "seq",
+               min_value=1, max_value=int(sc.PARAMS["seq"].high), step=64)
+
+
+def precision_section(s: dict) -> None:
+    sc.control(st.selectbox, "Precision", "dtype", options=sc.PARAMS["dtype"].choices())
+    sc.control(st.checkbox, "Mixed precision (fp32 master weights, gradients and optimizer states)",
+               "mixed", disabled=s["dtype"] == "fp32", help="Needs a 16-bit precision.")
+    sc.control(st.selectbox, "Attention implementation", "attn", options=sc.PARAMS["attn"].choices(),
+               help="sdpa is what transformers runs unless told otherwise (`from_pretrained` without "
+                    "`attn_implementation`); eager materialises the attention scores.")
+    sc.control(st.selectbox, "Kernels modelled", "target", options=sc.PARAMS["target"].choices(),
+               help="cuda: a fused 1-byte dropout mask, fp32 LayerNorm statistics, Adam's step on the host "
+                    "(modelled, not yet measured on a GPU). cpu: what the CPU kernels keep (the traces "
+                    "the model is checked against).")
+
+
+def training_section(s: dict) -> None:
+    st.subheader("Training")
+    sc.control(st.selectbox, "Optimizer (BP)", "opt", options=sc.PARAMS["opt"].choices(),
+               help="MeZO keeps no optimizer state.")
+    sc.control(st.slider, "Checkpointing L'/L (layers that keep activations)", "keep",
+               min_value=0.0, max_value=1.0, step=0.05,
+               help="Used by the 'BP checkpointed' method; plain BP keeps every layer (L'/L = 1).")
+    sc.control(st.selectbox, "Training loop", "loop", options=sc.PARAMS["loop"].choices(),
+               format_func=_loop_label,
+               help="plain: `out = model(...); out.loss.backward(); opt.step()`. trainer: what "
+                    "transformers.Trainer does with its defaults.")
+    with st.expander("Loop settings", expanded=any(s[k] != sc.DEFAULTS[k] for k in ("opt_impl", "hold", "accum"))):
+        preset = cap_scenario.LOOPS[s["loop"]]
+        sc.control(st.selectbox, "Optimizer implementation", "opt_impl", options=sc.PARAMS["opt_impl"].choices(),
+                   format_func=lambda v: f"as the {s['loop']} loop ({_impl(preset, s)})" if v == sc.AUTO else v,
+                   help="torch.optim's forloop (one tensor at a time), foreach (grouped kernels) or fused.")
+        sc.control(st.selectbox, "Model output during backward", "hold", options=sc.PARAMS["hold"].choices(),
+                   format_func=lambda v: (f"as the {s['loop']} loop ({'held' if preset.hold_outputs else 'dropped'})"
+                                          if v == sc.AUTO else v),
+                   help="held: `out = model(...)` keeps the logits referenced through backward(); "
+                        "dropped: only the loss is kept (transformers.Trainer).")
+        sc.control(st.number_input, "Gradient accumulation (micro-batches per step)", "accum",
+                   min_value=1, max_value=int(sc.PARAMS["accum"].high), step=1)
+
+
+def budget_section(s: dict) -> None:
+    st.subheader("Memory budget")
+    sc.control(st.selectbox, "Device", "device", options=sc.PARAMS["device"].choices(), format_func=_device_label)
+    dev = sc.device()
+    if dev is None:
+        sc.control(st.number_input, "Budget [GB = 10⁹ bytes]", "budget_gb", min_value=sc.PARAMS["budget_gb"].low,
+                   max_value=sc.PARAMS["budget_gb"].high, step=1.0, format="%.2f")
+    # The OS/runtime reserve: the device's own unless the user changes it.
+    st.session_state["w_reserve_gb"] = sc.reserve_bytes() / cap.GB
+    st.number_input("OS/runtime reserve [GB]", key="w_reserve_gb", min_value=0.0,
+                    max_value=max(sc.memory_bytes() / cap.GB, 0.0), step=0.5, format="%.2f",
+                    on_change=lambda: sc.store("reserve_gb", float(st.session_state["w_reserve_gb"])),
+                    help=(f"Unified memory (CPU and GPU share it): what the OS and runtime keep. "
+                          f"{dev.os_reserve_source}." if dev is not None and dev.os_reserve_source else
+                          "Memory the OS or other programs keep on this device (0 for a discrete GPU)."))
+    sc.control(st.checkbox, f"Reserve the CUDA context: {cap.format_bytes(cap.CUDA_CONTEXT_BYTES)}",
+               "ctx", help="The calculator's peak counts live tensors only (torch.cuda.max_memory_allocated); "
+                           "nvidia-smi also shows the CUDA context.")
+    parts = [gb_text(sc.memory_bytes())]
+    if sc.reserve_bytes():
+        parts.append(f"{gb_text(sc.reserve_bytes())} OS reserve")
+    if s["ctx"]:
+        parts.append(f"{gb_text(cap.CUDA_CONTEXT_BYTES)} CUDA context")
+    usable = both_text(sc.budget_bytes())
+    st.caption(f"Budget: **{usable}** usable" + (f" ({' − '.join(parts)})" if len(parts) > 1 else "") + ".")
+    st.button("Reset to the paper's setting", on_click=sc.set_scenario, kwargs=sc.DEFAULTS, width="stretch")
+
+
+# The sidebar, top to bottom. A new part of the scenario adds its section here.
+SECTIONS = [model_section, data_section, precision_section, training_section, budget_section]
+
+
+def _loop_label(name: str) -> str:
+    return {"plain": "plain (your own loop)", "trainer": "trainer (transformers.Trainer)"}.get(name, name)
+
+
+def _impl(preset, s: dict) -> str:
+    try:
+        return cap_scenario.resolved_optimizer_impl(preset, s["opt"], s["target"])
+    except (AttributeError, ValueError):
+        return preset.optimizer_impl or "default"
+
+
+def _device_label(name: str) -> str:
+    if name == sc.CUSTOM:
+        return sc.CUSTOM
+    dev = cap.load_device(name)
+    reserve = f", {gb_text(dev.os_reserve_bytes)} OS reserve" if dev.os_reserve_bytes else ""
+    return f"{name} ({gb_text(dev.memory_bytes)}{reserve})"
+
+
+def _upload_box() -> None:
+    with st.expander("Upload a config.json", expanded=False):
+        up = st.file_uploader("Hugging Face config.json", type=["json"], key="upload",
+                              help="Read as data: no code runs. 1 MB at most.")
+        if up is None or st.session_state.get("uploaded_id") == up.file_id:
+            return
+        data = up.getvalue()
+        shape, name, error = sc.read_upload(up.name, data)
+        if error:
+            st.session_state["upload_error"] = f"Could not use the uploaded file {up.name}: {error}"
+            st.session_state["uploaded_id"] = up.file_id     # reported once, not re-read each run
+            return
+        sc.use_upload(shape, name, data, up.file_id)
+
+
+def sidebar() -> None:
+    """The scenario controls every page shares."""
+    s = sc.scenario()
+    with st.sidebar:
+        for section in SECTIONS:
+            section(s)
+
+
+# --- how every page begins --------------------------------------------------------------
+
+def start_page(title: str, needs_estimate: bool = True) -> None:
+    """The shared sidebar, the page's title, the messages about the link and the upload, and
+    (needs_estimate) a message instead of the page when capacity cannot answer for the
+    sidebar's scenario."""
+    sidebar()
+    st.title(title)
+    for key, text, problem in st.session_state.get("url_problems", []):
+        st.warning(f"Link parameter ignored: {md(key)}={md(text)} ({md(problem)}).")
+    if st.session_state.get("upload_error"):
+        st.error(md(st.session_state["upload_error"]))
+    s = sc.scenario()
+    if s["model"] == sc.UPLOADED and sc.pack_config(st.session_state.get("uploaded_text", b"")) is None:
+        st.caption("This uploaded config is too large to travel in a link; the link carries the other settings.")
+    if needs_estimate:
+        stop_if_refused()
+
+
+def stop_if_refused() -> None:
+    """A message, not an error page, when capacity refuses the scenario (a loop or a context
+    it does not model): the sidebar stays usable."""
+    why = sc.refusal()
+    if why is None:
+        return
+    st.warning(f"capacity cannot answer for these settings: {md(why)}.")
+    st.info("Change the setting it names in the sidebar (for a training loop: the plain loop is "
+            "modelled; for a context: the model's position table sets the limit).")
+    st.stop()

@@ -1,0 +1,77 @@
+"""Calculator: the peak memory of inference, MeZO, BP and checkpointed BP, term by term."""
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+import capacity as cap
+from ui import _accuracy, _export, _format as fmt, _scenario as sc, _sidebar
+
+_sidebar.start_page("Memory calculator")
+
+shape = sc.model_shape()
+budget = sc.budget_bytes()
+estimates = {label: cap.estimate(shape, method) for label, method in sc.methods()}
+labels = list(estimates)
+unit = fmt.unit_for(max(est.peak_bytes for est in estimates.values()))
+s = sc.scenario()
+st.caption(f"{cap.parameter_count(shape):,} parameters · {fmt.md(sc.summary())}")
+
+# Peak memory per method, and whether it fits.
+for col, (label, est) in zip(st.columns(len(estimates)), estimates.items()):
+    col.metric(label, fmt.size_text(est.peak_bytes, unit), **fmt.fit_delta(est.peak_bytes, budget),
+               help=f"{fmt.binary_text(est.peak_bytes, unit)}; the peak falls in the {est.phase} phase.")
+
+mezo, bp, ckpt = (estimates[label].peak_bytes for label in labels[1:])
+r1, r2, _ = st.columns([1, 1, 2])
+r1.metric("MeZO / BP memory", fmt.ratio_text(mezo, bp), help="Peak memory of MeZO over plain BP's, same model.")
+r2.metric("MeZO / checkpointed BP", fmt.ratio_text(mezo, ckpt), help=f"Against {labels[3]}.")
+st.caption("Inference is one forward pass with `use_cache=False`: no generation and no KV cache. "
+           "MeZO is two such passes per step, with the weights perturbed in place.")
+st.caption(_accuracy.statement(s["target"]))
+
+# The stacked bar: one bar per method, one colour per term.
+data = pd.DataFrame([
+    {"method": label, "term": term, "bytes": est.breakdown.get(term, 0),
+     **fmt.size_columns("memory", est.breakdown.get(term, 0), unit)}
+    for label, est in estimates.items() for term in cap.TERMS
+])
+binary = fmt.UNITS[unit][1]
+fig = go.Figure()
+for term in cap.TERMS:
+    rows = data[data["term"] == term]
+    if rows["bytes"].sum() == 0:
+        continue
+    fig.add_bar(name=fmt.term_label(term), x=rows["method"], y=rows[f"memory [{unit}]"],
+                customdata=rows[f"memory [{binary}]"], marker_color=_export.TERM_COLOURS.get(term),
+                hovertemplate=f"%{{x}}<br>{fmt.term_label(term)}: %{{y:.3f}} {unit} (%{{customdata:.3f}} {binary})"
+                              "<extra></extra>")
+tallest = max(est.peak_bytes for est in estimates.values())
+if budget <= 2 * tallest:       # a line far above every bar would flatten them (the metrics say it all)
+    fig.add_hline(y=budget / fmt.UNITS[unit][0], line_dash="dash", line_color="firebrick",
+                  annotation_text=f"budget {fmt.size_text(budget, unit)}", annotation_position="top left")
+fig.update_layout(barmode="stack", yaxis_title="peak " + fmt.AXIS_TITLES[unit], xaxis_title="method")
+_export.style(fig, f"Peak memory by term: {sc.model_name()}", sc.summary(with_model=False))
+_export.show_figure(fig, f"memory-by-term-{sc.model_name()}", data)
+
+st.subheader("Terms at the peak")
+fmt.unit_tabs(fmt.terms_table({label: est.breakdown for label, est in estimates.items()}, cap.TERMS,
+                              {label: est.peak_bytes for label, est in estimates.items()}, unit), unit)
+
+with st.expander("The textbook form (weights + gradients + optimizer states + Korthikanti activations)"):
+    textbook = {label: est.textbook for label, est in estimates.items()}
+    terms = list(dict.fromkeys(t for tb in textbook.values() for t in tb))
+    fmt.unit_tabs(fmt.terms_table(textbook, terms, {label: sum(tb.values()) for label, tb in textbook.items()}, unit),
+                  unit)
+    st.caption("The classic closed form, kept as the explanation; the peak above models the framework "
+               "(what torch.cuda.max_memory_allocated reports).")
+
+with st.expander("How accurate is this?"):
+    summary = _accuracy.summary()
+    if summary is None:
+        st.info("The accuracy report (docs/accuracy.md) is not there yet: no measured-versus-predicted "
+                "figures have been published for this build. The Validate page measures your own GPU.")
+    else:
+        st.markdown(summary)
+        st.caption("Where the model is off and why, and every case: docs/accuracy.md "
+                   "(`python bench/accuracy.py` regenerates it).")

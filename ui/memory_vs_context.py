@@ -1,0 +1,112 @@
+"""Memory vs context: the paper's memory figure.
+
+Total memory of BP and MeZO against the context length, with the MeZO/BP ratio on a
+secondary axis; the top row compares with conventional BP, the bottom row with BP
+checkpointed at the sidebar's L'/L. The memory axis opens logarithmic, so that BP (which
+grows with the square of the context under eager attention), MeZO and the budget line are
+all readable; the linear view is clipped at a multiple of the budget.
+"""
+
+import pandas as pd
+import streamlit as st
+from plotly.subplots import make_subplots
+
+import capacity as cap
+from ui import _export, _format as fmt, _scenario as sc, _sidebar
+
+LINEAR_CLIP = 3        # the linear memory axis stops at this many budgets (or MeZO's top)
+
+
+def context_grid(longest: int) -> list[int]:
+    """Context lengths to sample for a curve: powers of two and the midpoints between
+    them (x1.5), from 64 tokens up to `longest`, which is always the last point."""
+    points, p = set(), 64
+    while p < longest:
+        points.update(x for x in (p, p * 3 // 2) if x < longest)
+        p *= 2
+    return sorted(points | {longest})
+
+
+_sidebar.start_page("Memory vs context length", needs_estimate=False)
+st.caption("The paper's memory figure for the sidebar's model and batch: total memory of BP "
+           "(top: conventional, bottom: checkpointed at the chosen L'/L) and of MeZO, and the "
+           "MeZO/BP ratio on the right-hand axis.")
+
+left, right = st.columns(2)
+ctx_max = sc.control(left.number_input, "Longest context shown (tokens)", "ctx_max",
+                     min_value=int(sc.PARAMS["ctx_max"].low), max_value=int(sc.PARAMS["ctx_max"].high), step=1024)
+log_axes = sc.control(right.toggle, "Logarithmic axes", "log",
+                      help="On: memory and context on log axes (every curve readable). Off: linear, the memory "
+                           f"axis clipped at {LINEAR_CLIP}x the budget.")
+
+shape = sc.model_shape()
+budget = sc.budget_bytes()
+keep = float(sc.scenario()["keep"])
+rows = [("Conventional BP", 1.0), (f"Checkpointed BP (L'/L={keep:g})", keep)]
+grid = context_grid(int(ctx_max))
+records, refused = [], {}
+try:
+    for row, row_keep in rows:
+        for seq in grid:
+            try:
+                bp = cap.estimate(shape, sc.method_scenario("bp", keep=row_keep, seq=seq)).peak_bytes
+                mezo = cap.estimate(shape, sc.method_scenario("mezo", seq=seq)).peak_bytes
+            except ValueError as err:            # e.g. a context beyond the model's positions
+                refused.setdefault(seq, str(err))
+                continue
+            records.append({"row": row, "context": seq, "bp_bytes": bp, "mezo_bytes": mezo,
+                            **fmt.gb_columns("BP", bp), **fmt.gb_columns("MeZO", mezo),
+                            "MeZO/BP": fmt.ratio(mezo, bp)})
+except ValueError as err:                        # the sidebar's settings themselves
+    st.warning(f"capacity cannot answer for these settings: {fmt.md(err)}.")
+    st.stop()
+if not records:
+    st.warning(f"capacity answers for none of these contexts: {fmt.md(next(iter(refused.values()), ''))}.")
+    st.stop()
+if refused:
+    st.info(f"Contexts from {min(refused):,} tokens are not shown: {fmt.md(refused[min(refused)])}.")
+data = pd.DataFrame(records)
+
+fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
+                    specs=[[{"secondary_y": True}], [{"secondary_y": True}]],
+                    subplot_titles=[row for row, _ in rows])
+colours = {"BP": "#1f77b4", "MeZO": "#ff7f0e", "ratio": "#2ca02c"}
+ratio_axis = _export.round_ticks(data["MeZO/BP"].max())
+shown = list(data["context"].unique())
+for i, (row, _) in enumerate(rows, start=1):
+    part = data[data["row"] == row]
+    first = i == 1          # one legend entry per series
+    bp_name = "BP" if first else "checkpointed BP"
+    fig.add_scatter(x=part["context"], y=part["BP [GB]"], customdata=part["BP [GiB]"], name=bp_name,
+                    mode="lines+markers", line={"color": colours["BP"], "dash": "solid" if first else "dot"},
+                    hovertemplate="context %{x}<br>" + bp_name + ": %{y:.2f} GB (%{customdata:.2f} GiB)<extra></extra>",
+                    row=i, col=1, secondary_y=False)
+    fig.add_scatter(x=part["context"], y=part["MeZO [GB]"], customdata=part["MeZO [GiB]"], name="MeZO",
+                    mode="lines+markers", line={"color": colours["MeZO"]}, showlegend=first,
+                    hovertemplate="context %{x}<br>MeZO: %{y:.2f} GB (%{customdata:.2f} GiB)<extra></extra>",
+                    row=i, col=1, secondary_y=False)
+    fig.add_scatter(x=part["context"], y=part["MeZO/BP"], name="MeZO/BP ratio (right axis)",
+                    mode="lines", line={"color": colours["ratio"], "dash": "dash"}, showlegend=first,
+                    hovertemplate="context %{x}<br>MeZO/BP: %{y:.3f}<extra></extra>",
+                    row=i, col=1, secondary_y=True)
+    fig.add_scatter(x=[min(shown), max(shown)], y=[budget / cap.GB] * 2, name=f"budget {fmt.gb_text(budget)}",
+                    mode="lines", line={"color": "firebrick", "dash": "dot"}, showlegend=first,
+                    hoverinfo="skip", row=i, col=1, secondary_y=False)
+    memory_axis = _export.axis_scale(log_axes)
+    if not log_axes:                    # clipped, so that MeZO and the budget stay readable
+        top = max(LINEAR_CLIP * budget, 1.1 * part["mezo_bytes"].max()) / cap.GB
+        memory_axis.update(range=[0, min(top, 1.05 * part["BP [GB]"].max())])
+    fig.update_yaxes(title_text="total " + fmt.GB_AXIS, row=i, col=1, secondary_y=False, **memory_axis)
+    fig.update_yaxes(title_text="MeZO / BP", type="linear", row=i, col=1, secondary_y=True, showgrid=False,
+                     **ratio_axis)
+fig.update_xaxes(**_export.axis_scale(log_axes))
+fig.update_xaxes(title_text="context length [tokens]", row=2, col=1)
+_export.style(fig, f"Total memory vs context: {sc.model_name()}", sc.summary(with_model=False, with_context=False))
+fig.update_layout(height=860, legend_y=1.07, margin_t=fig.layout.margin.t + 40)
+_export.show_figure(fig, f"memory-vs-context-{sc.model_name()}", data)
+if not log_axes and data["bp_bytes"].max() > LINEAR_CLIP * budget:
+    st.caption(f"The memory axis stops at {LINEAR_CLIP}x the budget; BP reaches "
+               f"{fmt.gb_text(data['bp_bytes'].max())} at {data['context'].max():,} tokens (the log axes show it all).")
+
+with st.expander("The numbers"):
+    st.dataframe(data.drop(columns=["bp_bytes", "mezo_bytes"]).round(3), width="stretch", hide_index=True)

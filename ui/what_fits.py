@@ -1,0 +1,135 @@
+"""What fits: the largest model per method in a memory budget, and P_MeZO / P_BP."""
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+import capacity as cap
+from ui import _background, _export, _format as fmt, _scenario as sc, _sidebar
+
+POLL_S = 0.3
+
+
+def budget_grid(current: int) -> list[int]:
+    """Budgets to sample for a curve: 2 to 256 GB, doubling, and the current budget (each
+    point costs capacity two searches per method, so the grid stays coarse)."""
+    grid = {int(g * cap.GB) for g in (2, 4, 8, 16, 32, 64, 128, 256)}
+    return sorted(grid | {current})
+
+
+_sidebar.start_page("What fits a device")
+budget = sc.budget_bytes()
+methods = sc.methods()
+s = sc.scenario()
+st.caption(f"{fmt.md(sc.summary(with_model=False))}. Pick the device or a custom budget in the sidebar.")
+
+# The largest preset of each family, per method, with its size and peak.
+st.subheader("Largest preset of each family")
+records = []
+for family in cap.families():
+    for label, method in methods:
+        try:
+            name, est = cap.largest_preset(family, budget, method)
+            note = ""
+        except ValueError as err:        # a family that capacity refuses for these settings
+            name, est, note = None, None, str(err)
+        params = sc.preset_params(name) if name else 0
+        records.append({"family": family, "method": label, "largest preset": name, "parameters": params,
+                        "peak_bytes": est.peak_bytes if est else None,
+                        **fmt.gb_columns("peak", est.peak_bytes if est else float("nan")), "note": note})
+fits = pd.DataFrame(records)
+
+
+def cell(row) -> str:
+    """'gpt2-xl (1.56 B, 5.19 GB)', 'none fits', or why capacity has no answer."""
+    if pd.isna(row["largest preset"]):
+        return f"n/a: {row['note']}" if row["note"] else "none fits"
+    return f"{row['largest preset']} ({fmt.params_text(row['parameters'])}, {fmt.size_text(row['peak_bytes'])})"
+
+
+fits["shown"] = fits.apply(cell, axis=1)
+table = fits.pivot(index="family", columns="method", values="shown")[[label for label, _ in methods]]
+st.dataframe(table, width="stretch")
+st.caption("Each cell: the largest preset that fits, its parameters and its peak memory.")
+
+# The largest preset overall, per method.
+st.subheader("Largest preset overall")
+overall = fits[fits["largest preset"].notna()].sort_values("parameters").groupby("method").tail(1).set_index("method")
+for col, (label, _) in zip(st.columns(len(methods)), methods):
+    if label in overall.index:
+        row = overall.loc[label]
+        col.metric(label, row["largest preset"],
+                   delta=f"{fmt.params_text(row['parameters'])} · peak {fmt.size_text(row['peak_bytes'])}",
+                   delta_color="off", delta_arrow="off", help=f"{row['family']} family; the largest across every family.")
+    else:
+        col.metric(label, "none fits")
+st.download_button("Download the table (CSV)", fits.drop(columns=["shown"]).to_csv(index=False).encode(),
+                   "largest-presets.csv", "text/csv", on_click="ignore")
+
+# The continuous family of the sidebar's model (same depth-to-width ratio, any size): many
+# searches, computed in this session's background worker so that the page answers at once.
+st.subheader(f"Models shaped like {fmt.md(sc.model_name())}")
+shape = sc.model_shape()
+mezo_sc, bp_sc, ckpt_sc = methods[1][1], methods[2][1], methods[3][1]
+budgets = budget_grid(budget)
+jobs = {("largest", label): (cap.largest_scaled_model, (shape, budget, method)) for label, method in methods}
+jobs.update({(b, against): (cap.relative_model_size, (shape, b, method, mezo_sc))
+             for b in budgets for against, method in (("BP", bp_sc), ("BP checkpointed", ckpt_sc))})
+answers = _background.compute(jobs)
+
+if not answers.done:
+    @st.fragment(run_every=POLL_S)
+    def wait_for_answers() -> None:
+        now = _background.compute(jobs, wait_s=0.1)
+        if now.done:
+            st.rerun()                     # all landed: draw the page with them
+        st.progress(1 - now.missing / now.total,
+                    text=f"Searching the largest models that fit, at {len(budgets)} budgets…")
+    wait_for_answers()
+    st.stop()
+
+if answers.errors:
+    st.warning(f"capacity could not answer: {fmt.md(next(iter(answers.errors.values())))}")
+    st.stop()
+
+st.caption("The largest model of the same depth-to-width family that fits the budget, in parameters.")
+for col, (label, _) in zip(st.columns(len(methods)), methods):
+    col.metric(label, fmt.params_text(answers.values[("largest", label)][1]))
+curve = pd.DataFrame([
+    {"budget_bytes": b, **fmt.gb_columns("budget", b),
+     "P_MeZO/P_BP": answers.values[(b, "BP")], "P_MeZO/P_BP checkpointed": answers.values[(b, "BP checkpointed")]}
+    for b in budgets
+])
+r1, r2, _ = st.columns([1, 1, 2])
+r1.metric("P_MeZO / P_BP", fmt.times_text(answers.values[(budget, "BP")]),
+          help="How many times larger a model MeZO fine-tunes than BP in this budget.")
+r2.metric("P_MeZO / P_BP checkpointed", fmt.times_text(answers.values[(budget, "BP checkpointed")]),
+          help=f"Against {methods[3][0]}.")
+fig = go.Figure()
+# The checkpointed curve first and wider, so that where the two coincide both show.
+for column, name, line in (
+        ("P_MeZO/P_BP checkpointed", f"vs BP checkpointed (L'/L={float(s['keep']):g})", {"color": "#ef553b", "width": 5}),
+        ("P_MeZO/P_BP", "vs BP", {"color": "#636efa", "width": 2})):
+    fig.add_scatter(x=curve["budget [GB]"], y=fmt.finite(curve[column]), name=name, mode="lines+markers", line=line,
+                    customdata=curve["budget [GiB]"],
+                    hovertemplate="%{x:.1f} GB (%{customdata:.1f} GiB): %{y:.2f}x<extra>" + name + "</extra>")
+top = max(fmt.finite(curve[c]).max() for c in ("P_MeZO/P_BP", "P_MeZO/P_BP checkpointed"))
+fig.add_scatter(x=[budget / cap.GB] * 2, y=[0, top], name=f"this budget, {fmt.gb_text(budget)}", mode="lines",
+                line={"color": "firebrick", "dash": "dash"}, hoverinfo="skip")
+fig.update_xaxes(type="log", title_text="memory budget [GB = 10⁹ bytes], log scale",
+                 tickvals=_export.LOG_TICKS, tickformat="~g", tickangle=0)
+fig.update_yaxes(title_text="P_MeZO / P_BP (parameters)", rangemode="tozero")
+_export.style(fig, f"Relative model size MeZO / BP vs budget: models shaped like {sc.model_name()}",
+              sc.summary(with_model=False))
+if curve[["P_MeZO/P_BP", "P_MeZO/P_BP checkpointed"]].isin([float("inf")]).any().any():
+    st.caption("Gaps: budgets where BP fits no model of this family (MeZO/BP is unbounded there).")
+_export.show_figure(fig, f"relative-size-vs-budget-{sc.model_name()}", curve)
+
+with st.expander("Device presets"):
+    devices = pd.DataFrame([
+        {"device": d.name, **fmt.gb_columns("memory", d.memory_bytes), **fmt.gb_columns("OS reserve", d.os_reserve_bytes),
+         "peak 16-bit [TFLOP/s]": d.peak_flops / 1e12, "bandwidth [GB/s]": d.bandwidth_bytes_s / cap.GB,
+         "source": d.source, "reserve source": d.os_reserve_source}
+        for d in map(cap.load_device, cap.device_names())
+    ])
+    st.dataframe(devices.round(2), width="stretch", hide_index=True)
