@@ -154,16 +154,16 @@ def scenario() -> dict:
     return st.session_state["scenario"]
 
 
-def url_params(values: dict) -> dict:
+def url_params(values: dict, uploaded_text: bytes | None = None) -> dict:
     """The query parameters of a scenario: the keys that differ from the defaults, and an
-    uploaded model's config."""
+    uploaded model's config (uploaded_text) when it is the model."""
     params = {}
     for key, value in values.items():
         if key not in PARAMS or value == DEFAULTS[key]:
             continue
         params[key] = ("1" if value else "0") if isinstance(value, bool) else str(value)
-    if values.get("model") == UPLOADED and "uploaded_text" in st.session_state:
-        packed = pack_config(st.session_state["uploaded_text"])
+    if values.get("model") == UPLOADED and uploaded_text:
+        packed = pack_config(uploaded_text)
         if packed is not None:
             params["config"] = packed
     return params
@@ -173,7 +173,7 @@ def write_url() -> None:
     """Mirror the scenario into the URL. Sent on every run, not only on a change: a run
     that ends in st.rerun() loses its messages, and the server's copy of the URL would
     already match."""
-    st.query_params.from_dict(url_params(scenario()))
+    st.query_params.from_dict(url_params(scenario(), st.session_state.get("uploaded_text")))
 
 
 def control(widget, label: str, key: str, **kwargs):

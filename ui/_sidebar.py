@@ -23,7 +23,9 @@ def model_section(s: dict) -> None:
     choices = sc.PARAMS["model"].choices()
     if s["model"] not in choices:
         sc.set_scenario(model=sc.DEFAULTS["model"])
-    sc.control(st.selectbox, "Model", "model", options=choices, format_func=sc.model_label,
+    uploaded = sc.model_label(sc.UPLOADED)          # named now: the label is fixed for this run
+    sc.control(st.selectbox, "Model", "model", options=choices,
+               format_func=lambda name: uploaded if name == sc.UPLOADED else name,
                help="A preset, or the config.json you uploaded (named by its own `_name_or_path`).")
 
 
