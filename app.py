@@ -11,7 +11,7 @@ import logging
 
 import streamlit as st
 
-from ui import _background, _format, _scenario
+from ui import _background, _format, _runs, _scenario
 
 st.set_page_config(page_title="BP vs MeZO memory calculator", page_icon=":material/calculate:", layout="wide")
 
@@ -24,6 +24,7 @@ PAGES = [
 ]
 
 _background.start_fork_server()    # once per app; What fits' searches fork from it
+_runs.prefetch_engine_check()       # once per app; the Validate page needs it
 page = st.navigation(PAGES)
 try:
     page.run()

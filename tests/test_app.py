@@ -571,9 +571,9 @@ def fake_engine(tmp_path, monkeypatch):
     def use(mode="ok"):
         monkeypatch.setattr(_runner, "ENGINE", [sys.executable, str(script), mode])
         monkeypatch.setattr(_runner, "ENGINES", ([sys.executable, str(script), mode],))
-        _runs.engine_available.clear()
+        _runs.forget_engine_check()
     yield use
-    _runs.engine_available.clear()
+    _runs.forget_engine_check()
 
 
 def wait_until_finished(at, limit_s=30):
@@ -587,11 +587,11 @@ def test_validate_without_an_engine_says_so(monkeypatch):
     missing = [sys.executable, "-c", "import sys; sys.exit('No module named capacity.validation')"]
     monkeypatch.setattr(_runner, "ENGINE", missing)
     monkeypatch.setattr(_runner, "ENGINES", (missing,))
-    _runs.engine_available.clear()
+    _runs.forget_engine_check()
     try:
         at = open_page("validate")
     finally:
-        _runs.engine_available.clear()
+        _runs.forget_engine_check()
     assert not at.exception
     assert "not available" in messages(at) and "capacity.validation" in messages(at)
     assert at.button[0].disabled

@@ -19,6 +19,7 @@ import warnings
 
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 import streamlit as st
 
 import capacity as cap
@@ -31,6 +32,9 @@ PLOTLY_CONFIG = {
     "toImageButtonOptions": {"format": "png", **EXPORT_SIZE},
 }
 WARM_DELAY_S = 3.0        # start kaleido this long after the first chart, not during its render
+
+# The app's look, set once: naming a template per figure copies it each time (tens of ms).
+pio.templates.default = "plotly_white"
 
 # One colour per memory term on every chart (Plotly's default palette, in TERMS order).
 TERM_COLOURS = dict(zip(cap.TERMS, ("#636efa", "#ab63fa", "#ef553b", "#00cc96", "#ffa15a", "#19d3f3", "#b6e880")))
@@ -57,17 +61,26 @@ def round_ticks(top: float, count: int = 5) -> dict:
     return {"range": [0, end], "tick0": 0, "dtick": step, "tickformat": "~g"}
 
 
-def style(fig: go.Figure, title: str, subtitle: str = "") -> go.Figure:
-    """The app's look; the title names the figure, the subtitle its whole scenario, so that a
-    figure pasted into a report says what it shows (both are escaped: they may carry a
-    config's own name)."""
+def figure(traces: list[dict], layout: dict, title: str, subtitle: str = "", top_extra: int = 0) -> go.Figure:
+    """A figure in the app's look, built in one go from plain trace and layout dicts (Plotly
+    checks them once; adding traces and updating axes one by one costs ten times more).
+    The title names the figure and the subtitle its whole scenario, so that a figure pasted
+    into a report says what it shows (both escaped: they may carry a config's own name)."""
     wrapped = _wrap(html_text(subtitle)) if subtitle else ""
     lines = wrapped.count("<br>") + 1 if wrapped else 0
-    fig.update_layout(template="plotly_white",
-                      title={"text": html_text(title), "x": 0.0, "xanchor": "left", "yanchor": "top", "y": 0.98,
-                             "subtitle": {"text": wrapped, "font": {"size": 12, "color": "#555"}}},
-                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0, "traceorder": "normal"},
-                      margin={"t": 100 + 17 * lines, "l": 70, "r": 70, "b": 60}, font={"size": 13})
+    base = {"title": {"text": html_text(title), "x": 0.0, "xanchor": "left", "yanchor": "top", "y": 0.98,
+                      "subtitle": {"text": wrapped, "font": {"size": 12, "color": "#555"}}},
+            "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0, "traceorder": "normal"},
+            "margin": {"t": 100 + 17 * lines + top_extra, "l": 70, "r": 70, "b": 60}, "font": {"size": 13}}
+    for key, value in layout.items():
+        base[key] = {**base[key], **value} if isinstance(base.get(key), dict) and isinstance(value, dict) else value
+    return go.Figure(data=traces, layout=base)
+
+
+def style(fig: go.Figure, title: str, subtitle: str = "") -> go.Figure:
+    """The app's look on a figure built elsewhere (see figure())."""
+    layout = figure([], {}, title, subtitle).layout
+    fig.update_layout(title=layout.title, legend=layout.legend, margin=layout.margin, font=layout.font)
     return fig
 
 
@@ -85,7 +98,8 @@ def _wrap(text: str, width: int = 140) -> str:
 
 # --- exports ---------------------------------------------------------------------------
 
-_EXPORT_LOCK = threading.Lock()
+_EXPORT_LOCK = threading.Lock()     # kaleido's server draws one figure at a time
+_STATE_LOCK = threading.Lock()
 _SERVER = {"state": "off"}           # off, starting, on, failed
 
 
@@ -101,7 +115,7 @@ def export_available() -> bool:
 
 def warm_exporter() -> None:
     """Start kaleido's server a moment from now, in the background, once per process."""
-    with _EXPORT_LOCK:
+    with _STATE_LOCK:
         if _SERVER["state"] != "off" or not export_available():
             return
         _SERVER["state"] = "starting"

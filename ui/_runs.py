@@ -19,10 +19,10 @@ import pandas as pd
 import streamlit as st
 
 import capacity as cap
-from ui import _scenario as sc
+from ui import _runner, _scenario as sc
 from ui._format import both_text, gb_columns, size_columns, unit_for
 
-ENGINE_CHECK_TTL_S = 60        # look for the engine again after this long
+ENGINE_CHECK_TTL_S = 3600      # look for the engine again after this long
 # The result keys the page shows itself (the rest goes into an expander).
 RESULT_SHOWN = ("measured_peak_bytes", "predicted_peak_bytes", "error_pct", "breakdown", "device",
                 "peak_source", "cuda")
@@ -38,10 +38,35 @@ HISTORY_FILE = Path(os.environ.get("CAPACITY_APP_HISTORY")
 _HISTORY_LOCK = threading.Lock()
 
 
-@st.cache_data(ttl=ENGINE_CHECK_TTL_S, show_spinner=False)
+_ENGINE_CHECK = {"at": 0.0, "answer": None}
+_ENGINE_CHECK_LOCK = threading.Lock()
+PREFETCH_DELAY_S = 5.0
+
+
 def engine_available() -> tuple[bool, str]:
-    from ui import _runner
-    return _runner.engine_help()
+    """(available, its help or why not): `python -m capacity validate --help` answered,
+    asked at most once per ENGINE_CHECK_TTL_S (half a second each time, a subprocess)."""
+    with _ENGINE_CHECK_LOCK:
+        if _ENGINE_CHECK["answer"] is None or time.time() - _ENGINE_CHECK["at"] > ENGINE_CHECK_TTL_S:
+            _ENGINE_CHECK.update(answer=_runner.engine_help(), at=time.time())
+        return _ENGINE_CHECK["answer"]
+
+
+def forget_engine_check() -> None:
+    with _ENGINE_CHECK_LOCK:
+        _ENGINE_CHECK["answer"] = None
+
+
+def prefetch_engine_check() -> None:
+    """Ask in the background, a few seconds after the app starts, so that the Validate page
+    has the answer when it opens."""
+    with _ENGINE_CHECK_LOCK:
+        if _ENGINE_CHECK["at"]:
+            return
+        _ENGINE_CHECK["at"] = -1.0          # asked
+    timer = threading.Timer(PREFETCH_DELAY_S, engine_available)
+    timer.daemon = True
+    timer.start()
 
 
 def engine_args(choice: str, device: str, steps: int) -> tuple[list[str], tuple]:

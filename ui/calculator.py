@@ -1,7 +1,6 @@
 """Calculator: the peak memory of inference, MeZO, BP and checkpointed BP, term by term."""
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 import capacity as cap
@@ -37,21 +36,27 @@ data = pd.DataFrame([
     for label, est in estimates.items() for term in cap.TERMS
 ])
 binary = fmt.UNITS[unit][1]
-fig = go.Figure()
+traces = []
 for term in cap.TERMS:
     rows = data[data["term"] == term]
     if rows["bytes"].sum() == 0:
         continue
-    fig.add_bar(name=fmt.term_label(term), x=rows["method"], y=rows[f"memory [{unit}]"],
-                customdata=rows[f"memory [{binary}]"], marker_color=_export.TERM_COLOURS.get(term),
-                hovertemplate=f"%{{x}}<br>{fmt.term_label(term)}: %{{y:.3f}} {unit} (%{{customdata:.3f}} {binary})"
-                              "<extra></extra>")
+    traces.append({"type": "bar", "name": fmt.term_label(term), "x": list(rows["method"]),
+                   "y": list(rows[f"memory [{unit}]"]), "customdata": list(rows[f"memory [{binary}]"]),
+                   "marker": {"color": _export.TERM_COLOURS.get(term)},
+                   "hovertemplate": f"%{{x}}<br>{fmt.term_label(term)}: %{{y:.3f}} {unit} "
+                                    f"(%{{customdata:.3f}} {binary})<extra></extra>"})
+layout = {"barmode": "stack", "yaxis": {"title": {"text": "peak " + fmt.AXIS_TITLES[unit]}},
+          "xaxis": {"title": {"text": "method"}}}
 tallest = max(est.peak_bytes for est in estimates.values())
 if budget <= 2 * tallest:       # a line far above every bar would flatten them (the metrics say it all)
-    fig.add_hline(y=budget / fmt.UNITS[unit][0], line_dash="dash", line_color="firebrick",
-                  annotation_text=f"budget {fmt.size_text(budget, unit)}", annotation_position="top left")
-fig.update_layout(barmode="stack", yaxis_title="peak " + fmt.AXIS_TITLES[unit], xaxis_title="method")
-_export.style(fig, f"Peak memory by term: {sc.model_name()}", sc.summary(with_model=False))
+    level = budget / fmt.UNITS[unit][0]
+    layout["shapes"] = [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": level, "y1": level,
+                         "line": {"dash": "dash", "color": "firebrick"}}]
+    layout["annotations"] = [{"xref": "paper", "x": 0, "y": level, "xanchor": "left", "yanchor": "bottom",
+                              "text": f"budget {fmt.size_text(budget, unit)}", "showarrow": False,
+                              "font": {"color": "firebrick"}}]
+fig = _export.figure(traces, layout, f"Peak memory by term: {sc.model_name()}", sc.summary(with_model=False))
 _export.show_figure(fig, f"memory-by-term-{sc.model_name()}", data)
 
 st.subheader("Terms at the peak")

@@ -9,7 +9,6 @@ all readable; the linear view is clipped at a multiple of the budget.
 
 import pandas as pd
 import streamlit as st
-from plotly.subplots import make_subplots
 
 import capacity as cap
 from ui import _export, _format as fmt, _scenario as sc, _sidebar
@@ -67,42 +66,48 @@ if refused:
     st.info(f"Contexts from {min(refused):,} tokens are not shown: {fmt.md(refused[min(refused)])}.")
 data = pd.DataFrame(records)
 
-fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
-                    specs=[[{"secondary_y": True}], [{"secondary_y": True}]],
-                    subplot_titles=[row for row, _ in rows])
+# Two rows, each with the memory on the left axis and MeZO/BP on the right; one context
+# axis for both (built as plain dicts: see _export.figure).
 colours = {"BP": "#1f77b4", "MeZO": "#ff7f0e", "ratio": "#2ca02c"}
-ratio_axis = _export.round_ticks(data["MeZO/BP"].max())
 shown = list(data["context"].unique())
-for i, (row, _) in enumerate(rows, start=1):
+axes = [("x", "y", "y2", [0.56, 1.0]), ("x2", "y3", "y4", [0.0, 0.44])]    # (context, memory, ratio, domain)
+traces, layout, titles = [], {}, []
+ratio_axis = _export.round_ticks(data["MeZO/BP"].max())
+for (row, _), (x, y_mem, y_ratio, domain) in zip(rows, axes):
     part = data[data["row"] == row]
-    first = i == 1          # one legend entry per series
+    first = x == "x"                    # one legend entry per series
     bp_name = "BP" if first else "checkpointed BP"
-    fig.add_scatter(x=part["context"], y=part["BP [GB]"], customdata=part["BP [GiB]"], name=bp_name,
-                    mode="lines+markers", line={"color": colours["BP"], "dash": "solid" if first else "dot"},
-                    hovertemplate="context %{x}<br>" + bp_name + ": %{y:.2f} GB (%{customdata:.2f} GiB)<extra></extra>",
-                    row=i, col=1, secondary_y=False)
-    fig.add_scatter(x=part["context"], y=part["MeZO [GB]"], customdata=part["MeZO [GiB]"], name="MeZO",
-                    mode="lines+markers", line={"color": colours["MeZO"]}, showlegend=first,
-                    hovertemplate="context %{x}<br>MeZO: %{y:.2f} GB (%{customdata:.2f} GiB)<extra></extra>",
-                    row=i, col=1, secondary_y=False)
-    fig.add_scatter(x=part["context"], y=part["MeZO/BP"], name="MeZO/BP ratio (right axis)",
-                    mode="lines", line={"color": colours["ratio"], "dash": "dash"}, showlegend=first,
-                    hovertemplate="context %{x}<br>MeZO/BP: %{y:.3f}<extra></extra>",
-                    row=i, col=1, secondary_y=True)
-    fig.add_scatter(x=[min(shown), max(shown)], y=[budget / cap.GB] * 2, name=f"budget {fmt.gb_text(budget)}",
-                    mode="lines", line={"color": "firebrick", "dash": "dot"}, showlegend=first,
-                    hoverinfo="skip", row=i, col=1, secondary_y=False)
+    common = {"xaxis": x, "x": list(part["context"])}
+    traces += [
+        {"type": "scatter", **common, "yaxis": y_mem, "y": list(part["BP [GB]"]), "customdata": list(part["BP [GiB]"]),
+         "name": bp_name, "mode": "lines+markers", "line": {"color": colours["BP"], "dash": "solid" if first else "dot"},
+         "hovertemplate": "context %{x}<br>" + bp_name + ": %{y:.2f} GB (%{customdata:.2f} GiB)<extra></extra>"},
+        {"type": "scatter", **common, "yaxis": y_mem, "y": list(part["MeZO [GB]"]), "customdata": list(part["MeZO [GiB]"]),
+         "name": "MeZO", "mode": "lines+markers", "line": {"color": colours["MeZO"]}, "showlegend": first,
+         "hovertemplate": "context %{x}<br>MeZO: %{y:.2f} GB (%{customdata:.2f} GiB)<extra></extra>"},
+        {"type": "scatter", **common, "yaxis": y_ratio, "y": list(part["MeZO/BP"]), "name": "MeZO/BP ratio (right axis)",
+         "mode": "lines", "line": {"color": colours["ratio"], "dash": "dash"}, "showlegend": first,
+         "hovertemplate": "context %{x}<br>MeZO/BP: %{y:.3f}<extra></extra>"},
+        {"type": "scatter", "xaxis": x, "yaxis": y_mem, "x": [min(shown), max(shown)], "y": [budget / cap.GB] * 2,
+         "name": f"budget {fmt.gb_text(budget)}", "mode": "lines", "line": {"color": "firebrick", "dash": "dot"},
+         "showlegend": first, "hoverinfo": "skip"},
+    ]
     memory_axis = _export.axis_scale(log_axes)
     if not log_axes:                    # clipped, so that MeZO and the budget stay readable
         top = max(LINEAR_CLIP * budget, 1.1 * part["mezo_bytes"].max()) / cap.GB
         memory_axis.update(range=[0, min(top, 1.05 * part["BP [GB]"].max())])
-    fig.update_yaxes(title_text="total " + fmt.GB_AXIS, row=i, col=1, secondary_y=False, **memory_axis)
-    fig.update_yaxes(title_text="MeZO / BP", type="linear", row=i, col=1, secondary_y=True, showgrid=False,
-                     **ratio_axis)
-fig.update_xaxes(**_export.axis_scale(log_axes))
-fig.update_xaxes(title_text="context length [tokens]", row=2, col=1)
-_export.style(fig, f"Total memory vs context: {sc.model_name()}", sc.summary(with_model=False, with_context=False))
-fig.update_layout(height=860, legend_y=1.07, margin_t=fig.layout.margin.t + 40)
+    layout["yaxis" + y_mem[1:]] = {"domain": domain, "anchor": x, "title": {"text": "total " + fmt.GB_AXIS},
+                                   **memory_axis}
+    layout["yaxis" + y_ratio[1:]] = {"overlaying": y_mem, "side": "right", "anchor": x, "type": "linear",
+                                     "showgrid": False, "title": {"text": "MeZO / BP"}, **ratio_axis}
+    layout["xaxis" + x[1:]] = {"anchor": y_mem, **_export.axis_scale(log_axes),
+                               **({"matches": "x2", "showticklabels": False} if first else
+                                  {"title": {"text": "context length [tokens]"}})}
+    titles.append({"text": row, "xref": "paper", "yref": "paper", "x": 0.5, "y": domain[1], "xanchor": "center",
+                   "yanchor": "bottom", "showarrow": False, "font": {"size": 14}})
+layout.update(height=860, annotations=titles, legend={"y": 1.06})
+fig = _export.figure(traces, layout, f"Total memory vs context: {sc.model_name()}",
+                     sc.summary(with_model=False, with_context=False), top_extra=30)
 _export.show_figure(fig, f"memory-vs-context-{sc.model_name()}", data)
 if not log_axes and data["bp_bytes"].max() > LINEAR_CLIP * budget:
     st.caption(f"The memory axis stops at {LINEAR_CLIP}x the budget; BP reaches "

@@ -5,7 +5,6 @@ The device is the sidebar's: its memory sets the budget and its datasheet the th
 With a custom budget (no device), the throughput comes from the device chosen here."""
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 import capacity as cap
@@ -82,13 +81,14 @@ data = pd.DataFrame([time_row(label, shape, method, device, budget, steps, mult,
                      for label, method in training])
 st.dataframe(time_table(data), width="stretch", hide_index=True)
 
-fig = go.Figure(go.Bar(x=data["setup"], y=data["time to target [h]"],
-                       text=data["time to target [h]"].map("{:,.2f} h".format),
-                       customdata=data["time per step [s]"], marker_color=["#ff7f0e", "#1f77b4", "#6baed6"],
-                       hovertemplate="%{x}<br>%{y:,.2f} h (%{customdata:.3f} s per step)<extra></extra>"))
-fig.update_layout(xaxis_title="method", yaxis_title="wall-clock time [hours]", showlegend=False)
-_export.style(fig, f"Time to {steps:,} BP-equivalent steps on {device.name}: {sc.model_name()}",
-              sc.summary(with_model=False) + f" · efficiency {efficiency:g} · MeZO steps x{mult:g}")
+fig = _export.figure(
+    [{"type": "bar", "x": list(data["setup"]), "y": list(data["time to target [h]"]),
+      "text": list(data["time to target [h]"].map("{:,.2f} h".format)), "customdata": list(data["time per step [s]"]),
+      "marker": {"color": ["#ff7f0e", "#1f77b4", "#6baed6"]},
+      "hovertemplate": "%{x}<br>%{y:,.2f} h (%{customdata:.3f} s per step)<extra></extra>"}],
+    {"xaxis": {"title": {"text": "method"}}, "yaxis": {"title": {"text": "wall-clock time [hours]"}}, "showlegend": False},
+    f"Time to {steps:,} BP-equivalent steps on {device.name}: {sc.model_name()}",
+    sc.summary(with_model=False) + f" · efficiency {efficiency:g} · MeZO steps x{mult:g}")
 _export.show_figure(fig, f"time-to-steps-{sc.model_name()}", data)
 
 # 2. The paper's experiment: the same budget, BP on a small model, MeZO on the largest that fits.
@@ -118,13 +118,13 @@ except ValueError as err:                  # e.g. a context beyond the small mod
 st.dataframe(time_table(paper), width="stretch", hide_index=True)
 
 curve = wall_clock_curve(paper, steps)
-fig2 = go.Figure()
-for setup, part in curve.groupby("setup", sort=False):
-    fig2.add_scatter(x=part["BP-equivalent steps"], y=part["wall-clock [h]"], name=setup, mode="lines",
-                     hovertemplate="%{x:,} steps: %{y:,.2f} h<extra>" + setup + "</extra>")
-fig2.update_layout(xaxis_title="BP-equivalent steps", yaxis_title="wall-clock time [hours]")
-_export.style(fig2, f"Wall-clock time vs progress at {fmt.gb_text(budget)} on {device.name}",
-              sc.summary(with_model=False) + f" · efficiency {efficiency:g} · MeZO steps x{mult:g}")
+fig2 = _export.figure(
+    [{"type": "scatter", "x": list(part["BP-equivalent steps"]), "y": list(part["wall-clock [h]"]), "name": setup,
+      "mode": "lines", "hovertemplate": "%{x:,} steps: %{y:,.2f} h<extra>" + setup + "</extra>"}
+     for setup, part in curve.groupby("setup", sort=False)],
+    {"xaxis": {"title": {"text": "BP-equivalent steps"}}, "yaxis": {"title": {"text": "wall-clock time [hours]"}}},
+    f"Wall-clock time vs progress at {fmt.gb_text(budget)} on {device.name}",
+    sc.summary(with_model=False) + f" · efficiency {efficiency:g} · MeZO steps x{mult:g}")
 _export.show_figure(fig2, "paper-experiment-wall-clock", curve)
 st.caption("Time per step is capacity's roofline estimate, max(FLOPs / peak FLOP/s, bytes moved / bandwidth), "
            "each scaled by the efficiency: with efficiency 1 it is a lower bound. MeZO's steps are cheaper "

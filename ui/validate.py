@@ -8,7 +8,6 @@ stage, lets the user cancel it, and keeps the runs in a history on this machine
 import json
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from ui import _export, _format as fmt, _runner, _runs, _scenario as sc, _sidebar
@@ -109,14 +108,15 @@ if latest and not busy:
         if not data.empty:
             st.dataframe(data.drop(columns=["measured_bytes", "predicted_bytes"]).round(3), width="stretch",
                          hide_index=True)
-            fig = go.Figure()
-            for side in ("measured", "predicted"):
-                fig.add_bar(name=side, x=data["term"], y=data[f"{side} [{unit}]"], customdata=data[f"{side} [{binary}]"],
-                            hovertemplate=f"%{{x}}: %{{y:.3f}} {unit} (%{{customdata:.3f}} {binary})<extra>{side}</extra>")
-            fig.update_layout(barmode="group", xaxis_title="class (as both sides name it)",
-                              yaxis_title=fmt.AXIS_TITLES[unit])
-            _export.style(fig, f"Measured vs predicted by class: {latest['run']}",
-                          f"{latest.get('command', '')} · run {latest.get('started', '')}")
+            fig = _export.figure(
+                [{"type": "bar", "name": side, "x": list(data["term"]), "y": list(data[f"{side} [{unit}]"]),
+                  "customdata": list(data[f"{side} [{binary}]"]),
+                  "hovertemplate": f"%{{x}}: %{{y:.3f}} {unit} (%{{customdata:.3f}} {binary})<extra>{side}</extra>"}
+                 for side in ("measured", "predicted")],
+                {"barmode": "group", "xaxis": {"title": {"text": "class (as both sides name it)"}},
+                 "yaxis": {"title": {"text": fmt.AXIS_TITLES[unit]}}},
+                f"Measured vs predicted by class: {latest['run']}",
+                f"{latest.get('command', '')} · run {latest.get('started', '')}")
             _export.show_figure(fig, f"validation-{latest['run']}", data)
         extra = {k: v for k, v in result.items() if k not in _runs.RESULT_SHOWN}
         if extra:

@@ -1,7 +1,6 @@
 """What fits: the largest model per method in a memory budget, and P_MeZO / P_BP."""
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 import capacity as cap
@@ -105,22 +104,22 @@ r1.metric("P_MeZO / P_BP", fmt.times_text(answers.values[(budget, "BP")]),
           help="How many times larger a model MeZO fine-tunes than BP in this budget.")
 r2.metric("P_MeZO / P_BP checkpointed", fmt.times_text(answers.values[(budget, "BP checkpointed")]),
           help=f"Against {methods[3][0]}.")
-fig = go.Figure()
+traces = []
 # The checkpointed curve first and wider, so that where the two coincide both show.
 for column, name, line in (
         ("P_MeZO/P_BP checkpointed", f"vs BP checkpointed (L'/L={float(s['keep']):g})", {"color": "#ef553b", "width": 5}),
         ("P_MeZO/P_BP", "vs BP", {"color": "#636efa", "width": 2})):
-    fig.add_scatter(x=curve["budget [GB]"], y=fmt.finite(curve[column]), name=name, mode="lines+markers", line=line,
-                    customdata=curve["budget [GiB]"],
-                    hovertemplate="%{x:.1f} GB (%{customdata:.1f} GiB): %{y:.2f}x<extra>" + name + "</extra>")
+    traces.append({"type": "scatter", "x": list(curve["budget [GB]"]), "y": list(fmt.finite(curve[column])),
+                   "name": name, "mode": "lines+markers", "line": line, "customdata": list(curve["budget [GiB]"]),
+                   "hovertemplate": "%{x:.1f} GB (%{customdata:.1f} GiB): %{y:.2f}x<extra>" + name + "</extra>"})
 top = max(fmt.finite(curve[c]).max() for c in ("P_MeZO/P_BP", "P_MeZO/P_BP checkpointed"))
-fig.add_scatter(x=[budget / cap.GB] * 2, y=[0, top], name=f"this budget, {fmt.gb_text(budget)}", mode="lines",
-                line={"color": "firebrick", "dash": "dash"}, hoverinfo="skip")
-fig.update_xaxes(type="log", title_text="memory budget [GB = 10⁹ bytes], log scale",
-                 tickvals=_export.LOG_TICKS, tickformat="~g", tickangle=0)
-fig.update_yaxes(title_text="P_MeZO / P_BP (parameters)", rangemode="tozero")
-_export.style(fig, f"Relative model size MeZO / BP vs budget: models shaped like {sc.model_name()}",
-              sc.summary(with_model=False))
+traces.append({"type": "scatter", "x": [budget / cap.GB] * 2, "y": [0, top], "name": f"this budget, {fmt.gb_text(budget)}",
+               "mode": "lines", "line": {"color": "firebrick", "dash": "dash"}, "hoverinfo": "skip"})
+layout = {"xaxis": {"type": "log", "title": {"text": "memory budget [GB = 10⁹ bytes], log scale"},
+                    "tickvals": _export.LOG_TICKS, "tickformat": "~g", "tickangle": 0},
+          "yaxis": {"title": {"text": "P_MeZO / P_BP (parameters)"}, "rangemode": "tozero"}}
+fig = _export.figure(traces, layout, f"Relative model size MeZO / BP vs budget: models shaped like {sc.model_name()}",
+                     sc.summary(with_model=False))
 if curve[["P_MeZO/P_BP", "P_MeZO/P_BP checkpointed"]].isin([float("inf")]).any().any():
     st.caption("Gaps: budgets where BP fits no model of this family (MeZO/BP is unbounded there).")
 _export.show_figure(fig, f"relative-size-vs-budget-{sc.model_name()}", curve)
