@@ -149,6 +149,15 @@ def load(page, url: str, chart: bool) -> float:
     return time.perf_counter() - start
 
 
+def switch(page, link: str, title: str, chart: bool) -> float:
+    """A page opened from the sidebar's navigation (same session, no reload)."""
+    start = time.perf_counter()
+    page.locator('[data-testid="stSidebarNav"]').get_by_text(link, exact=True).click()
+    page.get_by_role("heading", name=title).wait_for(timeout=WAIT_MS)
+    still(page, chart)
+    return time.perf_counter() - start
+
+
 def type_number(page, label: str, value, url_part: str, chart: bool) -> float:
     box = page.get_by_label(label, exact=True)
     box.fill(str(value))
@@ -171,6 +180,10 @@ def download(page, button: str) -> float:
 PAGES = [("", "calculator", True), ("memory_vs_context", "memory vs context", True),
          ("what_fits", "what fits", True), ("time_tradeoff", "time trade-off", True),
          ("validate", "validate", False)]
+# (sidebar link, page title, has a chart): switched to in this order, round and round
+NAVIGATION = [("Memory vs context", "Memory vs context length", True), ("What fits", "What fits a device", True),
+              ("Time trade-off", "Time trade-off", True), ("Validate", "Validate on this machine", False),
+              ("Calculator", "Memory calculator", True)]
 # (page path, label, new values; each value is new to the page so that nothing is cached)
 INTERACTIONS = [
     ("", "Batch size", (3, 5, 6, 7, 9, 10, 11)),
@@ -254,7 +267,16 @@ def main() -> int:
                          trivial["first load"], INTERACTION_S))
             for path, label, chart in PAGES:
                 seconds = [load(page, f"{server.url}/{path}", chart) for _ in range(args.repeat)]
-                rows.append((f"page load: {label}", statistics.median(seconds), trivial["load"], INTERACTION_S))
+                rows.append((f"page load (browser reload): {label}", statistics.median(seconds), trivial["load"],
+                             INTERACTION_S))
+            load(page, server.url, chart=True)
+            switched: dict[str, list[float]] = {}
+            for _ in range(args.repeat):
+                for link, title, chart in NAVIGATION:
+                    switched.setdefault(link, []).append(switch(page, link, title, chart))
+            for link, seconds in switched.items():
+                rows.append((f"page switch (sidebar): {link}", statistics.median(seconds), trivial["interaction"],
+                             INTERACTION_S))
             for path, label, values in INTERACTIONS:
                 chart = path != "validate"
                 load(page, f"{server.url}/{path}", chart)
