@@ -105,3 +105,11 @@ def test_family_names_ignore_case():
 def test_attention_defaults_to_sdpa_as_transformers_does():
     r = run("estimate", "--preset", "gpt2", "--method", "mezo", "--json")
     assert json.loads(r.stdout)["scenario"]["attention"] == "sdpa" == Scenario().attention
+
+
+def test_fit_across_families_names_the_families_it_cannot_answer_for():
+    r = run("fit", "--budget", "8GB", "--method", "mezo", "--seq", "4096", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)["mezo"]
+    assert "GPT-2" in res["families_refused"] and "1,024 positions" in res["families_refused"]["GPT-2"]
+    assert res["largest_preset_by_family"]["GPT-2"] is None and res["largest_preset"] is not None

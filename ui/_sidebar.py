@@ -165,6 +165,9 @@ def start_page(title: str, needs_estimate: bool = True) -> None:
         st.caption("This uploaded config is too large to travel in a link; the link carries the other settings.")
     if needs_estimate:
         stop_if_refused()
+        note = cap.context_note(sc.model_shape(), int(s["seq"]))
+        if note:                             # RoPE beyond its trained length: answered, with a note
+            st.info(f"Note: {md(note)}.")
 
 
 def stop_if_refused() -> None:
@@ -174,6 +177,13 @@ def stop_if_refused() -> None:
     if why is None:
         return
     st.warning(f"capacity cannot answer for these settings: {md(why)}.")
-    st.info("Change the setting it names in the sidebar (for a training loop: the plain loop is "
-            "modelled; for a context: the model's position table sets the limit).")
+    s, limit = sc.scenario(), cap.longest_runnable_context(sc.model_shape())
+    if limit is not None and s["seq"] > limit:
+        st.button(f"Use a context of {limit:,} tokens (the model's last position)", on_click=sc.set_scenario,
+                  kwargs={"seq": limit})
+    elif why.startswith("loop"):
+        st.button("Use the plain loop (modelled)", on_click=sc.set_scenario,
+                  kwargs={"loop": "plain", "opt_impl": sc.AUTO, "hold": sc.AUTO, "accum": 1})
+    else:
+        st.info("Change the setting it names in the sidebar.")
     st.stop()

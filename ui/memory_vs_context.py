@@ -7,13 +7,15 @@ grows with the square of the context under eager attention), MeZO and the budget
 all readable; the linear view is clipped at a multiple of the budget.
 """
 
+import math
+
 import pandas as pd
 import streamlit as st
 
 import capacity as cap
 from ui import _export, _format as fmt, _scenario as sc, _sidebar
 
-LINEAR_CLIP = 3        # the linear memory axis stops at this many budgets (or MeZO's top)
+LINEAR_CLIP = 3        # the linear memory axis stops at this many budgets (or where MeZO and BP show)
 
 
 def context_grid(longest: int) -> list[int]:
@@ -64,6 +66,9 @@ if not records:
     st.stop()
 if refused:
     st.info(f"Contexts from {min(refused):,} tokens are not shown: {fmt.md(refused[min(refused)])}.")
+note = cap.context_note(shape, int(ctx_max))
+if note:
+    st.caption(f"Beyond the dash-dotted line: {fmt.md(note)}.")
 data = pd.DataFrame(records)
 
 # Two rows, each with the memory on the left axis and MeZO/BP on the right; one context
@@ -94,7 +99,7 @@ for (row, _), (x, y_mem, y_ratio, domain) in zip(rows, axes):
     ]
     memory_axis = _export.axis_scale(log_axes)
     if not log_axes:                    # clipped, so that MeZO and the budget stay readable
-        top = max(LINEAR_CLIP * budget, 1.1 * part["mezo_bytes"].max()) / cap.GB
+        top = max(LINEAR_CLIP * budget, 1.1 * part["mezo_bytes"].max(), 1.5 * part["bp_bytes"].min()) / cap.GB
         memory_axis.update(range=[0, min(top, 1.05 * part["BP [GB]"].max())])
     layout["yaxis" + y_mem[1:]] = {"domain": domain, "anchor": x, "title": {"text": "total " + fmt.GB_AXIS},
                                    **memory_axis}
@@ -105,12 +110,25 @@ for (row, _), (x, y_mem, y_ratio, domain) in zip(rows, axes):
                                   {"title": {"text": "context length [tokens]"}})}
     titles.append({"text": row, "xref": "paper", "yref": "paper", "x": 0.5, "y": domain[1], "xanchor": "center",
                    "yanchor": "bottom", "showarrow": False, "font": {"size": 14}})
-layout.update(height=860, annotations=titles, legend={"y": 1.06})
+# The model's context limit: a learned table's last position (no point beyond it runs), or
+# the length a RoPE model was trained for (capacity answers beyond it; quality is not assured).
+limit = shape.max_positions
+shapes = []
+if min(shown) <= limit <= int(ctx_max):
+    learned = shape.arch.positions == "learned"
+    label = (f"learned position table: {limit:,}" if learned else f"trained context (RoPE): {limit:,}")
+    for x, _, _, domain in axes:
+        shapes.append({"type": "line", "xref": x, "yref": "paper", "x0": limit, "x1": limit, "y0": domain[0],
+                       "y1": domain[1], "line": {"color": "#666", "dash": "dashdot", "width": 1}})
+    titles.append({"text": label, "xref": "x", "yref": "paper", "x": math.log10(limit) if log_axes else limit,
+                   "y": axes[0][3][0], "xanchor": "right", "yanchor": "bottom", "showarrow": False,
+                   "font": {"size": 11, "color": "#666"}})
+layout.update(height=860, annotations=titles, shapes=shapes, legend={"y": 1.06})
 fig = _export.figure(traces, layout, f"Total memory vs context: {sc.model_name()}",
                      sc.summary(with_model=False, with_context=False), top_extra=30)
 _export.show_figure(fig, f"memory-vs-context-{sc.model_name()}", data)
 if not log_axes and data["bp_bytes"].max() > LINEAR_CLIP * budget:
-    st.caption(f"The memory axis stops at {LINEAR_CLIP}x the budget; BP reaches "
+    st.caption(f"The memory axis stops near {LINEAR_CLIP}x the budget; BP reaches "
                f"{fmt.gb_text(data['bp_bytes'].max())} at {data['context'].max():,} tokens (the log axes show it all).")
 
 with st.expander("The numbers"):
