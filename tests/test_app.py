@@ -539,6 +539,8 @@ argv = sys.argv[1:]
 if "--help" in argv:
     print("usage: validate --preset NAME --method M ..."); sys.exit(0)
 mode = argv[0]
+print(json.dumps({"event": "progress", "step": 0, "total": 3, "message": "loading torch and transformers"}),
+      file=sys.stderr, flush=True)
 if mode == "slowstart":
     time.sleep(60)
 for i in range(3):
@@ -660,7 +662,11 @@ def test_the_run_shows_a_live_stage_while_torch_loads(fake_engine):
         time.sleep(1.5)
         at.run()
         bar = at.get("progress")[0]
-        assert "loading torch and transformers" in shown(bar.proto.text) and bar.proto.value > 0
+        assert "loading torch and transformers" in shown(bar.proto.text) and "last time" in shown(bar.proto.text)
+        first = bar.proto.value
+        time.sleep(1.5)
+        at.run()
+        assert at.get("progress")[0].proto.value > first > 0          # the bar moves while torch loads
     finally:
         at.session_state["validate_run"].cancel()
 

@@ -76,7 +76,7 @@ class EngineRun:
         self.step = 0
         self.total = 0
         self.progress_message = "starting"
-        self.first_progress_at: float | None = None    # when the engine first said where it is
+        self.first_step_at: float | None = None        # when the first step ended (torch loaded, model built)
         self.recorded = False            # set by the page once the run is in the history
         self._cancelled = False
         self._stdout: list[str] = []
@@ -141,8 +141,8 @@ class EngineRun:
         event = _json_object(line)
         with self._lock:
             if event and event.get("event") == "progress":
-                if self.first_progress_at is None:
-                    self.first_progress_at = time.time()
+                if self.first_step_at is None and _int(event.get("step"), 0) >= 1:
+                    self.first_step_at = time.time()
                 self.step = _int(event.get("step"), self.step)
                 self.total = _int(event.get("total"), self.total)
                 self.progress_message = str(event.get("message", ""))[:300]

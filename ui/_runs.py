@@ -133,16 +133,15 @@ def auto_choice(choice: str) -> str:
 
 
 def stage(run, startup_s: float) -> tuple[float, str]:
-    """(fraction done, what the run is doing now) for the live progress bar. Before the
-    engine's first event it is loading torch and transformers; the bar advances with the
-    time that took last time."""
-    if run.first_progress_at is None:
-        elapsed = run.elapsed
-        return (0.2 * min(elapsed / max(startup_s, 1.0), 0.95),
-                f"loading torch and transformers ({elapsed:.0f} s; {startup_s:.0f} s last time)")
+    """(fraction done, what the run is doing now) for the live progress bar. Until its first
+    step ends the engine loads torch and transformers and builds the model (the engine says
+    which); the bar advances with the time that took last time, then step by step."""
     if not run.step:
-        return 0.2, run.progress_message or "building the model"
-    return 0.2 + 0.8 * run.fraction, f"step {run.step}/{run.total or '?'} · {run.progress_message}"
+        elapsed = run.elapsed
+        return (0.25 * min(elapsed / max(startup_s, 1.0), 0.95),
+                f"{run.progress_message or 'starting'} ({elapsed:.0f} s; the first step took {startup_s:.0f} s "
+                "last time)")
+    return 0.25 + 0.75 * run.fraction, f"step {run.step}/{run.total or '?'} · {run.progress_message}"
 
 
 # --- the history of runs ------------------------------------------------------------------
@@ -162,7 +161,7 @@ def history_entry(run, requested_device: str) -> dict:
     return {"run": run.label, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started)),
             "seconds": round(run.elapsed, 1), "status": run.status, "message": run.message,
             "requested device": requested_device,
-            "startup seconds": None if run.first_progress_at is None else round(run.first_progress_at - run.started, 1),
+            "startup seconds": None if run.first_step_at is None else round(run.first_step_at - run.started, 1),
             "command": " ".join(run.command[2:]), "result": run.result, "stderr": run.stderr_tail()}
 
 
@@ -207,7 +206,7 @@ def clear_history() -> None:
 
 
 def startup_seconds(history: list[dict]) -> float:
-    """How long the engine took to start last time (loading torch and transformers)."""
+    """How long the engine took to its first step last time (torch, transformers, the model)."""
     for entry in reversed(history):
         if isinstance(entry.get("startup seconds"), (int, float)):
             return float(entry["startup seconds"])

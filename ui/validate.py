@@ -69,7 +69,7 @@ def live_progress() -> None:
     if not current.running:
         st.rerun()                   # the whole page: the result and the history
     fraction, doing = _runs.stage(current, _runs.startup_seconds(history))
-    st.progress(fraction, text=f"{fmt.md(current.label)}: {fmt.md(doing)} · {current.elapsed:.0f} s")
+    st.progress(fraction, text=f"{fmt.md(current.label)}: {fmt.md(doing)}")
     st.button("Cancel", on_click=current.cancel)
 
 
