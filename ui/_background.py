@@ -162,9 +162,24 @@ def _no_main_script():
             sys.modules["__main__"] = saved
 
 
+_FORK_SERVER = {"asked": False}
+FORK_SERVER_DELAY_S = 5.0
+
+
 def start_fork_server() -> None:
-    """Start the fork server now (a fraction of a second, once per app), so that the first
-    page with background work does not wait for it."""
+    """Start the fork server a few seconds from now, in the background (once per app), so
+    that the first page with background work does not wait for it and the app's first page
+    does not share the CPU with it."""
+    with _START_LOCK:
+        if _FORK_SERVER["asked"]:
+            return
+        _FORK_SERVER["asked"] = True
+    timer = threading.Timer(FORK_SERVER_DELAY_S, _ensure_fork_server)
+    timer.daemon = True
+    timer.start()
+
+
+def _ensure_fork_server() -> None:
     from multiprocessing import forkserver
     with _no_main_script():
         forkserver.ensure_running()

@@ -31,7 +31,7 @@ PLOTLY_CONFIG = {
     # The toolbar's camera button saves a PNG at the export size.
     "toImageButtonOptions": {"format": "png", **EXPORT_SIZE},
 }
-WARM_DELAY_S = 3.0        # start kaleido this long after the first chart, not during its render
+WARM_DELAY_S = 8.0        # start kaleido this long after the first chart, not while the page renders
 
 # The app's look, set once: naming a template per figure copies it each time (tens of ms).
 pio.templates.default = "plotly_white"
