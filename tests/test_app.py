@@ -765,3 +765,56 @@ def test_a_quantized_config_is_refused_with_the_reason():
     assert not at.exception
     assert "quantization_config" in messages(at, "error")
     assert at.selectbox(key="w_model").value == "llama-2-7b"
+
+
+# --- properties over arbitrary link parameters and uploads (hypothesis) --------------------
+
+from hypothesis import HealthCheck, given, settings, strategies as hst  # noqa: E402
+
+JSON_VALUES = hst.recursive(
+    hst.none() | hst.booleans() | hst.integers(-2**70, 2**70) | hst.floats(allow_nan=False) | hst.text(max_size=20),
+    lambda inner: hst.lists(inner, max_size=4) | hst.dictionaries(hst.text(max_size=12), inner, max_size=4),
+    max_leaves=12)
+CONFIG_KEYS = ["model_type", "hidden_size", "n_embd", "num_hidden_layers", "n_layer", "num_attention_heads", "n_head",
+               "intermediate_size", "vocab_size", "hidden_act", "activation_function", "max_position_embeddings",
+               "_name_or_path", "quantization_config", "tie_word_embeddings", "num_key_value_heads"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=hst.sampled_from(sorted(_scenario.PARAMS)), text=hst.text(max_size=60))
+def test_any_link_parameter_is_read_or_refused_with_a_message(key, text):
+    try:
+        value = _scenario.parse_param(key, text)
+    except ValueError as err:
+        assert str(err)
+    else:
+        assert type(value) is type(_scenario.DEFAULTS[key]) or isinstance(_scenario.DEFAULTS[key], float)
+    out = _format.md(text)
+    assert shown(out) == " ".join(text.split())[:_format.MAX_SHOWN_CHARS] + ("…" if len(" ".join(text.split())) >
+                                                                            _format.MAX_SHOWN_CHARS else "")
+    assert not re.search(r"[!-/:-@\[-`{-~]", re.sub(r"\\[!-/:-@\[-`{-~]", "", out.replace("\u200b", "")))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(packed=hst.text(max_size=200))
+def test_any_link_config_is_read_or_refused(packed):
+    try:
+        data = _scenario.unpack_config(packed)
+    except ValueError as err:
+        assert str(err)
+    else:
+        assert len(data) <= _scenario.UPLOAD_LIMIT_BYTES
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=hst.dictionaries(hst.sampled_from(CONFIG_KEYS) | hst.text(max_size=10), JSON_VALUES, max_size=10),
+       model_type=hst.sampled_from(["gpt2", "llama", "opt", "mistral", "qwen2", "gemma", "gpt_neox", "phi", "x"]))
+def test_any_uploaded_config_is_a_model_or_a_message(config, model_type):
+    config.setdefault("model_type", model_type)
+    data = json.dumps(config).encode()
+    shape, name, error = _scenario.read_upload("up.json", data)
+    assert (shape is None) == (name is None) == (error is not None)
+    if shape is not None:
+        assert name.endswith(")") and len(name) < 200 and "\n" not in name
+        assert _scenario.unpack_config(_scenario.pack_config(data)) == json.dumps(
+            json.loads(data), separators=(",", ":"), ensure_ascii=False).encode()
