@@ -534,7 +534,7 @@ def test_a_process_with_background_work_exits_without_waiting_for_it():
 # --- the Validate page, with stand-in engines written by the tests ------------------
 
 FAKE_ENGINE = r'''
-import json, sys, time
+import json, os, sys, time
 argv = sys.argv[1:]
 if "--help" in argv:
     print("usage: validate --preset NAME --method M ..."); sys.exit(0)
@@ -554,6 +554,8 @@ if mode == "oom":
     print("error: out of memory at step 2", file=sys.stderr); sys.exit(5)
 if mode == "sleep":
     time.sleep(60)
+if mode == "abort":
+    os.abort()
 cfg = argv[argv.index("--config") + 1] if "--config" in argv else None
 result = {"measured_peak_bytes": 2_000_000_000, "predicted_peak_bytes": 2_100_000_000, "error_pct": -0.001,
           "breakdown": {"measured": {"weights": 1_500_000_000, "activations": 500_000_000},
@@ -561,7 +563,7 @@ result = {"measured_peak_bytes": 2_000_000_000, "predicted_peak_bytes": 2_100_00
                         "comparable": {"measured": {"weights": 1_500_000_000, "activations_and_temporaries": 500_000_000},
                                        "predicted": {"weights": 1_500_000_000, "activations_and_temporaries": 600_000_000}}},
           "losses": [2.0, 1.9], "step_seconds": [0.1, 0.1], "device": "cpu", "argv": argv,
-          "config_seen": open(cfg).read() if cfg else None}
+          "config_seen": open(cfg).read() if cfg else None, "parent": os.environ.get("CAPACITY_PARENT_PID")}
 print("some log line")
 print(json.dumps(result))
 '''
@@ -818,3 +820,32 @@ def test_any_uploaded_config_is_a_model_or_a_message(config, model_type):
         assert name.endswith(")") and len(name) < 200 and "\n" not in name
         assert _scenario.unpack_config(_scenario.pack_config(data)) == json.dumps(
             json.loads(data), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def test_a_run_is_capped_in_host_memory_and_watches_the_server(fake_engine, monkeypatch):
+    from capacity.validation import host
+    fake_engine("ok")
+    monkeypatch.setattr(_runs, "gpu_seen", lambda: False)
+    monkeypatch.setattr(host, "available_bytes", lambda cap=None: 8 * 10**9)
+    at = open_page("validate")
+    assert "3/4 of the memory available now" in captions(at)
+    at.button[0].click().run()
+    wait_until_finished(at)
+    result = _runs.load_history()[-1]["result"]
+    argv = result["argv"]
+    assert argv[argv.index("--max-memory") + 1] == f"{6 * 10**9}B"       # 3/4 of 8 GB
+    assert result["parent"] == str(__import__("os").getpid())           # the engine ends with the server
+    at.number_input(key="w_v_mem_gb").set_value(2.0).run()
+    at.button[0].click().run()
+    wait_until_finished(at)
+    argv = _runs.load_history()[-1]["result"]["argv"]
+    assert argv[argv.index("--max-memory") + 1] == f"{2 * 10**9}B"
+
+
+def test_a_run_that_aborts_under_its_cap_is_out_of_memory(fake_engine, monkeypatch):
+    fake_engine("abort")
+    monkeypatch.setattr(_runs, "gpu_seen", lambda: False)
+    at = open_page("validate")
+    at.button[0].click().run()
+    wait_until_finished(at)
+    assert "out of memory under its cap" in messages(at, "error")

@@ -62,9 +62,14 @@ def engine_help(timeout_s: float = 30) -> tuple[bool, str]:
 class EngineRun:
     """One launched run. `status`: running, done, out of memory, failed, cancelled or timed out."""
 
-    def __init__(self, args: list[str], time_limit_s: float, label: str = "", cleanup: tuple = ()):
-        """cleanup: folders made for this run (an uploaded config), removed when it ends."""
-        self.command = [*ENGINE, *args, "--timeout", f"{time_limit_s:g}", "--json", "--progress", "json"]
+    def __init__(self, args: list[str], time_limit_s: float, label: str = "", cleanup: tuple = (),
+                 max_memory_bytes: int | None = None):
+        """cleanup: folders made for this run (an uploaded config), removed when it ends.
+        max_memory_bytes: the child's host memory cap (`--max-memory`, RLIMIT_DATA): beyond
+        it the run is out of memory, not the machine."""
+        memory = ["--max-memory", f"{int(max_memory_bytes)}B"] if max_memory_bytes else []
+        self.command = [*ENGINE, *args, *memory, "--timeout", f"{time_limit_s:g}", "--json", "--progress", "json"]
+        self.max_memory_bytes = max_memory_bytes
         self.cleanup = tuple(cleanup)
         self.label = label
         self.time_limit_s = time_limit_s
@@ -82,7 +87,9 @@ class EngineRun:
         self._stdout: list[str] = []
         self._stderr: deque[str] = deque(maxlen=STDERR_LINES_KEPT)
         self._lock = threading.Lock()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # The engine watches this pid and ends within a second if the app's server dies
+        # without its exit handler (capacity/validation/host.py, CAPACITY_PARENT_PID).
+        env = dict(os.environ, PYTHONUNBUFFERED="1", CAPACITY_PARENT_PID=str(os.getpid()))
         try:
             self._proc = subprocess.Popen(self.command, cwd=ROOT, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
@@ -173,6 +180,11 @@ class EngineRun:
             self._finish("timed out", str(result.get("message", "timed out")))
         elif result is not None and result.get("message"):
             self._finish("failed", str(result["message"]))
+        elif code == -signal.SIGKILL:     # not by us: on Linux most likely the OOM killer
+            self._finish("out of memory", "the run was killed (SIGKILL), most likely out of host memory")
+        elif code == -signal.SIGABRT and self.max_memory_bytes:
+            self._finish("out of memory", f"the run aborted, most likely out of memory under its cap of "
+                                          f"{self.max_memory_bytes / 1e9:,.2f} GB")
         else:
             self._finish("failed", self._failure_message(code))
 

@@ -30,6 +30,7 @@ RESULT_SHOWN = ("measured_peak_bytes", "predicted_peak_bytes", "error_pct", "bre
 # (capacity/validation/measurement.py, AUTO_RAM_SHARE; not imported: it imports torch).
 AUTO_RAM_SHARE = 0.5
 STARTUP_GUESS_S = 15.0         # loading torch and transformers, before any run has said
+AUTO_CAP_SHARE = 0.75          # a run's host memory cap, unless set: this share of what is available
 
 HISTORY_KEPT = 200             # runs kept in the history file
 HISTORY_FILE = Path(os.environ.get("CAPACITY_APP_HISTORY")
@@ -92,6 +93,23 @@ def engine_args(choice: str, device: str, steps: int) -> tuple[list[str], tuple]
     if s["mixed"] and s["dtype"] != "fp32":
         args.append("--mixed-precision")
     return args, cleanup
+
+
+def memory_cap_bytes() -> int | None:
+    """The host memory cap of a run (`validate --max-memory`, RLIMIT_DATA in the child): the
+    user's figure, or AUTO_CAP_SHARE of the memory available now; None when unknown."""
+    from capacity.validation import host             # standard library only
+    chosen = float(sc.scenario()["v_mem_gb"])
+    if chosen >= 0:
+        return int(chosen * cap.GB)
+    available = host.available_bytes()
+    return int(AUTO_CAP_SHARE * available) if available else None
+
+
+def cap_applies(device: str) -> bool:
+    """RLIMIT_DATA is for host memory: a run that may use the GPU is not capped (CUDA's own
+    mappings would count against it)."""
+    return not (device in ("cuda", "auto") and gpu_seen())
 
 
 def keep_label(choice: str) -> str:

@@ -92,6 +92,7 @@ PARAMS: dict[str, Param] = {
     "v_device": Param("auto", choices=lambda: list(VALIDATE_DEVICES)),
     "v_steps": Param(3, 2, 100),
     "v_limit": Param(300, 10, 3600),            # seconds
+    "v_mem_gb": Param(-1.0, -1.0, 100_000.0),   # host memory cap of a run; -1: 3/4 of what is free at launch
 }
 DEFAULTS = {key: p.default for key, p in PARAMS.items()}
 

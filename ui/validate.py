@@ -41,6 +41,19 @@ limit = sc.control(limit_col.number_input, "Time limit [s]", "v_limit", min_valu
                    max_value=int(sc.PARAMS["v_limit"].high), step=30)
 if device == "auto":
     st.caption(f"auto will run on {fmt.md(_runs.auto_choice(method))}.")
+memory_cap = _runs.memory_cap_bytes() if _runs.cap_applies(device) else None
+if _runs.cap_applies(device):
+    st.session_state["w_v_mem_gb"] = round((memory_cap or 0) / 1e9, 2)
+    mem_col, note_col = st.columns([1, 3])
+    mem_col.number_input("Host memory limit [GB]", key="w_v_mem_gb", min_value=0.5, max_value=100_000.0, step=1.0,
+                         format="%.2f", on_change=lambda: sc.store("v_mem_gb", float(st.session_state["w_v_mem_gb"])),
+                         help="The run's process cannot take more (RLIMIT_DATA, `validate --max-memory`): past it "
+                              "the run is out of memory, not this machine. By default 3/4 of the memory available.")
+    note_col.caption("The run is capped at " + (fmt.md(fmt.both_text(memory_cap)) if memory_cap else "nothing (unknown)")
+                     + (" (3/4 of the memory available now)" if sc.scenario()["v_mem_gb"] < 0 else "")
+                     + ": past it the run ends out of memory, the machine keeps the rest.")
+else:
+    st.caption("A run that may use the GPU is not capped on the host (CUDA's mappings would count).")
 st.caption(fmt.md(sc.summary()))
 
 busy = run is not None and run.running
@@ -49,7 +62,7 @@ if st.button("Run", type="primary", disabled=busy or not available):
         args, cleanup = _runs.engine_args(method, device, int(steps))
         st.session_state["validate_run"] = run = _runner.EngineRun(
             args, float(limit), label=f"{method}{_runs.keep_label(method)} · {sc.model_name()} · {device}",
-            cleanup=cleanup)
+            cleanup=cleanup, max_memory_bytes=memory_cap)
         st.session_state["validate_device"] = device
         busy = True
     except (OSError, ValueError) as err:
