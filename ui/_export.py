@@ -14,6 +14,7 @@ import functools
 import math
 import re
 import shutil
+import textwrap
 import threading
 import warnings
 
@@ -31,6 +32,7 @@ PLOTLY_CONFIG = {
     # The toolbar's camera button saves a PNG at the export size.
     "toImageButtonOptions": {"format": "png", **EXPORT_SIZE},
 }
+TITLE_WIDTH = 95          # characters per line of a figure's title (a long config name wraps)
 WARM_DELAY_S = 8.0        # start kaleido this long after the first chart, not while the page renders
 
 # The app's look, set once: naming a template per figure copies it each time (tens of ms).
@@ -67,11 +69,13 @@ def figure(traces: list[dict], layout: dict, title: str, subtitle: str = "", top
     The title names the figure and the subtitle its whole scenario, so that a figure pasted
     into a report says what it shows (both escaped: they may carry a config's own name)."""
     wrapped = _wrap(html_text(subtitle)) if subtitle else ""
-    lines = wrapped.count("<br>") + 1 if wrapped else 0
-    base = {"title": {"text": html_text(title), "x": 0.0, "xanchor": "left", "yanchor": "top", "y": 0.98,
+    heading = "<br>".join(textwrap.wrap(html_text(title), TITLE_WIDTH, break_long_words=False,
+                                        break_on_hyphens=False)) or " "
+    lines = (wrapped.count("<br>") + 1 if wrapped else 0) + 1.4 * heading.count("<br>")
+    base = {"title": {"text": heading, "x": 0.0, "xanchor": "left", "yanchor": "top", "y": 0.98,
                       "subtitle": {"text": wrapped, "font": {"size": 12, "color": "#555"}}},
             "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0, "traceorder": "normal"},
-            "margin": {"t": 100 + 17 * lines + top_extra, "l": 70, "r": 70, "b": 60}, "font": {"size": 13}}
+            "margin": {"t": int(100 + 17 * lines + top_extra), "l": 70, "r": 70, "b": 60}, "font": {"size": 13}}
     for key, value in layout.items():
         base[key] = {**base[key], **value} if isinstance(base.get(key), dict) and isinstance(value, dict) else value
     return go.Figure(data=traces, layout=base)
