@@ -7,8 +7,9 @@ exports and runs; an export under 2 s; a validation step from the app within 1.5
 plain training step of the same model.
 
 Everything is timed in a real browser (Playwright driving /usr/bin/chromium) against
-`streamlit run app.py` on localhost, from the action (a navigation, a number typed and
-Enter) until the page is still: the script has finished its run (the address bar carries
+`streamlit run app.py` on localhost, from the action (a browser reload of a page, a page
+opened from the sidebar, a number typed and Enter, a download clicked) until the page is
+still: the script has finished its run (the address bar carries
 the change, Streamlit's running icon and stale elements are gone), background work has
 landed (no progress bar) and the chart is drawn. Each figure is also given as a ratio
 against a trivial Streamlit page (a title and one number box) served and timed the same
