@@ -63,10 +63,10 @@ def training_section(s: dict) -> None:
     with st.expander("Loop settings", expanded=any(s[k] != sc.DEFAULTS[k] for k in ("opt_impl", "hold", "accum"))):
         preset = cap_scenario.LOOPS[s["loop"]]
         sc.control(st.selectbox, "Optimizer implementation", "opt_impl", options=sc.PARAMS["opt_impl"].choices(),
-                   format_func=lambda v: f"as the {s['loop']} loop ({_impl(preset, s)})" if v == sc.AUTO else v,
+                   format_func=lambda v: f"loop's ({_impl(preset, s)})" if v == sc.AUTO else v,
                    help="torch.optim's forloop (one tensor at a time), foreach (grouped kernels) or fused.")
         sc.control(st.selectbox, "Model output during backward", "hold", options=sc.PARAMS["hold"].choices(),
-                   format_func=lambda v: (f"as the {s['loop']} loop ({'held' if preset.hold_outputs else 'dropped'})"
+                   format_func=lambda v: (f"loop's ({'held' if preset.hold_outputs else 'dropped'})"
                                           if v == sc.AUTO else v),
                    help="held: `out = model(...)` keeps the logits referenced through backward(); "
                         "dropped: only the loss is kept (transformers.Trainer).")
