@@ -64,7 +64,8 @@ def training_section(s: dict) -> None:
         preset = cap_scenario.LOOPS[s["loop"]]
         sc.control(st.selectbox, "Optimizer implementation", "opt_impl", options=sc.PARAMS["opt_impl"].choices(),
                    format_func=lambda v: f"loop's ({_impl(preset, s)})" if v == sc.AUTO else v,
-                   help="torch.optim's forloop (one tensor at a time), foreach (grouped kernels) or fused.")
+                   help="torch.optim's forloop (one tensor at a time), foreach (grouped kernels) or fused; "
+                        "loop's: what the chosen loop uses.")
         sc.control(st.selectbox, "Model output during backward", "hold", options=sc.PARAMS["hold"].choices(),
                    format_func=lambda v: (f"loop's ({'held' if preset.hold_outputs else 'dropped'})"
                                           if v == sc.AUTO else v),
