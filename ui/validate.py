@@ -12,7 +12,7 @@ import streamlit as st
 
 from ui import _export, _format as fmt, _runner, _runs, _scenario as sc, _sidebar
 
-PROGRESS_REFRESH_S = 0.5
+PROGRESS_REFRESH_S = 1.0        # the live stage: once a second is enough for a person, and cheap
 
 _sidebar.start_page("Validate on this machine", needs_estimate=False)
 st.caption("A few real steps of BP or MeZO with the sidebar's model and settings: the engine measures the "
