@@ -277,14 +277,18 @@ def test_an_uploaded_config_becomes_the_model_named_by_its_own_name():
     assert at.session_state["uploaded_name"].startswith("tiny (gpt2, ")
 
 
-def test_a_link_carries_an_uploaded_model():
+def test_a_link_carries_an_uploaded_model(monkeypatch):
     text = json.dumps({**TINY, "_name_or_path": "acme/tiny-gpt2"}, indent=2).encode()
     at = open_page("calculator", query={"batch": "1", "seq": "64"})
     at.file_uploader[0].set_value(("config.json", text, "application/json")).run()
     params = _scenario.url_params(at.session_state["scenario"], at.session_state["uploaded_text"])
     assert params["model"] == "uploaded" and "config" in params
+    reads = []
+    read_upload = _scenario.read_upload
+    monkeypatch.setattr(_scenario, "read_upload", lambda *a: reads.append(a) or read_upload(*a))
     again = open_page("what_fits", query=params)
     assert_clean(again)
+    assert len(reads) == 1                              # read once, when the session starts
     assert again.session_state["uploaded_name"] == at.session_state["uploaded_name"]
     assert again.selectbox(key="w_model").value == "uploaded"
     assert "Link parameter ignored" not in messages(again)

@@ -137,7 +137,9 @@ def parse_param(key: str, text: str):
 def scenario() -> dict:
     """The session's scenario, read once from the URL when the session starts."""
     if "scenario" not in st.session_state:
-        values, problems = dict(DEFAULTS), []
+        # In the session first: a link's config makes itself the model through set_scenario.
+        st.session_state["scenario"] = values = dict(DEFAULTS)
+        problems = []
         params = st.query_params.to_dict()
         if "config" in params:
             problem = _read_link_config(params["config"])
@@ -150,7 +152,6 @@ def scenario() -> dict:
                 values[key] = parse_param(key, text)
             except ValueError as err:
                 problems.append((key, text, f"{err}; using {DEFAULTS[key]!r}"))
-        st.session_state["scenario"] = values
         st.session_state["url_problems"] = problems
     return st.session_state["scenario"]
 
