@@ -104,13 +104,9 @@ def test_quantized_base_weights_are_stored_as_bitsandbytes_stores_them():
 def test_tracked_peak_does_not_grow_with_the_steps_under_checkpointing():
     """With a frozen embedding and checkpointing, transformers makes the embedding's output
     a leaf that requires grad; torch's MemTracker hooks would keep each step's leaf and its
-    gradient alive (tracker.py). The peak must then be the same for any N (on the CPU it
-    is measured in one tracked step after the timed ones, with that step's token ids)."""
+    gradient alive (tracker.py). The peak of steps 2..N must then be the same for any N,
+    up to the token ids of the later steps, which are live in a run (8 bytes per token)."""
     sc = Scenario(method="bp", batch=2, seq=16, dtype="bf16", keep=0.0, target="cpu", peft=Peft(method="lora"))
     two = compare(LLAMA_TINY, sc, steps=2, device="cpu")["measured_peak_bytes"]
     four = compare(LLAMA_TINY, sc, steps=4, device="cpu")["measured_peak_bytes"]
-    assert four == two
-    # A trace tracks steps 2..N together: up to the later steps' token ids (8 bytes per token).
-    two = compare(LLAMA_TINY, sc, steps=2, device="trace", trace_mode="full")["measured_peak_bytes"]
-    four = compare(LLAMA_TINY, sc, steps=4, device="trace", trace_mode="full")["measured_peak_bytes"]
     assert four - two == 2 * 8 * 2 * 16
