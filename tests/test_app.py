@@ -624,6 +624,8 @@ def test_validate_runs_the_engine_and_keeps_the_history_across_a_reload(fake_eng
     assert argv[argv.index("--preset") + 1] == "llama-2-7b" and argv[argv.index("--batch") + 1] == "8"
     assert argv[argv.index("--device") + 1] == "auto" and argv[argv.index("--timeout") + 1] == "300"
     assert argv[argv.index("--attention") + 1] == "sdpa"
+    assert argv[argv.index("--loop") + 1] == cap_scenario.DEFAULT_LOOP and argv[argv.index("--grad-accum") + 1] == "1"
+    assert "--optimizer-impl" not in argv and "--hold-outputs" not in argv and "--drop-outputs" not in argv
     breakdown = at.dataframe[0].value.set_index("term")
     assert breakdown.loc["activations and temporaries", "predicted [GB]"] == 0.6
     at.button[0].click().run()          # a second run: two rows in the history
@@ -853,3 +855,16 @@ def test_a_run_that_aborts_under_its_cap_is_out_of_memory(fake_engine, monkeypat
     at.button[0].click().run()
     wait_until_finished(at)
     assert "out of memory under its cap" in messages(at, "error")
+
+
+def test_the_loop_settings_reach_the_engine(fake_engine):
+    fake_engine("ok")
+    at = open_page("validate", query={"loop": "plain", "opt_impl": "forloop", "hold": "dropped", "accum": "2"})
+    at.button[0].click().run()
+    wait_until_finished(at)
+    argv = _runs.load_history()[-1]["result"]["argv"]
+    assert argv[argv.index("--loop") + 1] == "plain" and argv[argv.index("--grad-accum") + 1] == "2"
+    assert argv[argv.index("--optimizer-impl") + 1] == "forloop" and "--drop-outputs" in argv
+    from capacity import cli
+    args = cli.build_parser().parse_args(["validate", *argv[1:argv.index("--timeout")]])   # as the engine reads them
+    assert (args.loop, args.optimizer_impl, args.hold_outputs, args.grad_accum) == ("plain", "forloop", False, 2)

@@ -92,6 +92,12 @@ def engine_args(choice: str, device: str, steps: int) -> tuple[list[str], tuple]
             "--attention", s["attn"], "--steps", str(steps), "--device", device]
     if s["mixed"] and s["dtype"] != "fp32":
         args.append("--mixed-precision")
+    # The sidebar's training loop (capacity/loop_args.py): the preset and what the user changed.
+    args += ["--loop", s["loop"], "--grad-accum", str(int(s["accum"]))]
+    if s["opt_impl"] != sc.AUTO:
+        args += ["--optimizer-impl", s["opt_impl"]]
+    if s["hold"] != sc.AUTO:
+        args.append("--hold-outputs" if s["hold"] == "held" else "--drop-outputs")
     return args, cleanup
 
 
