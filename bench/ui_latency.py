@@ -17,7 +17,7 @@ way in the same run, so that runs on a loaded machine can be compared: the ratio
 the app adds over Streamlit itself.
 
 The validation step: the Validate page runs GPT-2 (batch 1, context 128, AdamW, bf16, the
-CPU) and the engine reports each step's seconds; the plain step is the same model and
+plain loop, the CPU) and the engine reports each step's seconds; the plain step is the same model and
 settings in a bare PyTorch loop (forward, backward, optimizer step) in a child process of
 this script, run before and after the app's run. Both take the fastest of the steps after
 the first: on a machine shared with other work a step's time swings several-fold with the
@@ -231,7 +231,7 @@ def plain_step_seconds(steps: int) -> float:
 
 
 def validation_step_seconds(page, url: str, steps: int) -> float:
-    load(page, f"{url}/validate?model=gpt2&batch=1&seq=128&v_method=bp&v_device=cpu&v_steps={steps}"
+    load(page, f"{url}/validate?model=gpt2&batch=1&seq=128&loop=plain&v_method=bp&v_device=cpu&v_steps={steps}"
                f"&v_limit=900", chart=False)
     page.get_by_role("button", name="Run", exact=True).click()
     page.get_by_text("Latest run").wait_for(timeout=WAIT_MS * 5)
