@@ -190,6 +190,14 @@ class Architecture:
       forward_keeps_unrotated_qk: the unrotated q and k stay referenced beside their rotated
         copies: NeoX (v is a view of the fused projection, which holds q and k), Phi with a
         partial rotation (the pass-through slices `query_pass`, `key_pass` are views of q, k).
+    How the parameters are laid out (what sharding over devices cuts: FSDP splits every
+    tensor along its first dimension, capacity/sharding.py):
+      transposed_weights: the projections store their weight as (fan_in, fan_out) (GPT-2's
+        Conv1D); torch.nn.Linear stores (fan_out, fan_in).
+      final_norm_in_base_model: the final norm is a direct child of the base model
+        (LlamaModel.norm, GPT2Model.ln_f), where accelerate's FSDP2 wrapping looks for it
+        (fsdp_utils._find_final_norm) to group it with the head; OPT's sits one level
+        down, in OPTDecoder, and stays with the root.
     """
 
     norm: Norm
@@ -209,6 +217,8 @@ class Architecture:
     forward_keeps_position_output: str = ""
     forward_keeps_attention_output: bool = False
     forward_keeps_unrotated_qk: bool = False
+    transposed_weights: bool = False
+    final_norm_in_base_model: bool = True
 
     @property
     def norms_per_layer(self) -> int:

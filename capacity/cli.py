@@ -12,14 +12,17 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 
-from . import (ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, TERMS, CUDA_CONTEXT_BYTES, GB, GiB,
-               Scenario, context_note, estimate, families, largest_batch, largest_preset,
+from . import (ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, CUDA_CONTEXT_BYTES, GB, GiB,
+               Parallel, Scenario, context_note, estimate, families, largest_batch, largest_preset,
                largest_scaled_model, load_hf_config, load_preset, longest_context, parameter_count,
                parse_bytes, preset_family, relative_model_size)
 from .loop_args import add_loop_arguments, loop_from_args
 from .memory import describe_loop, resolved_loop
 from .presets import find_family
+from .inverse import DEVICE_COUNTS, fewest_devices, on_devices
+from .parallel_args import add_parallel_arguments, parallel_from_args
 from .shape import ModelShape
 
 
@@ -62,6 +65,7 @@ def _add_scenario_args(p: argparse.ArgumentParser, method_required: bool = True)
                    help="kernels to model: cuda (default) or cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_loop_arguments(p)
+    add_parallel_arguments(p)
 
 
 def _shape(args) -> ModelShape:
@@ -72,38 +76,62 @@ def _scenario(args, method: str | None = None) -> Scenario:
     return Scenario(method=method or args.method, optimizer=args.optimizer, batch=args.batch,
                     seq=args.seq, dtype=args.dtype, mixed_precision=args.mixed_precision,
                     keep=args.keep, attention=args.attention, target=args.target,
-                    loop=loop_from_args(args))
+                    loop=loop_from_args(args), parallel=parallel_from_args(args))
 
 
 def _row(label: str, n: int) -> str:
-    return f"  {label:<20s} {n / GB:>12,.3f} GB {n / GiB:>12,.3f} GiB"
+    return f"  {label:<24s} {n / GB:>12,.3f} GB {n / GiB:>12,.3f} GiB"
 
 
 def cmd_estimate(args) -> int:
     shape, sc = _shape(args), _scenario(args)
     est = estimate(shape, sc)
     note = context_note(shape, sc.seq)
+    pl = sc.parallel
     if args.json:
         print(_strict_json({"model": shape.name, "params": est.params, "peak_bytes": est.peak_bytes,
                             "phase": est.phase, "breakdown": est.breakdown, "phases": est.phases,
-                            "textbook": est.textbook, "cuda_context_bytes": CUDA_CONTEXT_BYTES,
+                            "textbook": est.textbook, "host_bytes": est.host_bytes,
+                            "host_breakdown": est.host_breakdown, "cuda_context_bytes": CUDA_CONTEXT_BYTES,
                             "context_note": note, "loop": resolved_loop(shape, sc), "scenario": sc.to_dict()}))
         return 0
     print(f"{shape.name}: {est.params:,} parameters; {sc.method}, batch {sc.batch}, seq {sc.seq}, "
           f"{sc.dtype}{' mixed' if sc.mixed_precision else ''}, L'/L={sc.keep}, {sc.attention}")
     print(f"Loop: {describe_loop(shape, sc)}")
+    if pl.sharding != "none":
+        print(f"{pl.devices} devices, sharding {pl.sharding}"
+              + (", optimizer offloaded to the host" if pl.offload_optimizer else "")
+              + f"; every figure is one device's (batch {sc.batch} per device)")
     if note:
         print(f"Note: {note}.")
     print(f"Peak at '{est.phase}' (live tensors; CUDA context of about "
           f"{CUDA_CONTEXT_BYTES / GiB:.2f} GiB not included):")
-    for term in TERMS:
-        if est.breakdown.get(term):
-            print(_row(term, est.breakdown[term]))
+    for term, n in est.breakdown.items():
+        if n:
+            print(_row(term, n))
     print(_row("peak", est.peak_bytes))
-    print("Textbook form (weights + gradients + optimizer states + Korthikanti activations):")
+    if pl.offload_optimizer:
+        print("Host memory (optimizer offload), at its highest:")
+        for term, n in est.host_breakdown.items():
+            print(_row(term, n))
+        print(_row("host", est.host_bytes))
+    print("Textbook form (weights + gradients + optimizer states + Korthikanti activations"
+          + (", ZeRO's per-device model states" if pl.sharding != "none" else "") + "):")
     for term, n in est.textbook.items():
         print(_row(term, n))
     return 0
+
+
+def _devices_needed(shape: ModelShape, sc: Scenario, budget: int) -> dict:
+    """The fewest devices (DEVICE_COUNTS) whose budget each holds one step of `sc`, with
+    its sharding (fsdp when none is given)."""
+    if sc.parallel.sharding == "none":
+        sc = replace(sc, parallel=Parallel(devices=1, sharding="fsdp", offload_optimizer=False))
+    n, est = fewest_devices(shape, sc, budget)
+    if n is None:
+        return {"devices": None, "sharding": sc.parallel.sharding, "tried": list(DEVICE_COUNTS)}
+    return {"devices": n, "sharding": on_devices(sc, n).parallel.sharding, "peak_bytes": est.peak_bytes,
+            "host_bytes": est.host_bytes}
 
 
 def cmd_fit(args) -> int:
@@ -143,6 +171,7 @@ def cmd_fit(args) -> int:
             note = context_note(shape, res["longest_context"])
             if note:
                 res["longest_context_note"] = note
+            res["devices_needed"] = _devices_needed(shape, sc, budget)
         out[m] = res
     if shape is not None:
         out["relative_model_size_mezo_over_bp"] = relative_model_size(
@@ -150,11 +179,18 @@ def cmd_fit(args) -> int:
     if args.json:
         print(_strict_json(out))
         return 0
-    print(f"Budget {budget / GB:,.2f} GB ({budget / GiB:,.2f} GiB), read from {args.budget!r}; loop {args.loop}")
+    pl = _scenario(args, methods[0]).parallel
+    per = (f" per device, {pl.devices} device{'s' if pl.devices > 1 else ''}, sharding {pl.sharding}"
+           if pl.sharding != "none" else "")
+    print(f"Budget {budget / GB:,.2f} GB ({budget / GiB:,.2f} GiB), read from {args.budget!r}{per}; loop {args.loop}")
     for m in methods:
         print(f"{m}:")
         for k, v in out[m].items():
-            if isinstance(v, dict):
+            if k == "devices_needed":
+                shown = (f"{v['devices']} ({v['sharding']}, peak {v['peak_bytes'] / GB:,.2f} GB per device)"
+                         if v["devices"] else f"more than {max(DEVICE_COUNTS)} ({v['sharding']})")
+                print(f"  {k:<26s} {shown}")
+            elif isinstance(v, dict):
                 print(f"  {k}:")
                 refused = out[m].get("families_refused", {})
                 for f, name in v.items():

@@ -12,7 +12,7 @@ from .context import longest_runnable_context
 from .memory import estimate
 from .params import parameter_count
 from .presets import families, load_preset
-from .scenario import MAX_BATCH, MAX_SEQ, Estimate, Scenario
+from .scenario import MAX_BATCH, MAX_DEVICES, MAX_SEQ, Estimate, Parallel, Scenario
 from .shape import MAX_DIM, ModelShape
 
 
@@ -116,3 +116,72 @@ def relative_model_size(base: ModelShape, budget: int, bp: Scenario, mezo: Scena
     if p_mezo == 0:
         return 0.0
     return p_mezo / p_bp if p_bp else float("inf")
+
+
+# ---------------------------------------------------------------- across devices
+
+# Device counts the "devices needed" answers try: data-parallel groups of powers of two,
+# one device up to eight nodes of eight.
+DEVICE_COUNTS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def on_devices(sc: Scenario, devices: int) -> Scenario:
+    """`sc` on `devices` devices with its sharding (one device: the plain single-device
+    step, whatever the sharding; the offload setting applies to FSDP on one device too)."""
+    pl = sc.parallel
+    if devices == 1 and not pl.offload_optimizer:
+        return replace(sc, parallel=Parallel())
+    sharding = pl.sharding if pl.sharding != "none" else "fsdp"
+    return replace(sc, parallel=Parallel(devices=devices, sharding=sharding,
+                                         offload_optimizer=pl.offload_optimizer))
+
+
+def _check_counts(counts) -> tuple[int, ...]:
+    counts = tuple(counts)
+    if not counts or any(isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_DEVICES
+                         for n in counts):
+        raise ValueError(f"devices: whole numbers in [1, {MAX_DEVICES}], got {counts!r}")
+    return tuple(sorted(set(counts)))
+
+
+def fewest_devices(shape: ModelShape, sc: Scenario, budget: int,
+                   counts=DEVICE_COUNTS) -> tuple[int | None, Estimate | None]:
+    """The fewest devices among `counts` on which one step of `sc` fits `budget` bytes per
+    device (each count with sc's sharding, see on_devices): (devices, that estimate), or
+    (None, None). Every count is tried (a sharded peak need not fall with every added
+    device: padding, and DDP not at all)."""
+    _check_budget(budget)
+    for n in _check_counts(counts):
+        est = estimate(shape, on_devices(sc, n))
+        if est.peak_bytes <= budget:
+            return n, est
+    return None, None
+
+
+def largest_preset_on_devices(family: str, budget: int, sc: Scenario,
+                              devices: int) -> tuple[str | None, Estimate | None]:
+    """The largest preset of `family` whose per-device peak on `devices` devices (sc's
+    sharding) fits `budget`."""
+    return largest_preset(family, budget, on_devices(sc, _check_counts([devices])[0]))
+
+
+def devices_needed_table(models: dict[str, ModelShape], methods: dict[str, Scenario], budget: int,
+                         counts=DEVICE_COUNTS) -> list[dict]:
+    """For each model, for each method: the fewest devices (among `counts`) whose per-device
+    budget holds one step, its per-device peak and host memory. Rows in the order of
+    `models`: {"model", "params", "methods": {label: {"devices", "peak_bytes",
+    "host_bytes", "sharding"} or None when no count fits}}. `budget` is what each device
+    has for live tensors (its memory less the CUDA context and allocator reserve the
+    caller allows for)."""
+    _check_budget(budget)
+    counts = _check_counts(counts)
+    rows = []
+    for name, shape in models.items():
+        row = {"model": name, "params": parameter_count(shape), "methods": {}}
+        for label, sc in methods.items():
+            n, est = fewest_devices(shape, sc, budget, counts)
+            row["methods"][label] = None if n is None else {
+                "devices": n, "peak_bytes": est.peak_bytes, "host_bytes": est.host_bytes,
+                "sharding": on_devices(sc, n).parallel.sharding}
+        rows.append(row)
+    return rows

@@ -368,6 +368,71 @@ class _PatternSum:
         return whole * self.total + self.prefix[rest]
 
 
+class BackwardThroughLayers:
+    """The activations live in the backward pass through each decoder layer (top to
+    bottom), layer by layer: the layers below keep theirs, the layer itself holds its own
+    (recomputed if it is checkpointed) and the gradients flowing through it. Model state
+    (weights, gradients, optimizer states) is not included: the caller adds it, one device's
+    (_backward_through_layers) or one rank's of a sharded run (capacity/sharding.py)."""
+
+    def __init__(self, s: ModelShape, sc: Scenario, layers: "_LayerSums"):
+        self.s, self.sc, self.layers = s, sc, layers
+        self.ckpt = s.num_layers - kept_layers(s, sc)
+        self.c_layer = act.checkpoint_saved_bytes(s, sc)
+        shared = act.rotary_bytes(s, sc) + (act.causal_mask_bytes(s, sc) if self.ckpt else 0)
+        self.embed_saved = act.embedding_saved_bytes(s, sc) + shared
+        self.grad_flow = sc.bytes_per_value * sc.tokens * s.hidden_size
+        # A checkpointed layer keeps its input beside its recomputed activations, unless the
+        # first norm keeps that same tensor.
+        self.ckpt_input = 0 if act.norm_keeps_layer_input(s, sc) else self.c_layer
+
+    def below(self, i: int) -> int:
+        """What layers 0..i-1 (and the embedding) keep: the first `ckpt` only their input,
+        the rest everything."""
+        ckpt = self.ckpt
+        return self.embed_saved + min(i, ckpt) * self.c_layer + self.layers.saved(ckpt, max(i, ckpt))
+
+    def within(self, i: int, live_gradients: bool = False) -> int:
+        """The highest point inside layer i's backward, beyond the layers below: its own
+        activations, its input gradient flowing through it, and its MLP's weight gradients
+        while its attention runs backward. live_gradients: every gradient already exists
+        (gradient accumulation, zeroed gradients kept)."""
+        cost, is_ckpt = self.layers.costs(i), i < self.ckpt
+        kept_input = self.ckpt_input if is_ckpt else 0
+        at_mlp = cost.saved + kept_input + self.grad_flow + cost.mlp_backward
+        at_attn = cost.saved_attention + kept_input + cost.gradients_mlp + self.grad_flow + cost.attention_backward
+        # A checkpointed layer first re-runs its forward: its attention part is rebuilt
+        # while the fp32 softmax copy is live.
+        at_recompute = cost.saved_attention + kept_input + self.grad_flow + cost.recompute if is_ckpt else 0
+        at_new_weight = 0
+        if live_gradients:
+            # Every gradient already exists: the MLP's are not extra at the attention, and
+            # each new weight gradient is a transient, added in place into the one that
+            # exists; the largest moment is the MLP output's, first in the layer's backward.
+            at_attn -= cost.gradients_mlp
+            at_new_weight = cost.saved + kept_input + self.grad_flow + cost.out_weight_backward
+        return max(at_mlp, at_attn, at_recompute, at_new_weight)
+
+    def at(self, i: int, live_gradients: bool = False) -> int:
+        """Activations at the highest point of layer i's backward."""
+        return self.below(i) + self.within(i, live_gradients)
+
+    def after(self, i: int) -> int:
+        """Activations once layer i's backward is done: the layers below and the gradient
+        of its input."""
+        return self.below(i) + self.grad_flow
+
+    def candidates(self, margin: int = 0) -> list[int]:
+        """Layers where a total that is affine in i along each run of layers can peak
+        (_candidate_layers), and `margin` pattern periods in from the ends of the stack
+        (for terms that differ at the bottom and top layers)."""
+        period = len(self.layers.pattern)
+        out = set(_candidate_layers(self.s.num_layers, self.ckpt, period))
+        for _ in range(margin):
+            out |= {i + step for i in out for step in (period, -period)}
+        return sorted((i for i in out if 0 <= i < self.s.num_layers), reverse=True)
+
+
 def _backward_through_layers(s: ModelShape, sc: Scenario, layers: _LayerSums, state: dict,
                              g_head: int, logits: int, extra: int = 0,
                              live_gradients: int | None = None) -> dict[str, int]:
@@ -377,42 +442,20 @@ def _backward_through_layers(s: ModelShape, sc: Scenario, layers: _LayerSums, st
     already allocated (gradient accumulation, zeroed gradients kept): the gradients are
     that many bytes throughout, and a layer's own MLP gradients are among them."""
     L = s.num_layers
-    ckpt = L - kept_layers(s, sc)
-    c_layer = act.checkpoint_saved_bytes(s, sc)
-    shared = act.rotary_bytes(s, sc) + (act.causal_mask_bytes(s, sc) if ckpt else 0)
-    embed_saved = act.embedding_saved_bytes(s, sc)
-    grad_flow = sc.bytes_per_value * sc.tokens * s.hidden_size
-    # A checkpointed layer keeps its input beside its recomputed activations, unless the
-    # first norm keeps that same tensor.
-    ckpt_input = 0 if act.norm_keeps_layer_input(s, sc) else c_layer
+    through = BackwardThroughLayers(s, sc, layers)
+    ckpt = through.ckpt
 
     def at_layer(i: int) -> tuple[int, int, int]:
         """(weight copies, gradients, activations) live in the backward through layer i."""
         cost, is_ckpt = layers.costs(i), i < ckpt
-        # Layers 0..i-1: the first `ckpt` keep only their input, the rest everything.
-        below = embed_saved + shared + min(i, ckpt) * c_layer + layers.saved(ckpt, max(i, ckpt))
-        kept_input = ckpt_input if is_ckpt else 0
-        at_mlp = cost.saved + kept_input + grad_flow + cost.mlp_backward
-        at_attn = cost.saved_attention + kept_input + cost.gradients_mlp + grad_flow + cost.attention_backward
-        # A checkpointed layer first re-runs its forward: its attention part is rebuilt
-        # while the fp32 softmax copy is live.
-        at_recompute = cost.saved_attention + kept_input + grad_flow + cost.recompute if is_ckpt else 0
-        at_new_weight = 0
-        if live_gradients is not None:
-            # Every gradient already exists: the MLP's are not extra at the attention, and
-            # each new weight gradient is a transient, added in place into the one that
-            # exists; the largest moment is the MLP output's, first in the layer's backward.
-            at_attn -= cost.gradients_mlp
-            at_new_weight = cost.saved + kept_input + grad_flow + cost.out_weight_backward
-        within = max(at_mlp, at_attn, at_recompute, at_new_weight)
         # Mixed precision: the 16-bit copies of kept layers not yet through backward, and a
         # checkpointed layer's own copies while it is recomputed.
         copies_left = state["weights"] - layers.copies(max(i + 1, ckpt), L) + (cost.copies if is_ckpt else 0)
         gradients = g_head + layers.gradients(i + 1, L) if live_gradients is None else live_gradients
-        return copies_left, gradients, below + within + extra
+        return copies_left, gradients, through.at(i, live_gradients is not None) + extra
 
     worst, worst_total = None, None
-    for i in _candidate_layers(L, ckpt, len(layers.pattern)):
+    for i in through.candidates():
         terms = at_layer(i)
         if worst is None or sum(terms) > worst_total:
             worst, worst_total = terms, sum(terms)
@@ -452,26 +495,75 @@ def forward_live_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
     copy, the log_softmax output and the shifted labels. What a family's forward keeps
     referenced beyond this is in its description (Architecture.forward_keeps_*).
     """
+    m = inference_forward_moments(s, sc)
+    head_peak, logits_loss = m["head"]
+    if head_peak + logits_loss >= m["layer"]:
+        return {"activations": head_peak, "logits_and_loss": logits_loss}
+    return {"activations": m["layer"], "logits_and_loss": 0}
+
+
+def inference_forward_moments(s: ModelShape, sc: Scenario) -> dict:
+    """The live bytes of a forward pass without autograd at its moments (forward_live_bytes
+    explains each): "between" two layers (what the model's forward holds and the residual
+    stream), "layer" (the highest point inside a layer, the worst kind's) and "head" (the
+    final hidden state and ids; the logits, their fp32 copy, the log_softmax output)."""
     n, h, p = sc.tokens, s.hidden_size, sc.bytes_per_value
-    arch = s.arch
-    # The model's forward keeps the embedding output (and learned position embeddings:
-    # GPT-2's (1, s, h), OPT's (b, s, h)) referenced through the whole layer loop.
-    embed = 8 * n + p * n * h + {"": 0, "seq": p * sc.seq * h, "tokens": p * n * h}[arch.forward_keeps_position_output]
-    shared = act.rotary_bytes(s, sc) + act.causal_mask_bytes(s, sc)
+    held = forward_held_bytes(s, sc)
     # A KV cache (builds_kv_cache) holds every earlier layer's entry at the last layer's
     # attention, and its own too by its MLP; at the attention the own entry's copies take the
     # place of k and v, unless those are views of a fused projection that stays alive
     # (own_kv_cache_extra_bytes).
     cache = kv_cache_bytes(s, sc) if builds_kv_cache(s, sc) else 0
-    at_attention = embed + shared + ((s.num_layers - 1) * cache + own_kv_cache_extra_bytes(s, sc) if cache else 0)
-    at_mlp = embed + shared + s.num_layers * cache
-    layer_peak = max(_forward_layer_peak(s, sc, kind, at_attention, at_mlp) for kind in s.layer_counts())
+    at_attention = held + ((s.num_layers - 1) * cache + own_kv_cache_extra_bytes(s, sc) if cache else 0)
+    at_mlp = held + s.num_layers * cache
     nv = n * s.vocab_size
-    head_peak = p * n * h + 8 * n + 16 * n + s.num_layers * cache
-    logits_loss = p * nv + (FP32 * nv if p != FP32 else 0) + FP32 * nv
-    if head_peak + logits_loss >= layer_peak:
-        return {"activations": head_peak, "logits_and_loss": logits_loss}
-    return {"activations": layer_peak, "logits_and_loss": 0}
+    return {"between": at_mlp + p * n * h,
+            "layer": max(_forward_layer_peak(s, sc, kind, at_attention, at_mlp) for kind in s.layer_counts()),
+            "head": (p * n * h + 8 * n + 16 * n + s.num_layers * cache,
+                     p * nv + (FP32 * nv if p != FP32 else 0) + FP32 * nv)}
+
+
+def forward_held_bytes(s: ModelShape, sc: Scenario) -> int:
+    """What a forward without autograd holds through the whole layer loop: the token ids,
+    the embedding output (and learned position embeddings: GPT-2's (1, s, h), OPT's
+    (b, s, h)), which the model's forward keeps referenced, the causal mask and the rotary
+    tables."""
+    n, h, p = sc.tokens, s.hidden_size, sc.bytes_per_value
+    embed = 8 * n + p * n * h + {"": 0, "seq": p * sc.seq * h, "tokens": p * n * h}[s.arch.forward_keeps_position_output]
+    return embed + act.rotary_bytes(s, sc) + act.causal_mask_bytes(s, sc)
+
+
+class ForwardThroughLayers:
+    """The activations live in a forward pass with autograd, layer by layer (one device's
+    peak is at the loss, _bp_phases; a sharded run can peak inside the layers, where a
+    layer's parameters are gathered: capacity/sharding.py). For a step without mixed
+    precision (FSDP computes in the 16-bit dtype without autocast)."""
+
+    def __init__(self, s: ModelShape, sc: Scenario, layers: "_LayerSums"):
+        self.s, self.sc, self.layers = s, sc, layers
+        self.ckpt = s.num_layers - kept_layers(s, sc)
+        self.c_layer = act.checkpoint_saved_bytes(s, sc)
+        self.hidden = sc.bytes_per_value * sc.tokens * s.hidden_size
+        # The model's forward builds the rotary tables and the causal mask before the
+        # layers and holds them through the layer loop.
+        self.held = act.embedding_saved_bytes(s, sc) + act.rotary_bytes(s, sc) + act.causal_mask_bytes(s, sc)
+
+    def between(self, i: int) -> int:
+        """Once layer i's forward is done (i = -1: the embedding's): what layers 0..i keep
+        (a checkpointed layer its input) and the residual stream."""
+        ckpt = self.ckpt
+        kept = min(i + 1, ckpt) * self.c_layer + self.layers.saved(ckpt, max(i + 1, ckpt))
+        return self.held + kept + self.hidden
+
+    def inside(self, i: int) -> int:
+        """The highest point of layer i's forward: at the softmax, its attention part with
+        the fp32 copy of the scores (memory's recompute term), or at its end, everything it
+        keeps and its output beside its input. A checkpointed layer runs without autograd
+        (_forward_layer_peak, whose base counts the input)."""
+        cost = self.layers.costs(i)
+        if i < self.ckpt:
+            return self.between(i - 1) - self.hidden + _forward_layer_peak(self.s, self.sc, self.s.layer_kind(i), 0)
+        return self.between(i - 1) + max(cost.saved_attention + cost.recompute, cost.saved + self.hidden)
 
 
 def own_kv_cache_extra_bytes(s: ModelShape, sc: Scenario) -> int:
@@ -600,8 +692,11 @@ def _check_modelled(sc: Scenario) -> None:
     """Refuse, by name, the settings whose mechanism is not modelled (yet)."""
     if sc.peft.method != "none" or sc.peft.weights_bits != 16:
         raise ValueError("peft: parameter-efficient and quantized fine-tuning are not modelled yet")
-    if sc.parallel.devices != 1:
-        raise ValueError("parallel: more than one device is not modelled yet")
+
+
+def single_device_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
+    """The terms live at the highest point of every phase of the step on one device."""
+    return _bp_phases(s, sc) if sc.method == "bp" else _forward_only_phases(s, sc)
 
 
 def estimate(s: ModelShape, sc: Scenario) -> Estimate:
@@ -610,7 +705,10 @@ def estimate(s: ModelShape, sc: Scenario) -> Estimate:
     table (capacity.context)."""
     _check_modelled(sc)
     check_context(s, sc.seq)
-    phases = _bp_phases(s, sc) if sc.method == "bp" else _forward_only_phases(s, sc)
+    if sc.parallel.sharding != "none":
+        from .sharding import estimate_sharded
+        return estimate_sharded(s, sc)
+    phases = single_device_phases(s, sc)
     totals = {name: sum(terms.values()) for name, terms in phases.items()}
     phase = max(totals, key=totals.get)
     breakdown = {t: phases[phase].get(t, 0) for t in TERMS}

@@ -132,3 +132,41 @@ def no_decay_params(s: ModelShape) -> int:
                 + s.arch.norms_per_layer * norm_params(s) for kind in s.layer_counts()}
     head = (norm_params(s) if s.arch.final_norm else 0) + (s.vocab_size if s.arch.lm_head_bias else 0)
     return sum(n * per_kind[kind] for kind, n in s.layer_counts().items()) + head
+
+
+# ---------------------------------------------------------------- tensor by tensor
+
+# The modules a causal LM's parameters belong to, as sharding over devices groups them.
+MODULE_GROUPS = ("embedding", "positions", "projections", "layer", "final_norm", "head")
+
+
+def parameter_tensors(s: ModelShape, kind: LayerKind | None = None) -> dict[str, list[tuple[int, int]]]:
+    """Every parameter tensor as (rows, elements per row), rows being its first dimension,
+    grouped by module (MODULE_GROUPS); "layer" lists one decoder layer of `kind` (the
+    model's first by default). What FSDP shards: it splits each tensor along dim 0.
+
+    embedding: the token table (V, e). positions: a learned table (rows, h). projections:
+    OPT's project_in (h, e) and project_out (e, h) when e != h. layer: each projection's
+    weight, (fan_out, fan_in) for torch.nn.Linear or (fan_in, fan_out) for GPT-2's Conv1D
+    (Architecture.transposed_weights), its bias (fan_out,), each norm's weight and bias (h,).
+    final_norm: (h,) and its bias. head: the LM head (V, e) unless tied, its bias (V,).
+    Their elements add up to parameter_count (tests/test_sharding.py)."""
+    h, arch = s.hidden_size, s.arch
+    norm = [(h, 1)] * (2 if arch.norm.bias else 1)
+    layer = []
+    for lin in layer_linears(s, kind):
+        layer.append((lin.fan_in, lin.fan_out) if arch.transposed_weights else (lin.fan_out, lin.fan_in))
+        if lin.bias:
+            layer.append((lin.fan_out, 1))
+    layer += norm * arch.norms_per_layer
+    head = [] if s.tie_embeddings else [(s.vocab_size, s.embed_dim)]
+    if arch.lm_head_bias:
+        head.append((s.vocab_size, 1))
+    return {
+        "embedding": [(s.vocab_size, s.embed_dim)],
+        "positions": [(s.position_table_rows, h)] if s.position_table_rows else [],
+        "projections": [(h, s.embed_dim), (s.embed_dim, h)] if s.embed_dim != h else [],
+        "layer": layer,
+        "final_norm": norm if arch.final_norm else [],
+        "head": head,
+    }

@@ -327,6 +327,9 @@ class Estimate:
     phases: the peak of every phase (the step's peak is their maximum).
     textbook: the classic form, weights + gradients + optimizer states + Korthikanti
     activations, kept beside the detailed model as the explanation.
+    Over several devices (Scenario.parallel) every figure is one device's (capacity/
+    sharding.py); host_bytes is what optimizer offload keeps in host memory at its highest,
+    host_breakdown its terms (0 and empty without offload).
     """
 
     peak_bytes: int
@@ -335,3 +338,5 @@ class Estimate:
     phases: dict = field(default_factory=dict)
     textbook: dict = field(default_factory=dict)
     params: int = 0
+    host_bytes: int = 0
+    host_breakdown: dict = field(default_factory=dict)

@@ -34,3 +34,13 @@ def test_largest_opt_on_one_a100_is_the_published_one():
 def test_report_builds_without_writing():
     text = published.build(0.0)
     assert "Table 22" in text and "Where the prediction is off" in text
+
+
+def test_figure4_and_the_gpus_each_ft_figure_spans():
+    """Figure 4's FT and MeZO rows (the largest OPT on 1, 2, 4, 8 A100 80GB) and the number of
+    GPUs each Table 22 FT figure spans, from the per-GPU prediction (capacity/sharding.py)."""
+    _, same = published.figure4(0.0)
+    assert same == 8
+    for line in published.devices_table(published.DEFAULT_SLACK)[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[3].split(" / ") == [cells[2], cells[2]], line

@@ -32,6 +32,8 @@ def architecture(activation: str) -> Architecture:
         # GPT2Block keeps attn_output after the residual sum, through the MLP.
         forward_keeps_position_output="seq",
         forward_keeps_attention_output=True,
+        # Conv1D stores its weight as (in, out).
+        transposed_weights=True,
     )
 
 

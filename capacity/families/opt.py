@@ -34,6 +34,8 @@ def architecture(activation: str, bias: bool, pre_norm: bool, final_norm: bool) 
         positions="learned", position_offset=2,
         # OPTDecoder.forward keeps pos_embeds, (b, s, h) from the attention mask, through the layers.
         forward_keeps_position_output="tokens",
+        # OPTForCausalLM.model.decoder.final_layer_norm: not a direct child of OPTModel.
+        final_norm_in_base_model=False,
     )
 
 

@@ -63,7 +63,6 @@ PROGRESS = ("bar", "json", "none")
 PEFT_METHODS = ("none", "lora", "prefix", "freeze")
 WEIGHT_BITS = (16, 8, 4)
 QUANT_TYPES = ("nf4", "fp4")
-SHARDINGS = ("none", "ddp", "zero1", "zero2", "fsdp")
 
 DESCRIPTION = """Run a short real fine-tune (BP or MeZO) or inference, measure the peak memory of
 the steps after the first and set it beside capacity's prediction, term by term.
@@ -107,14 +106,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="check the input and the host memory the run needs, then stop before building "
                         "anything (exit 0, or 5 when it would not fit)")
-    p.add_argument("--devices", type=int, default=1, metavar="N",
-                   help="data-parallel devices (with --sharding; default 1)")
-    p.add_argument("--sharding", default="none", choices=SHARDINGS,
-                   help="trace one rank of N: ddp (DistributedDataParallel), zero1 (ZeroRedundancyOptimizer), "
-                        "zero2 (FSDP2 SHARD_GRAD_OP), fsdp (FSDP2 FULL_SHARD as accelerate wraps it); "
-                        "default none")
-    p.add_argument("--offload-optimizer", action="store_true",
-                   help="zero2/fsdp: FSDP2's CPUOffloadPolicy (host memory reported separately)")
+    from ..parallel_args import add_parallel_arguments
+    add_parallel_arguments(p, what="of the traced rank")
     p.add_argument("--reduce-fp32", action="store_true",
                    help="zero2/fsdp with --mixed-precision: reduce gradients in fp32 (accelerate reduces "
                         "in the 16-bit dtype)")

@@ -1,0 +1,536 @@
+"""Per-device memory of data-parallel training over N devices of one kind.
+
+A sharding strategy is one function of N: it takes the model, the step and the number of
+devices and returns the memory of one device (rank 0, whose shards are the largest; for
+ZeRO-1 the rank with the most optimizer state) at every moment of the step where the
+peak can fall, term by term. The step's activations are the single-device ones of the
+per-device batch (capacity/memory.py: the same operators run on every rank); what a
+strategy changes is the model state around them and the buffers it adds.
+
+    ddp     torch.nn.parallel.DistributedDataParallel: everything replicated, plus its
+            gradient buckets (`gradient_as_bucket_view=False`, the default: every gradient
+            is copied into flat buckets that live as long as the model).
+    zero1   DDP with torch.distributed.optim.ZeroRedundancyOptimizer: each rank keeps and
+            steps the optimizer states of its own parameters, whole tensors assigned
+            greedily by size (largest first, to the least loaded rank).
+    zero2   FSDP2 with reshard_after_forward=False (FSDP's SHARD_GRAD_OP): parameters
+            gathered once per step and kept from forward to each unit's post-backward;
+            gradients and optimizer states sharded.
+    fsdp    FSDP2 FULL_SHARD as accelerate 1.15 wraps a causal LM (what HF Trainer runs
+            with fsdp_version 2): every decoder layer a unit resharded after its forward,
+            the input embedding a unit unless tied, the [final norm, head] (tied:
+            [final norm, embedding, head]) group a unit kept gathered after forward, the
+            root the rest.
+    offload_optimizer (zero2, fsdp): FSDP2's CPUOffloadPolicy: sharded parameters, their
+            gradients, the optimizer states and the optimizer step on the host
+            (Estimate.host_bytes); the device holds the gathered units, the collectives'
+            buffers and the activations.
+
+What FSDP2 does, per unit u of the wrapped model (torch/distributed/fsdp/_fully_shard/
+_fsdp_param_group.py, _fsdp_collectives.py, read and checked against traces: docs/sharding.md):
+  * every tensor is split along dim 0 into N chunks, each padded to the first:
+    shard(t) = ceil(rows/N)·row elements on rank 0, gathered(t) = N·shard(t);
+  * before a unit runs, its shards are all-gathered into one buffer (the all-gather
+    output, b_c·G(u)) and copied out into the unit's parameters (b_c·G(u) again); in forward
+    the buffer is kept until the next unit's all-gather is waited on, in backward it is
+    freed after the copy-out; in backward the next unit (in reverse) is prefetched;
+  * after a unit's backward its gradients (b_c·P(u), unpadded) are copied into a
+    reduce-scatter input (b_r·G(u)), kept until the next unit's reduce-scatter, and the
+    reduced shard (b_m·G(u)/N) is kept until the optimizer step;
+  * mixed precision: accelerate's MixedPrecisionPolicy(param_dtype = reduce_dtype = 16-bit)
+    with fp32 sharded parameters and no autocast: the step computes as a pure 16-bit model.
+b_m bytes of the stored parameters (4 under mixed precision, else the dtype), b_c of the
+compute dtype, b_r of the reduce dtype (b_c).
+
+MeZO over a sharded model gathers each unit to run it and never holds gradients (every unit
+is resharded after each forward: a unit kept gathered would hold a stale copy that MeZO's
+perturbation of the shards never reaches). Under ddp and zero1 MeZO runs the plain model.
+
+Measured by torch's own code under a fake process group (capacity/validation/sharded.py);
+what is modelled only (DeepSpeed's ZeRO, FSDP1's flat parameters) is in docs/sharding.md.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, replace
+from math import ceil
+
+from . import memory
+from .memory import (FP32, BackwardThroughLayers, ForwardThroughLayers, _LayerSums, _PatternSum,
+                     _bp_phases, _forward_only_phases, _state_bytes_per_value, inference_forward_moments,
+                     mezo_chunk_elements)
+from .params import parameter_count, parameter_tensor_count, parameter_tensors
+from .scenario import Estimate, Parallel, Scenario
+from .shape import ModelShape
+
+# The breakdown of a sharded estimate, in display order: memory.TERMS and the terms a
+# strategy adds.
+SHARDING_TERMS = ("weights_unsharded", "all_gather_buffers", "gradients_unsharded",
+                  "reduce_scatter_buffers", "gradient_buckets")
+TERMS = ("weights", "master_weights", "weights_unsharded", "gradients", "gradients_unsharded",
+         "gradient_buckets", "optimizer_states", "all_gather_buffers", "reduce_scatter_buffers",
+         "activations", "logits_and_loss", "temporaries")
+# What CPUOffloadPolicy keeps on the host.
+HOST_TERMS = ("weights", "gradients", "optimizer_states", "temporaries")
+
+# Adam and AdamW keep two states per parameter, momentum one, SGD none.
+STATES_PER_PARAMETER = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
+
+
+# ------------------------------------------------------------------ FSDP's units
+
+@dataclass(frozen=True)
+class Unit:
+    """One FSDP unit on rank 0 of N: its parameters unpadded (P(u), elements), all-gathered
+    (G(u): every tensor's dim 0 padded to a multiple of N) and sharded (G(u)/N)."""
+
+    params: int = 0
+    gathered: int = 0
+    shard: int = 0
+    tensors: int = 0
+
+
+def unit(tensors: list[tuple[int, int]], devices: int) -> Unit:
+    """The unit holding `tensors` ((rows, elements per row) each) over `devices` ranks:
+    FSDP2 chunks dim 0 and pads every chunk to the first (_fsdp_param.py,
+    padded_sharded_param_size), so rank 0 holds ceil(rows/N) rows of every tensor."""
+    shard = sum(ceil(rows / devices) * row for rows, row in tensors)
+    return Unit(params=sum(rows * row for rows, row in tensors), gathered=devices * shard,
+                shard=shard, tensors=len(tensors))
+
+
+def _plus(*units: Unit) -> Unit:
+    return Unit(*(sum(getattr(u, f) for u in units) for f in ("params", "gathered", "shard", "tensors")))
+
+
+@dataclass(frozen=True)
+class FsdpLayout:
+    """accelerate 1.15's FSDP2 units of a causal LM over N devices (fsdp_utils.
+    fsdp2_prepare_model): each decoder layer; the input embedding unless tied to the head;
+    the tail, [final norm, head] grouped in one unit ([final norm, embedding, head] when
+    tied), the final norm only when it is a direct child of the base model
+    (Architecture.final_norm_in_base_model); the root, whatever is left (learned position
+    tables, OPT's projections and final norm)."""
+
+    devices: int
+    root: Unit
+    embedding: Unit          # empty when tied (the tail holds it)
+    layer_units: tuple       # one Unit per position in ModelShape.layers
+    tail: Unit
+    tail_norm: Unit          # the final norm's share of the tail (empty when it is not there)
+    head: Unit               # the head's share of the tail (tied: the shared table)
+    tied: bool
+
+    def layer(self, i: int) -> Unit:
+        return self.layer_units[i % len(self.layer_units)]
+
+
+def fsdp_layout(s: ModelShape, devices: int) -> FsdpLayout:
+    t = parameter_tensors(s)
+    norm_in_tail = s.arch.final_norm and s.arch.final_norm_in_base_model
+    norm = unit(t["final_norm"] if norm_in_tail else [], devices)
+    head = unit(t["embedding"] + t["head"] if s.tie_embeddings else t["head"], devices)
+    root = unit(t["positions"] + t["projections"] + ([] if norm_in_tail else t["final_norm"]), devices)
+    kinds = {kind: unit(parameter_tensors(s, kind)["layer"], devices) for kind in dict.fromkeys(s.layers)}
+    return FsdpLayout(devices=devices, root=root,
+                      embedding=Unit() if s.tie_embeddings else unit(t["embedding"], devices),
+                      layer_units=tuple(kinds[k] for k in s.layers), tail=_plus(norm, head),
+                      tail_norm=norm, head=head, tied=s.tie_embeddings)
+
+
+def sharded_elements(layout: FsdpLayout, s: ModelShape) -> int:
+    """S: the elements rank 0 holds, every unit's shard."""
+    layers = _PatternSum([u.shard for u in layout.layer_units])(s.num_layers)
+    return layout.root.shard + layout.embedding.shard + layers + layout.tail.shard
+
+
+# ------------------------------------------------------------------ bytes per value
+
+@dataclass(frozen=True)
+class _Bytes:
+    """Bytes per value: m the stored (sharded) parameters, their gradients and optimizer
+    states; c the compute dtype (gathered parameters, their gradients); r the reduce dtype."""
+
+    m: int
+    c: int
+    r: int
+
+
+def _bytes(sc: Scenario) -> _Bytes:
+    c = sc.bytes_per_value
+    # accelerate: MixedPrecisionPolicy(param_dtype=reduce_dtype=the 16-bit dtype)
+    return _Bytes(m=_state_bytes_per_value(sc), c=c, r=c)
+
+
+def _compute_scenario(sc: Scenario) -> Scenario:
+    """The single-device step whose activations a rank of FSDP2 runs: accelerate's mixed
+    precision casts the parameters to the 16-bit dtype without autocast, so the step
+    computes as a pure 16-bit model."""
+    return replace(sc, mixed_precision=False, parallel=Parallel())
+
+
+def _optimizer_state_bytes(sc: Scenario, elements: int, tensors: int) -> int:
+    """The optimizer states of `elements` parameters in `tensors` tensors (memory.
+    optimizer_state_bytes for a rank's share): k states per parameter, Adam's fp32 `step`
+    per tensor where it is on the device (counted for target="cpu")."""
+    if sc.method != "bp":
+        return 0
+    k = STATES_PER_PARAMETER[sc.optimizer]
+    steps = FP32 * tensors if k == 2 and sc.target == "cpu" else 0
+    return k * _state_bytes_per_value(sc) * elements + steps
+
+
+def _optimizer_step_temp_bytes(sc: Scenario, elements: int) -> int:
+    """The foreach Adam step's sqrt(exp_avg_sq) of every local tensor at once (memory.
+    optimizer_step_temp_bytes for a rank's share)."""
+    return elements * _state_bytes_per_value(sc) if sc.optimizer in ("adam", "adamw") else 0
+
+
+# ------------------------------------------------------------------ the activations
+
+class _Activations:
+    """The single-device activations of the per-device step at the moments a sharded step
+    can peak (everything but model state: memory.py's terms)."""
+
+    def __init__(self, s: ModelShape, sc: Scenario):
+        phases = _bp_phases(s, sc)
+        state = ("weights", "master_weights", "gradients", "optimizer_states")
+
+        def non_state(name: str, also=()) -> int:
+            return sum(v for k, v in phases[name].items() if k not in state and k not in also)
+
+        self.loss_forward = non_state("forward")
+        self.loss_backward = non_state("backward (loss)")
+        # Held from the loss to the end of the step (the output's logits when the loop
+        # holds them): what the optimizer step sees beside the model state.
+        self.held = non_state("optimizer step", also=("temporaries",))
+        self.saved = phases["forward"]["activations"]
+        layers = _LayerSums(s, sc)
+        self.forward = ForwardThroughLayers(s, sc, layers)
+        self.backward = BackwardThroughLayers(s, sc, layers)
+
+
+# ------------------------------------------------------------------ the strategies
+
+def _moment(**terms: int) -> dict[str, int]:
+    return {k: v for k, v in terms.items() if v}
+
+
+def ddp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
+    """DDP: the single-device step (autocast copies and all under mixed precision), plus
+    the gradient buckets, gradient-sized, allocated with the model (reducer.cpp) and alive
+    through every phase. MeZO and inference hold no gradients: DDP adds nothing."""
+    phases = memory.single_device_phases(s, sc)
+    if sc.method != "bp":
+        return phases
+    buckets = _state_bytes_per_value(sc) * parameter_count(s)
+    return {name: {**terms, "gradient_buckets": buckets} for name, terms in phases.items()}
+
+
+def zero1_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
+    """ZeRO-1 as torch's ZeroRedundancyOptimizer: DDP, with the optimizer states (and the
+    step's temporaries) of the heaviest rank's partition only."""
+    phases = ddp_phases(s, sc)
+    if sc.method != "bp":
+        return phases
+    part = zero1_partition(s, sc.parallel.devices)
+    rank = max(range(len(part)), key=lambda r: (part[r][0], -r))
+    elements, tensors = part[rank]
+    states = _optimizer_state_bytes(sc, elements, tensors)
+    out = {}
+    for name, terms in phases.items():
+        terms = {**terms, "optimizer_states": states}
+        if name == "optimizer step":
+            terms["temporaries"] = _optimizer_step_temp_bytes(sc, elements)
+        out[name] = terms
+    return out
+
+
+def zero1_partition(s: ModelShape, devices: int) -> list[tuple[int, int]]:
+    """(elements, tensors) of each rank's share under ZeroRedundancyOptimizer.
+    _partition_parameters: the tensors sorted by size, largest first (a stable sort), each
+    given to the rank holding the fewest elements so far (the lowest index on a tie).
+
+    Tensors of one size are placed in bulk: once every rank's load is within one tensor of
+    the least loaded (strictly), the next N such tensors go one to each rank in the order
+    of their loads, which leaves that order as it was; so whole rounds are placed at once
+    and only the rest one by one (exact, and fast for thousands of layers)."""
+    t = parameter_tensors(s)
+    sizes: dict[int, int] = {}
+    for group, tensors in t.items():
+        if group == "layer":
+            continue
+        for rows, row in tensors:
+            sizes[rows * row] = sizes.get(rows * row, 0) + 1
+    for kind, count in s.layer_counts().items():
+        for rows, row in parameter_tensors(s, kind)["layer"]:
+            sizes[rows * row] = sizes.get(rows * row, 0) + count
+    load = [0] * devices
+    count = [0] * devices
+    heap = [(0, r) for r in range(devices)]
+    for size in sorted(sizes, reverse=True):
+        left = sizes[size]
+        while left:
+            if left >= devices and max(load) - min(load) < size:
+                rounds = left // devices
+                for r in range(devices):
+                    load[r] += rounds * size
+                    count[r] += rounds
+                heap = [(load[r], r) for r in range(devices)]
+                heapq.heapify(heap)
+                left -= rounds * devices
+                continue
+            _, r = heapq.heappop(heap)
+            load[r] += size
+            count[r] += 1
+            heapq.heappush(heap, (load[r], r))
+            left -= 1
+    return list(zip(load, count))
+
+
+def fsdp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
+    """FSDP2 FULL_SHARD (reshard after forward) as accelerate wraps the model."""
+    return _fsdp_phases(s, sc, reshard=True)
+
+
+def zero2_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
+    """FSDP2 SHARD_GRAD_OP (no reshard after forward)."""
+    return _fsdp_phases(s, sc, reshard=False)
+
+
+def _fsdp_phases(s: ModelShape, sc: Scenario, reshard: bool) -> dict[str, dict[str, int]]:
+    lay = fsdp_layout(s, sc.parallel.devices)
+    if sc.method == "bp":
+        phases = _fsdp_bp_moments(s, sc, lay, reshard)
+    else:
+        # MeZO reshards every unit after each forward (module docstring); inference too.
+        phases = _fsdp_forward_only_moments(s, sc, lay)
+    if sc.parallel.offload_optimizer:
+        phases = {name: {k: v for k, v in terms.items() if k not in HOST_TERMS}
+                  for name, terms in phases.items()}
+    return phases
+
+
+def _fsdp_bp_moments(s: ModelShape, sc: Scenario, lay: FsdpLayout, reshard: bool) -> dict[str, dict[str, int]]:
+    """Every moment of a BP step of rank 0 where the peak can fall (docs/sharding.md walks
+    through them with FSDP2's event log), with the terms live at it."""
+    L = s.num_layers
+    b = _bytes(sc)
+    acts = _Activations(s, _compute_scenario(sc))
+    S = sharded_elements(lay, s)
+    base = {"weights": b.m * S, "optimizer_states": _optimizer_state_bytes(sc, S, parameter_tensor_count(s))}
+    G = _PatternSum([u.gathered for u in lay.layer_units])          # Σ G_j for j < i
+    shards = _PatternSum([u.shard for u in lay.layer_units])
+    R, E, T = lay.root.gathered, lay.embedding.gathered, lay.tail.gathered
+
+    def gathered_in_forward(i: int) -> int:
+        """Units gathered before layer i's forward besides the root: zero2 keeps the
+        embedding and layers 0..i-1; a tied tail is gathered at the embedding and kept."""
+        return (T if lay.tied else 0) + (0 if reshard else E + G(i))
+
+    first_ag = T if lay.tied else E           # the unit all-gathered before layer 0
+    moments: dict[str, dict[str, int]] = {}
+
+    def keep(name: str, terms: dict) -> None:
+        total = sum(terms.values())
+        if name not in moments or total > sum(moments[name].values()):
+            moments[name] = terms
+
+    # ---- forward: the root is gathered from its pre-forward to its post-backward
+    keep("forward (embedding)", _moment(**base, weights_unsharded=b.c * (R + first_ag),
+                                        all_gather_buffers=b.c * (R + first_ag),
+                                        activations=acts.forward.between(-1)))
+    candidates = acts.backward.candidates(margin=1)
+    for i in candidates:
+        Gi = lay.layer(i).gathered
+        keep("forward (layers)", _moment(**base, weights_unsharded=b.c * (R + gathered_in_forward(i) + Gi),
+                                         all_gather_buffers=b.c * Gi, activations=acts.forward.inside(i)))
+        previous = lay.layer(i - 1).gathered if i else first_ag
+        keep("forward (layers)", _moment(**base, weights_unsharded=b.c * (R + gathered_in_forward(i) + Gi),
+                                         all_gather_buffers=b.c * (previous + Gi),
+                                         activations=acts.forward.between(i - 1)))
+    top = lay.layer(L - 1).gathered
+    before_head = R + gathered_in_forward(L)
+    if lay.tied:
+        # the tail is gathered already; the last layer's all-gather output is held through
+        # the head and the loss (no later all-gather frees it)
+        keep("forward (head and loss)", _moment(**base, weights_unsharded=b.c * before_head,
+                                                all_gather_buffers=b.c * top, activations=acts.loss_forward))
+    else:
+        keep("forward (head and loss)", _moment(**base, weights_unsharded=b.c * (before_head + T),
+                                                all_gather_buffers=b.c * (top + T),
+                                                activations=acts.forward.between(L - 1)))
+        # the tail's all-gather output is held until the root's post-forward
+        keep("forward (head and loss)", _moment(**base, weights_unsharded=b.c * (before_head + T),
+                                                all_gather_buffers=b.c * T, activations=acts.loss_forward))
+
+    # ---- backward
+    gathered_layers = lambda i: 0 if reshard else G(i)       # noqa: E731  (zero2: layers 0..i-1)
+    zero2_embedding = 0 if reshard else E
+    tied_head_grad = b.c * lay.head.params if lay.tied else 0  # waits in autograd's buffer
+    # The first unit prefetched in backward: the tail's pre-backward prefetches the top
+    # layer when the tail has no final norm (tied or not); with the norm grouped in, the
+    # head's post-backward reshards the tail and the norm's backward gathers it again,
+    # and only then is the top layer prefetched.
+    norm = lay.tail_norm.gathered
+    prefetch_top = top if (reshard and not norm) else 0
+    keep("backward (loss)", _moment(**base, weights_unsharded=b.c * (R + zero2_embedding + gathered_layers(L) + T),
+                                    all_gather_buffers=b.c * prefetch_top, activations=acts.loss_backward))
+    if norm:
+        # After the head's post-backward (its reduce-scatter input held, its shard reduced),
+        # the norm's backward all-gathers the whole tail again (copy-out: buffer and
+        # parameters), then the top layer is prefetched.
+        head_reduced = 0 if lay.tied else lay.head
+        regather = max(T, top if reshard else 0)
+        keep("backward (final norm)", _moment(
+            **base, weights_unsharded=b.c * (R + zero2_embedding + gathered_layers(L) + T),
+            all_gather_buffers=b.c * regather,
+            reduce_scatter_buffers=b.r * (head_reduced.gathered if head_reduced else 0),
+            gradients=b.m * (head_reduced.shard if head_reduced else 0),
+            gradients_unsharded=tied_head_grad,
+            activations=acts.saved + acts.held))
+    # reduced before the layers: the untied tail (head, then norm); tied: only the norm
+    reduced_tail = lay.tail_norm.shard if lay.tied else lay.tail.shard
+    # the reduce-scatter input the top layer's backward finds held: the norm's, or an
+    # untied tail's without a norm; a tied tail without a norm reduces nothing yet
+    above_top = norm if norm else (0 if lay.tied else T)
+    for i in candidates:
+        Gi = lay.layer(i).gathered
+        prefetch = (lay.layer(i - 1).gathered if i else first_ag) if reshard else (0 if i or not lay.tied else T)
+        rs_above = lay.layer(i + 1).gathered if i < L - 1 else above_top
+        done = b.m * (reduced_tail + shards(L) - shards(i + 1))
+        held_layers = zero2_embedding + (G(i + 1) if not reshard else Gi)
+        keep("backward (layers)", _moment(
+            **base, weights_unsharded=b.c * (R + held_layers), all_gather_buffers=b.c * prefetch,
+            reduce_scatter_buffers=b.r * rs_above, gradients=done, gradients_unsharded=tied_head_grad,
+            activations=acts.backward.at(i) + acts.held))
+        # its post-backward: resharded, its gradients copied into its reduce-scatter input
+        keep("backward (layers)", _moment(
+            **base, weights_unsharded=b.c * (R + held_layers - Gi), all_gather_buffers=b.c * prefetch,
+            reduce_scatter_buffers=b.r * Gi, gradients=done,
+            gradients_unsharded=tied_head_grad + b.c * lay.layer(i).params,
+            activations=acts.backward.after(i) + acts.held))
+    # the embedding's backward: gathered again (its prefetched all-gather output copied
+    # out), layer 0's reduce-scatter input held; then its gradient, dense (tied: the head's
+    # buffered one, the embedding's and their sum, made out of place); then its
+    # post-backward, its gradient copied into its reduce-scatter input
+    first = lay.tail if lay.tied else lay.embedding
+    grads_first = 3 * tied_head_grad if lay.tied else b.c * lay.embedding.params
+    layers_done = b.m * (reduced_tail + shards(L))
+    regathered = first.gathered if (reshard or lay.tied) else 0     # zero2 keeps an untied embedding
+    keep("backward (embedding)", _moment(
+        **base, weights_unsharded=b.c * (R + first.gathered), all_gather_buffers=b.c * regathered,
+        reduce_scatter_buffers=b.r * lay.layer(0).gathered, gradients=layers_done,
+        gradients_unsharded=tied_head_grad, activations=acts.backward.after(0) + acts.held))
+    keep("backward (embedding)", _moment(
+        **base, weights_unsharded=b.c * (R + first.gathered), reduce_scatter_buffers=b.r * lay.layer(0).gathered,
+        gradients=layers_done, gradients_unsharded=grads_first, activations=acts.held))
+    keep("backward (embedding)", _moment(
+        **base, weights_unsharded=b.c * R, reduce_scatter_buffers=b.r * first.gathered,
+        gradients=layers_done, gradients_unsharded=b.c * first.params, activations=acts.held))
+    # the last reduce-scatter input (the root's, or the embedding's or tail's) is freed at
+    # the optimizer step
+    last = lay.root.gathered if lay.root.params else first.gathered
+    keep("backward end", _moment(**base, gradients=b.m * S, reduce_scatter_buffers=b.r * last,
+                                 activations=acts.held))
+    keep("optimizer step", _moment(**base, gradients=b.m * S, activations=acts.held,
+                                   temporaries=_optimizer_step_temp_bytes(sc, S)))
+    return moments
+
+
+def _fsdp_forward_only_moments(s: ModelShape, sc: Scenario, lay: FsdpLayout) -> dict[str, dict[str, int]]:
+    """MeZO (and inference) on FSDP2: each forward gathers every unit in turn (three
+    layer-sized buffers at a layer's pre-forward: the previous layer's all-gather output,
+    its own and its gathered parameters); the perturbation touches the local shards."""
+    L = s.num_layers
+    b = _bytes(sc)
+    inf = inference_forward_moments(s, _compute_scenario(sc))
+    S = sharded_elements(lay, s)
+    base = {"weights": b.m * S}
+    R, E, T = lay.root.gathered, lay.embedding.gathered, lay.tail.gathered
+    tail_held = T if lay.tied else 0
+    first_ag = T if lay.tied else E
+    moments: dict[str, dict[str, int]] = {}
+
+    def keep(name: str, terms: dict) -> None:
+        if name not in moments or sum(terms.values()) > sum(moments[name].values()):
+            moments[name] = terms
+
+    keep("forward (embedding)", _moment(**base, weights_unsharded=b.c * (R + first_ag),
+                                        all_gather_buffers=b.c * (R + first_ag), activations=inf["between"]))
+    for i in range(min(L, len(lay.layer_units) + 1)):
+        Gi = lay.layer(i).gathered
+        previous = lay.layer(i - 1).gathered if i else first_ag
+        keep("forward (layers)", _moment(**base, weights_unsharded=b.c * (R + tail_held + Gi),
+                                         all_gather_buffers=b.c * Gi, activations=inf["layer"]))
+        keep("forward (layers)", _moment(**base, weights_unsharded=b.c * (R + tail_held + Gi),
+                                         all_gather_buffers=b.c * (previous + Gi), activations=inf["between"]))
+    top = lay.layer(L - 1).gathered
+    head = sum(inf["head"])
+    if lay.tied:
+        keep("forward (head and loss)", _moment(**base, weights_unsharded=b.c * (R + T),
+                                                all_gather_buffers=b.c * top, activations=head))
+    else:
+        keep("forward (head and loss)", _moment(**base, weights_unsharded=b.c * (R + T),
+                                                all_gather_buffers=b.c * (top + T), activations=inf["between"]))
+        keep("forward (head and loss)", _moment(**base, weights_unsharded=b.c * (R + T),
+                                                all_gather_buffers=b.c * T, activations=head))
+    if sc.method == "mezo":
+        # z drawn chunk by chunk over each local shard (the largest: the token table's)
+        largest = max(ceil(rows / lay.devices) * row for group in parameter_tensors(s).values()
+                      for rows, row in group)
+        keep("perturbation", _moment(**base, temporaries=b.m * min(mezo_chunk_elements(s), largest)))
+    return moments
+
+
+STRATEGIES = {"ddp": ddp_phases, "zero1": zero1_phases, "zero2": zero2_phases, "fsdp": fsdp_phases}
+
+
+# ------------------------------------------------------------------ the estimate
+
+def check_sharded(sc: Scenario) -> None:
+    """Refuse, by name, the sharded settings that are not modelled."""
+    pl = sc.parallel
+    if pl.offload_optimizer and pl.sharding not in ("zero2", "fsdp"):
+        raise ValueError(f"offload_optimizer: modelled with FSDP2's CPUOffloadPolicy (zero2, fsdp), "
+                         f"not with {pl.sharding}")
+
+
+def host_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
+    """What CPUOffloadPolicy keeps on the host at its highest (the optimizer step, run
+    there): the sharded parameters, their reduced gradients, the optimizer states and the
+    step's temporaries. Empty without offload."""
+    if not sc.parallel.offload_optimizer:
+        return {}
+    lay = fsdp_layout(s, sc.parallel.devices)
+    S = sharded_elements(lay, s)
+    b = _bytes(sc)
+    if sc.method != "bp":
+        return _moment(weights=b.m * S, temporaries=b.m * min(mezo_chunk_elements(s), S))
+    return _moment(weights=b.m * S, gradients=b.m * S,
+                   optimizer_states=_optimizer_state_bytes(sc, S, parameter_tensor_count(s)),
+                   temporaries=_optimizer_step_temp_bytes(sc, S))
+
+
+def textbook_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
+    """The ZeRO paper's per-device model states (Rajbhandari et al. 2020, Figure 1):
+    replicated (ddp), optimizer states / N (zero1), gradients too (zero2), parameters too
+    (fsdp), beside memory.textbook_bytes' activations of the per-device batch."""
+    single = memory.textbook_bytes(s, sc)
+    n = sc.parallel.devices
+    split = {"ddp": (), "zero1": ("optimizer_states",), "zero2": ("optimizer_states", "gradients"),
+             "fsdp": ("optimizer_states", "gradients", "weights")}[sc.parallel.sharding]
+    return {k: (ceil(v / n) if k in split else v) for k, v in single.items()}
+
+
+def estimate_sharded(s: ModelShape, sc: Scenario) -> Estimate:
+    """Per-device peak of one step of `sc` over sc.parallel.devices devices."""
+    check_sharded(sc)
+    phases = STRATEGIES[sc.parallel.sharding](s, sc)
+    totals = {name: sum(terms.values()) for name, terms in phases.items()}
+    phase = max(totals, key=totals.get)
+    host = host_bytes(s, sc)
+    return Estimate(peak_bytes=totals[phase], breakdown={t: phases[phase].get(t, 0) for t in TERMS},
+                    phase=phase, phases=totals, textbook=textbook_bytes(s, sc), params=parameter_count(s),
+                    host_bytes=sum(host.values()), host_breakdown=host)
