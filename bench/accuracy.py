@@ -6,6 +6,10 @@ docs/accuracy.md and prints the summary.
     python bench/accuracy.py --quick    # one context length, about 3 minutes
     python bench/accuracy.py --loops    # the training loops (capacity.accuracy.loop_matrix):
                                         # writes the results section of docs/loops.md
+    python bench/accuracy.py --sharding # many devices (capacity.accuracy.sharding_matrix): rank 0
+                                        # of 7B-70B models traced with torch's DDP and FSDP2 under
+                                        # a fake process group; writes the results section of
+                                        # docs/sharding.md
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from capacity.accuracy import accuracy_models, full_matrix, known_deviation, loop_matrix  # noqa: E402
+from capacity.accuracy import (accuracy_models, full_matrix, known_deviation, loop_matrix,  # noqa: E402
+                               sharding_matrix)
 from capacity.validation import compare  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "accuracy.md"
 LOOPS_DOC = Path(__file__).resolve().parents[1] / "docs" / "loops.md"
 LOOPS_BEGIN, LOOPS_END = "<!-- bench/accuracy.py --loops: begin -->", "<!-- bench/accuracy.py --loops: end -->"
+SHARDING_DOC = Path(__file__).resolve().parents[1] / "docs" / "sharding.md"
+SHARDING_BEGIN, SHARDING_END = ("<!-- bench/accuracy.py --sharding: begin -->",
+                                "<!-- bench/accuracy.py --sharding: end -->")
 
 
 def main() -> int:
@@ -32,8 +40,13 @@ def main() -> int:
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--loops", action="store_true",
                     help="trace the training loops instead (capacity.accuracy.loop_matrix); results go to docs/loops.md")
-    ap.add_argument("--models", help="comma-separated model types (default: all)")
+    ap.add_argument("--sharding", action="store_true",
+                    help="trace ranks of sharded runs instead (capacity.accuracy.sharding_matrix); results go "
+                         "to docs/sharding.md")
+    ap.add_argument("--models", help="comma-separated model types (default: all; --sharding: presets)")
     args = ap.parse_args()
+    if args.sharding:
+        return run_sharding(args.models.split(",") if args.models else None)
     if args.loops:
         return run_loops(args.models.split(",") if args.models else list(accuracy_models()))
     rows = []
@@ -174,6 +187,57 @@ def run_loops(models: list[str]) -> int:
     LOOPS_DOC.write_text(head + "\n".join(section) + tail)
     print("\n".join(summary))
     print(f"wrote the results section of {LOOPS_DOC}")
+    return 0
+
+
+def _replace_section(path: Path, begin: str, end: str, section: list[str], title: str) -> None:
+    text = path.read_text() if path.exists() else f"# {title}\n\n{begin}\n{end}\n"
+    if begin not in text or end not in text:
+        text = text.rstrip("\n") + f"\n\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    path.write_text(head + "\n".join(section) + rest.split(end, 1)[1])
+
+
+def sharding_label(sc) -> str:
+    pl, lp = sc.parallel, sc.loop
+    what = "MeZO" if sc.method == "mezo" else f"BP {lp.name} ({sc.optimizer} {sc.optimizer_impl})"
+    return f"{pl.sharding}{' + offload' if pl.offload_optimizer else ''}, {what}"
+
+
+def run_sharding(presets: list[str] | None) -> int:
+    """Rank 0 (zero1: the heaviest rank) of every case of the sharding matrix traced with
+    torch's own DDP / FSDP2 under a fake process group (capacity.validation.sharded,
+    extrapolated exactly from 3- and 4-layer traces) beside capacity's per-device
+    prediction; replaces the results section of docs/sharding.md."""
+    from capacity.validation.sharded import compare_sharded
+    rows = []
+    t0 = time.time()
+    for preset, sc in sharding_matrix():
+        if presets and preset not in presets:
+            continue
+        r = compare_sharded(preset, sc, steps=3)
+        rows.append((preset, sc, r["measured_peak_bytes"], r["predicted_peak_bytes"], r["error_pct"],
+                     r.get("predicted_phase"), r.get("host_peak_bytes", 0), r["trace_mode"], r["trace_seconds"]))
+        print(f"{preset:12s} N={sc.parallel.devices:<3d} {sharding_label(sc):45s} traced {r['measured_peak_bytes']:>16,} "
+              f"predicted {r['predicted_peak_bytes']:>16,}  {r['error_pct']:+.3f}%  ({time.time() - t0:.0f} s)", flush=True)
+    seconds = time.time() - t0
+    errs = [abs(r[4]) for r in rows]
+    summary = ["| cases | median abs error | worst abs error | within 1% | within 3% |", "|---|---|---|---|---|",
+               f"| {len(errs)} | {statistics.median(errs):.3f}% | {max(errs):.3f}% | {sum(e <= 1 for e in errs)}/{len(errs)} | "
+               f"{sum(e <= 3 for e in errs)}/{len(errs)} |"]
+    detail = ["| model | devices | sharding, method | traced per-rank peak | predicted | error | predicted peak moment | "
+              "host (offload) | trace | trace s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for preset, sc, meas, pred, err, phase, host, mode, secs in rows:
+        detail.append(f"| {preset} | {sc.parallel.devices} | {sharding_label(sc)} | {meas:,} B ({meas / 1e9:.2f} GB) | "
+                      f"{pred:,} B | {err:+.3f}% | {phase} | {f'{host / 1e9:.2f} GB' if host else ''} | {mode} | {secs:.0f} |")
+    section = [SHARDING_BEGIN, "",
+               f"Produced by `python bench/accuracy.py --sharding` ({len(rows)} traced ranks in {seconds:.0f} s on "
+               "2 shared cores): batch 1 per device, context 512, bf16 (BP: mixed precision), eager attention, "
+               "target cpu. Error = (predicted − traced) / traced.", "",
+               "### Summary", ""] + summary + ["", "### Every case", ""] + detail + ["", SHARDING_END]
+    _replace_section(SHARDING_DOC, SHARDING_BEGIN, SHARDING_END, section, "Many devices")
+    print("\n".join(summary))
+    print(f"wrote the results section of {SHARDING_DOC}")
     return 0
 
 

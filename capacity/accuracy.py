@@ -85,6 +85,33 @@ def loop_matrix() -> list[Scenario]:
     return out
 
 
+# Many devices (docs/sharding.md): models at full size (traced per rank in seconds by the
+# fast trace), device counts, and the scenarios each is traced under.
+SHARDING_MODELS = ("llama-2-7b", "llama-2-70b", "opt-66b")
+SHARDING_DEVICES = (2, 8, 64)
+
+
+def sharding_matrix() -> list[tuple[str, Scenario]]:
+    """(preset, scenario) pairs, target cpu, batch 1, context 512, bf16, eager: FSDP
+    FULL_SHARD on 2, 8 and 64 devices for BP with AdamW under mixed precision in the
+    default loop (transformers.Trainer: fused AdamW, decay groups, the output dropped, the
+    KV cache) and in the plain loop (foreach AdamW, the output held), and MeZO; on 8 devices
+    also zero2, ddp and FSDP with the optimizer offloaded. (LoRA over several devices waits
+    for the PEFT model in capacity.)"""
+    from .scenario import DEFAULT_LOOP, Parallel
+
+    def sc(method="bp", loop=DEFAULT_LOOP, sharding="fsdp", devices=8, offload=False):
+        return Scenario(method=method, optimizer="adamw", batch=1, seq=512, dtype="bf16",
+                        mixed_precision=method == "bp", target="cpu", loop=loop_preset(loop),
+                        parallel=Parallel(devices=devices, sharding=sharding, offload_optimizer=offload))
+    out = []
+    for preset in SHARDING_MODELS:
+        for n in SHARDING_DEVICES:
+            out += [(preset, sc(devices=n)), (preset, sc(loop="plain", devices=n)), (preset, sc("mezo", devices=n))]
+        out += [(preset, sc(sharding="zero2")), (preset, sc(sharding="ddp")), (preset, sc(offload=True))]
+    return out
+
+
 def known_deviation(model_type: str, sc: Scenario) -> str | None:
     """The reason the model is known to be off by more than 3% for this case, or None.
 

@@ -545,15 +545,19 @@ class ForwardThroughLayers:
         self.c_layer = act.checkpoint_saved_bytes(s, sc)
         self.hidden = sc.bytes_per_value * sc.tokens * s.hidden_size
         # The model's forward builds the rotary tables and the causal mask before the
-        # layers and holds them through the layer loop.
-        self.held = act.embedding_saved_bytes(s, sc) + act.rotary_bytes(s, sc) + act.causal_mask_bytes(s, sc)
+        # layers and holds them through the layer loop; the loop's token tensors are there
+        # throughout (input_bytes), and a KV cache grows by one entry per layer
+        # (bp_kv_cache_bytes).
+        self.held = (act.embedding_saved_bytes(s, sc) + act.rotary_bytes(s, sc) + act.causal_mask_bytes(s, sc)
+                     + input_bytes(s, sc))
+        self.cache = bp_kv_cache_bytes(s, sc) // s.num_layers
 
     def between(self, i: int) -> int:
         """Once layer i's forward is done (i = -1: the embedding's): what layers 0..i keep
         (a checkpointed layer its input) and the residual stream."""
         ckpt = self.ckpt
         kept = min(i + 1, ckpt) * self.c_layer + self.layers.saved(ckpt, max(i + 1, ckpt))
-        return self.held + kept + self.hidden
+        return self.held + kept + self.hidden + (i + 1) * self.cache
 
     def inside(self, i: int) -> int:
         """The highest point of layer i's forward: at the softmax, its attention part with
@@ -563,7 +567,7 @@ class ForwardThroughLayers:
         cost = self.layers.costs(i)
         if i < self.ckpt:
             return self.between(i - 1) - self.hidden + _forward_layer_peak(self.s, self.sc, self.s.layer_kind(i), 0)
-        return self.between(i - 1) + max(cost.saved_attention + cost.recompute, cost.saved + self.hidden)
+        return self.between(i - 1) + self.cache + max(cost.saved_attention + cost.recompute, cost.saved + self.hidden)
 
 
 def own_kv_cache_extra_bytes(s: ModelShape, sc: Scenario) -> int:

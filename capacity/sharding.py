@@ -57,6 +57,7 @@ from dataclasses import dataclass, replace
 from math import ceil
 
 from . import memory
+from . import optimizers as optim
 from .memory import (FP32, BackwardThroughLayers, ForwardThroughLayers, _LayerSums, _PatternSum,
                      _bp_phases, _forward_only_phases, _state_bytes_per_value, inference_forward_moments,
                      mezo_chunk_elements)
@@ -173,18 +174,57 @@ def _compute_scenario(sc: Scenario) -> Scenario:
 def _optimizer_state_bytes(sc: Scenario, elements: int, tensors: int) -> int:
     """The optimizer states of `elements` parameters in `tensors` tensors (memory.
     optimizer_state_bytes for a rank's share): k states per parameter, Adam's fp32 `step`
-    per tensor where it is on the device (counted for target="cpu")."""
+    per tensor where it is on the device (optimizers.adam_steps_on_device)."""
     if sc.method != "bp":
         return 0
     k = STATES_PER_PARAMETER[sc.optimizer]
-    steps = FP32 * tensors if k == 2 and sc.target == "cpu" else 0
+    steps = FP32 * tensors if k == 2 and optim.adam_steps_on_device(sc) else 0
     return k * _state_bytes_per_value(sc) * elements + steps
 
 
-def _optimizer_step_temp_bytes(sc: Scenario, elements: int) -> int:
-    """The foreach Adam step's sqrt(exp_avg_sq) of every local tensor at once (memory.
-    optimizer_step_temp_bytes for a rank's share)."""
-    return elements * _state_bytes_per_value(sc) if sc.optimizer in ("adam", "adamw") else 0
+def registration_order(s: ModelShape) -> list[tuple[int, int]]:
+    """The parameter tensors (rows, elements per row) in the order model.parameters() gives
+    them, for the pairs of consecutive tensors a per-tensor optimizer step sees: the
+    embeddings, then each layer (its projections, each weight before its bias, then its
+    norms: LlamaDecoderLayer and most registrations end with the norms), the final norm,
+    the head. Enough layers to show every pair of neighbouring kinds (one pattern period
+    and one more), then the last layer."""
+    t = parameter_tensors(s)
+    out = t["embedding"] + t["positions"] + t["projections"]
+    L, period = s.num_layers, len(s.layers)
+    for i in sorted({*range(min(L, period + 1)), L - 1}):
+        out += parameter_tensors(s, s.layer_kind(i))["layer"]
+    return out + t["final_norm"] + t["head"]
+
+
+def _optimizer_step_temp_bytes(s: ModelShape, sc: Scenario, devices: int, elements: int) -> int:
+    """What the optimizer step allocates beyond its states on a rank holding `elements`
+    elements, every tensor sharded over `devices` (capacity/optimizers.py for one device):
+    Adam/AdamW foreach the square root of every local tensor of its largest group at once
+    (Trainer's decay and no-decay groups: 1-D tensors, norms and biases, are the no-decay
+    ones); forloop 2·t_i + t_(i-1) over consecutive local tensors of a group; fused none.
+    SGD and momentum none."""
+    if sc.optimizer not in ("adam", "adamw") or sc.optimizer_impl == "fused":
+        return 0
+    local = [(ceil(rows / devices) * row, row == 1) for rows, row in registration_order(s)]
+    groups = ([[n for n, flat in local if not flat], [n for n, flat in local if flat]]
+              if sc.loop.split_decay_groups else [[n for n, _ in local]])
+    b = _state_bytes_per_value(sc)
+    if sc.optimizer_impl == "foreach":
+        if not sc.loop.split_decay_groups:
+            return b * elements
+        no_decay = _no_decay_elements(s, devices)
+        return b * max(elements - no_decay, no_decay)
+    return b * max(2 * x + (g[i - 1] if i else 0) for g in groups for i, x in enumerate(g))
+
+
+def _no_decay_elements(s: ModelShape, devices: int) -> int:
+    """Rank 0's elements of the 1-D tensors (norms and biases: Trainer's no-decay group)."""
+    t = parameter_tensors(s)
+    flat = sum(ceil(rows / devices) for g, v in t.items() if g != "layer" for rows, row in v if row == 1)
+    for kind, count in s.layer_counts().items():
+        flat += count * sum(ceil(rows / devices) for rows, row in parameter_tensors(s, kind)["layer"] if row == 1)
+    return flat
 
 
 # ------------------------------------------------------------------ the activations
@@ -234,59 +274,131 @@ def zero1_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     phases = ddp_phases(s, sc)
     if sc.method != "bp":
         return phases
-    part = zero1_partition(s, sc.parallel.devices)
-    rank = max(range(len(part)), key=lambda r: (part[r][0], -r))
-    elements, tensors = part[rank]
+    rank = _zero1_rank(s, sc)
+    elements, tensors = zero1_partition(s, sc.parallel.devices, sc.loop.split_decay_groups)[rank]
     states = _optimizer_state_bytes(sc, elements, tensors)
     out = {}
     for name, terms in phases.items():
         terms = {**terms, "optimizer_states": states}
         if name == "optimizer step":
-            terms["temporaries"] = _optimizer_step_temp_bytes(sc, elements)
+            terms["temporaries"] = _zero1_step_temp_bytes(s, sc, rank)
         out[name] = terms
     return out
 
 
-def zero1_partition(s: ModelShape, devices: int) -> list[tuple[int, int]]:
+def zero1_partition(s: ModelShape, devices: int, split_groups: bool = False) -> list[tuple[int, int]]:
     """(elements, tensors) of each rank's share under ZeroRedundancyOptimizer.
-    _partition_parameters: the tensors sorted by size, largest first (a stable sort), each
-    given to the rank holding the fewest elements so far (the lowest index on a tie).
+    _partition_parameters (split_groups: Trainer's decay and no-decay parameter groups,
+    partitioned one after the other)."""
+    return [(sum(e for e, _, _ in groups), sum(n for _, n, _ in groups))
+            for groups in _zero1_shares(s, devices, split_groups)]
+
+
+def _zero1_shares(s: ModelShape, devices: int, split_groups: bool) -> list[list[tuple[int, int, list]]]:
+    """Each rank's share of each parameter group: (elements, tensors, its two largest
+    tensors). ZeroRedundancyOptimizer._partition_parameters takes the groups in turn, sorts
+    a group's tensors by size, largest first (a stable sort), and gives each to the rank
+    holding the fewest elements so far over all groups (the lowest index on a tie).
 
     Tensors of one size are placed in bulk: once every rank's load is within one tensor of
     the least loaded (strictly), the next N such tensors go one to each rank in the order
     of their loads, which leaves that order as it was; so whole rounds are placed at once
     and only the rest one by one (exact, and fast for thousands of layers)."""
+    counts: list[dict[int, int]] = [{}, {}]           # group -> {size: how many}
+
+    def add(rows: int, row: int, times: int) -> None:
+        group = counts[1 if (split_groups and row == 1) else 0]
+        group[rows * row] = group.get(rows * row, 0) + times
+
     t = parameter_tensors(s)
-    sizes: dict[int, int] = {}
-    for group, tensors in t.items():
-        if group == "layer":
-            continue
-        for rows, row in tensors:
-            sizes[rows * row] = sizes.get(rows * row, 0) + 1
-    for kind, count in s.layer_counts().items():
+    for name, tensors in t.items():
+        if name != "layer":
+            for rows, row in tensors:
+                add(rows, row, 1)
+    for kind, n in s.layer_counts().items():
         for rows, row in parameter_tensors(s, kind)["layer"]:
-            sizes[rows * row] = sizes.get(rows * row, 0) + count
+            add(rows, row, n)
     load = [0] * devices
-    count = [0] * devices
-    heap = [(0, r) for r in range(devices)]
-    for size in sorted(sizes, reverse=True):
-        left = sizes[size]
-        while left:
-            if left >= devices and max(load) - min(load) < size:
-                rounds = left // devices
-                for r in range(devices):
-                    load[r] += rounds * size
-                    count[r] += rounds
-                heap = [(load[r], r) for r in range(devices)]
-                heapq.heapify(heap)
-                left -= rounds * devices
-                continue
-            _, r = heapq.heappop(heap)
-            load[r] += size
-            count[r] += 1
-            heapq.heappush(heap, (load[r], r))
-            left -= 1
-    return list(zip(load, count))
+    top = 0                               # the highest load (loads only grow)
+    shares = [[] for _ in range(devices)]
+    for sizes in counts[:2 if split_groups else 1]:
+        elements, tensors, largest = [0] * devices, [0] * devices, [[] for _ in range(devices)]
+        heap = [(load[r], r) for r in range(devices)]
+        heapq.heapify(heap)
+        for size in sorted(sizes, reverse=True):
+            left = sizes[size]
+            while left:
+                if left >= devices:
+                    if top - heap[0][0] < size:
+                        rounds = left // devices
+                        given = [rounds] * devices
+                    else:
+                        given = _water_fill(load, size, left)
+                    for r, c in enumerate(given):
+                        if c:
+                            load[r] += c * size
+                            elements[r] += c * size
+                            tensors[r] += c
+                            largest[r] += [size] * min(c, 2 - len(largest[r]))
+                    heap = [(load[r], r) for r in range(devices)]
+                    heapq.heapify(heap)
+                    top = max(load)
+                    left -= sum(given)
+                    if sum(given):
+                        continue
+                _, r = heapq.heappop(heap)
+                load[r] += size
+                top = max(top, load[r])
+                elements[r] += size
+                tensors[r] += 1
+                if len(largest[r]) < 2:
+                    largest[r].append(size)
+                heapq.heappush(heap, (load[r], r))
+                left -= 1
+        for r in range(devices):
+            shares[r].append((elements[r], tensors[r], largest[r]))
+    return shares
+
+
+def _water_fill(load: list[int], size: int, items: int) -> list[int]:
+    """How many of `items` tensors of `size` elements each rank takes while the greedy
+    rule (the least loaded rank next) lifts every rank below a level to it: for the highest
+    level λ with n(λ) = Σ ceil((λ - load_r) / size) over the ranks below λ at most `items`,
+    those counts. Every rank below λ is the least loaded until it reaches λ, and one that
+    reaches it is not taken again before all others have, so the greedy rule places exactly
+    these n(λ) tensors first, whatever the order; the rest (fewer than the ranks) go one by
+    one."""
+    def needed(level: int) -> int:
+        return sum(-(-(level - x) // size) for x in load if x < level)
+
+    low, high = min(load), min(load) + items * size
+    while low < high:
+        mid = (low + high + 1) // 2
+        if needed(mid) <= items:
+            low = mid
+        else:
+            high = mid - 1
+    return [-(-(low - x) // size) if x < low else 0 for x in load]
+
+
+def _zero1_rank(s: ModelShape, sc: Scenario) -> int:
+    """The rank with the most elements (the lowest index on a tie), which the engine traces."""
+    part = zero1_partition(s, sc.parallel.devices, sc.loop.split_decay_groups)
+    return max(range(len(part)), key=lambda r: (part[r][0], -r))
+
+
+def _zero1_step_temp_bytes(s: ModelShape, sc: Scenario, rank: int) -> int:
+    """The rank's local optimizer step over its own tensors (whole, in the partition's
+    order, largest first): foreach, its largest group; forloop, 2·t_i + t_(i-1) at the
+    group's first two tensors; fused, none."""
+    if sc.optimizer not in ("adam", "adamw") or sc.optimizer_impl == "fused":
+        return 0
+    groups = _zero1_shares(s, sc.parallel.devices, sc.loop.split_decay_groups)[rank]
+    b = _state_bytes_per_value(sc)
+    if sc.optimizer_impl == "foreach":
+        return b * max(e for e, _, _ in groups)
+    return b * max(max([2 * big[0]] + ([2 * big[1] + big[0]] if len(big) > 1 else [])) if big else 0
+                   for _, _, big in groups)
 
 
 def fsdp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
@@ -306,10 +418,22 @@ def _fsdp_phases(s: ModelShape, sc: Scenario, reshard: bool) -> dict[str, dict[s
     else:
         # MeZO reshards every unit after each forward (module docstring); inference too.
         phases = _fsdp_forward_only_moments(s, sc, lay)
-    if sc.parallel.offload_optimizer:
-        phases = {name: {k: v for k, v in terms.items() if k not in HOST_TERMS}
-                  for name, terms in phases.items()}
     return phases
+
+
+def _moments(sc: Scenario) -> tuple[dict, callable]:
+    """An empty table of moments and the function that keeps, for each moment, its highest
+    instance on the device: with the optimizer offloaded, the host's terms (HOST_TERMS) are
+    left out before comparing."""
+    moments: dict[str, dict[str, int]] = {}
+    offload = sc.parallel.offload_optimizer
+
+    def keep(name: str, terms: dict) -> None:
+        if offload:
+            terms = {k: v for k, v in terms.items() if k not in HOST_TERMS}
+        if name not in moments or sum(terms.values()) > sum(moments[name].values()):
+            moments[name] = terms
+    return moments, keep
 
 
 def _fsdp_bp_moments(s: ModelShape, sc: Scenario, lay: FsdpLayout, reshard: bool) -> dict[str, dict[str, int]]:
@@ -330,12 +454,7 @@ def _fsdp_bp_moments(s: ModelShape, sc: Scenario, lay: FsdpLayout, reshard: bool
         return (T if lay.tied else 0) + (0 if reshard else E + G(i))
 
     first_ag = T if lay.tied else E           # the unit all-gathered before layer 0
-    moments: dict[str, dict[str, int]] = {}
-
-    def keep(name: str, terms: dict) -> None:
-        total = sum(terms.values())
-        if name not in moments or total > sum(moments[name].values()):
-            moments[name] = terms
+    moments, keep = _moments(sc)
 
     # ---- forward: the root is gathered from its pre-forward to its post-backward
     keep("forward (embedding)", _moment(**base, weights_unsharded=b.c * (R + first_ag),
@@ -405,6 +524,14 @@ def _fsdp_bp_moments(s: ModelShape, sc: Scenario, lay: FsdpLayout, reshard: bool
             **base, weights_unsharded=b.c * (R + held_layers), all_gather_buffers=b.c * prefetch,
             reduce_scatter_buffers=b.r * rs_above, gradients=done, gradients_unsharded=tied_head_grad,
             activations=acts.backward.at(i) + acts.held))
+        # the end of its backward, before its post-backward: every weight gradient of the
+        # layer made (b_c, unsharded), the layer still gathered, the reduce-scatter input of
+        # the unit above still held
+        keep("backward (layers)", _moment(
+            **base, weights_unsharded=b.c * (R + held_layers), all_gather_buffers=b.c * prefetch,
+            reduce_scatter_buffers=b.r * rs_above, gradients=done,
+            gradients_unsharded=tied_head_grad + b.c * lay.layer(i).params,
+            activations=acts.backward.after(i) + acts.held))
         # its post-backward: resharded, its gradients copied into its reduce-scatter input
         keep("backward (layers)", _moment(
             **base, weights_unsharded=b.c * (R + held_layers - Gi), all_gather_buffers=b.c * prefetch,
@@ -435,7 +562,7 @@ def _fsdp_bp_moments(s: ModelShape, sc: Scenario, lay: FsdpLayout, reshard: bool
     keep("backward end", _moment(**base, gradients=b.m * S, reduce_scatter_buffers=b.r * last,
                                  activations=acts.held))
     keep("optimizer step", _moment(**base, gradients=b.m * S, activations=acts.held,
-                                   temporaries=_optimizer_step_temp_bytes(sc, S)))
+                                   temporaries=_optimizer_step_temp_bytes(s, sc, lay.devices, S)))
     return moments
 
 
@@ -451,11 +578,7 @@ def _fsdp_forward_only_moments(s: ModelShape, sc: Scenario, lay: FsdpLayout) -> 
     R, E, T = lay.root.gathered, lay.embedding.gathered, lay.tail.gathered
     tail_held = T if lay.tied else 0
     first_ag = T if lay.tied else E
-    moments: dict[str, dict[str, int]] = {}
-
-    def keep(name: str, terms: dict) -> None:
-        if name not in moments or sum(terms.values()) > sum(moments[name].values()):
-            moments[name] = terms
+    moments, keep = _moments(sc)
 
     keep("forward (embedding)", _moment(**base, weights_unsharded=b.c * (R + first_ag),
                                         all_gather_buffers=b.c * (R + first_ag), activations=inf["between"]))
@@ -491,10 +614,16 @@ STRATEGIES = {"ddp": ddp_phases, "zero1": zero1_phases, "zero2": zero2_phases, "
 
 def check_sharded(sc: Scenario) -> None:
     """Refuse, by name, the sharded settings that are not modelled."""
-    pl = sc.parallel
+    pl, lp = sc.parallel, sc.loop
     if pl.offload_optimizer and pl.sharding not in ("zero2", "fsdp"):
         raise ValueError(f"offload_optimizer: modelled with FSDP2's CPUOffloadPolicy (zero2, fsdp), "
                          f"not with {pl.sharding}")
+    if sc.method == "bp" and (lp.grad_accum > 1 or not lp.zero_grad_to_none):
+        raise ValueError("grad_accum: gradient accumulation and kept zeroed gradients are not modelled over "
+                         "several devices yet (DDP's no_sync, FSDP's unsynchronised gradients)")
+    if sc.method == "mezo" and lp.mezo_impl == "reference" and pl.sharding in ("zero2", "fsdp"):
+        raise ValueError("mezo_impl: MeZO over FSDP shards is modelled for the chunked update; the reference "
+                         "trainer's whole-tensor z is not")
 
 
 def host_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
@@ -510,7 +639,7 @@ def host_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
         return _moment(weights=b.m * S, temporaries=b.m * min(mezo_chunk_elements(s), S))
     return _moment(weights=b.m * S, gradients=b.m * S,
                    optimizer_states=_optimizer_state_bytes(sc, S, parameter_tensor_count(s)),
-                   temporaries=_optimizer_step_temp_bytes(sc, S))
+                   temporaries=_optimizer_step_temp_bytes(s, sc, lay.devices, S))
 
 
 def textbook_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:

@@ -77,6 +77,9 @@ def greedy(sizes, n):
 def test_zero1_partition_in_bulk_equals_one_tensor_at_a_time(name, n):
     s = cap.load_preset(name)
     assert zero1_partition(s, n) == greedy([r * e for r, e in all_tensors(s)], n)
+    # deep: whole rounds and water-filling (many tensors of one size, loads far apart)
+    deep = replace(s, num_layers=150)
+    assert zero1_partition(deep, n) == greedy([r * e for r, e in all_tensors(deep)], n)
 
 
 def test_every_strategy_has_the_step_peak_and_its_terms():

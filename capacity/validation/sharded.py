@@ -76,7 +76,7 @@ from .mezo import MeZO, default_chunk_elements
 from .models import (TORCH_DTYPES, checkpoint_first_layers, construct, decoder_layers, hf_config,
                      num_checkpointed_layers)
 from .source import resolve_model
-from .steps import DEFAULT_LR, MEZO_EPS
+from .steps import DEFAULT_LR, MEZO_EPS, decay_parameter_groups, optimizer_class_and_kwargs
 
 SHARDINGS = ("ddp", "zero1", "zero2", "fsdp")
 DDP_BUCKET_CAP_MB = 25     # torch's default, and HF TrainingArguments' (ddp_bucket_cap_mb None)
@@ -297,18 +297,6 @@ def _ddp(model):
     return wrapped, buckets
 
 
-def make_optimizer(name: str, impl: str, params, lr: float | None = None):
-    """The torch optimizer of a scenario with the given implementation (forloop, foreach, fused)."""
-    lr = DEFAULT_LR[name] if lr is None else lr
-    flags = {"forloop": {"foreach": False}, "foreach": {"foreach": True},
-             "fused": {"fused": True}}[impl]
-    if name in ("sgd", "momentum"):
-        flags = {**flags, "momentum": 0.9 if name == "momentum" else 0.0}
-        return torch.optim.SGD(params, lr=lr, **flags)
-    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
-    return cls(params, lr=lr, **flags)
-
-
 class _ShardMeZO(MeZO):
     """MeZO over the local shards of FSDP2's parameters (each rank perturbs its own shard)."""
 
@@ -357,19 +345,16 @@ class ShardedRun:
         if scenario.method == "bp":
             self.model.train()
             impl = scenario.optimizer_impl
+            # steps.py's optimizer, on the wrapped model's (sharded) parameters; with the
+            # Trainer's decay and no-decay groups when the loop has them.
+            params = (decay_parameter_groups(self.model) if scenario.loop.split_decay_groups
+                      else list(self.model.parameters()))
+            cls, kwargs = optimizer_class_and_kwargs(scenario.optimizer, impl, lr)
             if sharding == "zero1":
                 from torch.distributed.optim import ZeroRedundancyOptimizer
-                flags = {"forloop": {"foreach": False}, "foreach": {"foreach": True},
-                         "fused": {"fused": True}}[impl]
-                cls = {"sgd": torch.optim.SGD, "momentum": torch.optim.SGD,
-                       "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[scenario.optimizer]
-                if scenario.optimizer == "momentum":
-                    flags["momentum"] = 0.9
-                self.optimizer = ZeroRedundancyOptimizer(
-                    self.model.parameters(), optimizer_class=cls,
-                    lr=DEFAULT_LR[scenario.optimizer] if lr is None else lr, **flags)
+                self.optimizer = ZeroRedundancyOptimizer(params, optimizer_class=cls, **kwargs)
             else:
-                self.optimizer = make_optimizer(scenario.optimizer, impl, self.model.parameters(), lr)
+                self.optimizer = cls(params, **kwargs)
         elif scenario.method == "mezo":
             self.model.eval()
             chunk = mezo_chunk_elements or default_chunk_elements(self.params)
@@ -392,7 +377,7 @@ class ShardedRun:
             self._phase("forward")
             self._reset()
             with self.autocast():
-                out = self.model(input_ids=ids, labels=ids, use_cache=False)
+                out = self.model(input_ids=ids, labels=ids, use_cache=sc.loop.use_cache)
             self._phase("backward")
             if sc.loop.hold_outputs:
                 out.loss.backward()
