@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from math import ceil
 
 from . import memory
@@ -274,8 +275,7 @@ def zero1_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     phases = ddp_phases(s, sc)
     if sc.method != "bp":
         return phases
-    rank = _zero1_rank(s, sc)
-    elements, tensors = zero1_partition(s, sc.parallel.devices, sc.loop.split_decay_groups)[rank]
+    rank, elements, tensors = _zero1_heaviest(s, sc.parallel.devices, sc.loop.split_decay_groups)
     states = _optimizer_state_bytes(sc, elements, tensors)
     out = {}
     for name, terms in phases.items():
@@ -294,6 +294,7 @@ def zero1_partition(s: ModelShape, devices: int, split_groups: bool = False) -> 
             for groups in _zero1_shares(s, devices, split_groups)]
 
 
+@lru_cache(maxsize=256)
 def _zero1_shares(s: ModelShape, devices: int, split_groups: bool) -> list[list[tuple[int, int, list]]]:
     """Each rank's share of each parameter group: (elements, tensors, its two largest
     tensors). ZeroRedundancyOptimizer._partition_parameters takes the groups in turn, sorts
@@ -318,6 +319,14 @@ def _zero1_shares(s: ModelShape, devices: int, split_groups: bool) -> list[list[
     for kind, n in s.layer_counts().items():
         for rows, row in parameter_tensors(s, kind)["layer"]:
             add(rows, row, n)
+    if devices >= sum(n for group in counts for n in group.values()):
+        # at least one rank per tensor: each goes to an empty rank, the largest to rank 0
+        order = sorted(((size, g) for g, group in enumerate(counts) for size, n in group.items()
+                        for _ in range(n)), key=lambda x: (x[1], -x[0]))
+        shares = [[(0, 0, [])] * (2 if split_groups else 1) for _ in range(devices)]
+        for r, (size, g) in enumerate(order):
+            shares[r] = [(size, 1, [size]) if k == g else (0, 0, []) for k in range(2 if split_groups else 1)]
+        return shares
     load = [0] * devices
     top = 0                               # the highest load (loads only grow)
     shares = [[] for _ in range(devices)]
@@ -381,10 +390,13 @@ def _water_fill(load: list[int], size: int, items: int) -> list[int]:
     return [-(-(low - x) // size) if x < low else 0 for x in load]
 
 
-def _zero1_rank(s: ModelShape, sc: Scenario) -> int:
-    """The rank with the most elements (the lowest index on a tie), which the engine traces."""
-    part = zero1_partition(s, sc.parallel.devices, sc.loop.split_decay_groups)
-    return max(range(len(part)), key=lambda r: (part[r][0], -r))
+@lru_cache(maxsize=256)
+def _zero1_heaviest(s: ModelShape, devices: int, split_groups: bool) -> tuple[int, int, int]:
+    """(rank, elements, tensors) of the rank with the most elements (the lowest index on a
+    tie): the one the engine traces."""
+    part = zero1_partition(s, devices, split_groups)
+    rank = max(range(len(part)), key=lambda r: (part[r][0], -r))
+    return rank, *part[rank]
 
 
 def _zero1_step_temp_bytes(s: ModelShape, sc: Scenario, rank: int) -> int:

@@ -62,13 +62,15 @@ def test_units_hold_every_parameter_once_with_padded_shards(name, n):
     assert (lay.tail_norm.params > 0) == (s.arch.final_norm and s.model_type != "opt")
 
 
-def greedy(sizes, n):
-    """ZeroRedundancyOptimizer._partition_parameters, one tensor at a time."""
+def greedy(sizes, n, groups=None):
+    """ZeroRedundancyOptimizer._partition_parameters, one tensor at a time, group after
+    group (the loads carry over)."""
     load, count = [0] * n, [0] * n
-    for t in sorted(sizes, reverse=True):
-        r = load.index(min(load))
-        load[r] += t
-        count[r] += 1
+    for group in (groups or [sizes]):
+        for t in sorted(group, reverse=True):
+            r = load.index(min(load))
+            load[r] += t
+            count[r] += 1
     return list(zip(load, count))
 
 
@@ -80,6 +82,11 @@ def test_zero1_partition_in_bulk_equals_one_tensor_at_a_time(name, n):
     # deep: whole rounds and water-filling (many tensors of one size, loads far apart)
     deep = replace(s, num_layers=150)
     assert zero1_partition(deep, n) == greedy([r * e for r, e in all_tensors(deep)], n)
+    # Trainer's decay and no-decay groups (1-D tensors: norms and biases)
+    for shape in (s, deep):
+        tensors = all_tensors(shape)
+        groups = [[r * e for r, e in tensors if e > 1], [r * e for r, e in tensors if e == 1]]
+        assert zero1_partition(shape, n, split_groups=True) == greedy(None, n, groups)
 
 
 def test_every_strategy_has_the_step_peak_and_its_terms():
