@@ -60,7 +60,7 @@ from math import ceil
 from . import memory
 from . import optimizers as optim
 from .memory import (FP32, BackwardThroughLayers, ForwardThroughLayers, _LayerSums, _PatternSum,
-                     _bp_phases, _forward_only_phases, _state_bytes_per_value, inference_forward_moments,
+                     _bp_phases, _state_bytes_per_value, inference_forward_moments,
                      mezo_chunk_elements)
 from .params import parameter_count, parameter_tensor_count, parameter_tensors
 from .scenario import Estimate, Parallel, Scenario
