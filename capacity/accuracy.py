@@ -17,7 +17,8 @@ _DATA = Path(__file__).parent / "data" / "accuracy_models.json"
 
 @lru_cache(maxsize=None)
 def accuracy_models() -> dict:
-    """Model type -> a small Hugging Face config dict of that type."""
+    """Model (its type, or a variant of it: qwen3_moe with dense layers) -> a small Hugging
+    Face config dict of that type."""
     return json.loads(_DATA.read_text())["models"]
 
 
@@ -110,6 +111,33 @@ def sharding_matrix() -> list[tuple[str, Scenario]]:
             out += [(preset, sc(devices=n)), (preset, sc(loop="plain", devices=n)), (preset, sc("mezo", devices=n))]
         out += [(preset, sc(sharding="zero2")), (preset, sc(sharding="ddp")), (preset, sc(offload=True))]
     return out
+
+
+def moe_matrix() -> list[Scenario]:
+    """The cases a mixture of experts adds (target cpu, the plain loop): the eager experts loop under balanced
+    and under worst routing (BP with and without checkpointing, in bf16, fp32 and mixed
+    precision; MeZO; inference), and the default grouped_mm at a 4096-token context."""
+    out = []
+    for routing in ("balanced", "worst"):
+        for method, opt, keep, dtype, mixed in [("bp", "adamw", 1.0, "bf16", False), ("bp", "sgd", 0.0, "fp32", False),
+                                                 ("bp", "sgd", 0.5, "bf16", True), ("bp", "sgd", 1.0, "fp32", False),
+                                                 ("mezo", "sgd", 1.0, "bf16", False), ("inference", "sgd", 1.0, "fp32", False)]:
+            for attention in ("eager", "sdpa"):
+                out.append(Scenario(method=method, optimizer=opt, keep=keep, dtype=dtype, mixed_precision=mixed,
+                                    attention=attention, batch=2, seq=256, target="cpu", experts="eager",
+                                    routing=routing, loop=PLAIN))
+    for method, opt, keep in [("bp", "sgd", 1.0), ("bp", "sgd", 0.0), ("mezo", "sgd", 1.0)]:
+        out.append(Scenario(method=method, optimizer=opt, keep=keep, dtype="bf16", attention="sdpa", batch=1,
+                            seq=4096, target="cpu", loop=PLAIN))
+    return out
+
+
+def matrix_for(model: str) -> list[Scenario]:
+    """The cases one accuracy model is traced over: the full matrix, and a mixture of
+    experts' own cases."""
+    from .hf_config import from_hf_config
+    is_moe = from_hf_config(dict(accuracy_models()[model])).moe is not None
+    return full_matrix() + (moe_matrix() if is_moe else [])
 
 
 def known_deviation(model_type: str, sc: Scenario) -> str | None:

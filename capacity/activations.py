@@ -17,6 +17,7 @@ Kernel differences that change what is kept (`Scenario.target`):
 
 from __future__ import annotations
 
+from . import moe
 from .architecture import LayerKind
 from .scenario import Scenario
 from .shape import ModelShape
@@ -54,7 +55,9 @@ def _attention_readers(s: ModelShape) -> int:
     return len(s.arch.attention.qkv)      # one fused qkv projection, or q, k and v
 
 
-def _mlp_readers(s: ModelShape) -> int:
+def _mlp_readers(s: ModelShape, kind: LayerKind | None = None) -> int:
+    if (kind or s.layers[0]).moe:
+        return 1                          # the router (the experts' gather keeps none of it)
     return len(s.arch.mlp.inputs)         # gate and up, or one up (fc1) projection
 
 
@@ -82,6 +85,21 @@ def norm_saved_bytes(s: ModelShape, sc: Scenario, with_input: bool = True) -> in
     return (p * n * h if with_input else 0) + 2 * stats * n
 
 
+def qk_norm_saved_bytes(s: ModelShape, sc: Scenario) -> int:
+    """The RMSNorms of q and k (Qwen3MoeRMSNorm / OlmoeRMSNorm on the projections' outputs,
+    before RoPE), each as a norm over width W = a·d (q) or a_kv·d (k): the input in fp32 (4NW),
+    1/rms per row (4N per head with `qk_norm="head"`, 4N with "projection") and the
+    normalised input cast back to the projection's dtype (pNW), which the scale keeps. The
+    projection's dtype is the 16-bit one under autocast. (RoPE keeps none of its input:
+    q·cos and rotate_half(q)·sin keep only cos and sin.)"""
+    mode = s.arch.attention.qk_norm
+    if not mode:
+        return 0
+    n, p = sc.tokens, _act_bytes(sc)
+    rows = {"head": (s.num_heads, s.num_kv_heads), "projection": (1, 1)}[mode]
+    return sum(FP32 * n * w + FP32 * n * r + p * n * w for w, r in zip((s.q_dim, s.kv_dim), rows))
+
+
 def repeated_kv_bytes(s: ModelShape, sc: Scenario) -> int:
     """Storage behind k (or v) as eager attention's matmul keeps it: repeat_kv expands the
     a_kv heads to a and reshapes, which copies (pNA) unless the result is still a view:
@@ -105,7 +123,12 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario) -> int:
     their output out as (b, s, a, d), so the output projection's input is the same tensor.
     A fused qkv projection with rotary positions (NeoX) keeps more: v is a view into the
     fused projection, which stays alive whole beside the rotated copies of q and k.
+    With q/k norms, their sets too (qk_norm_saved_bytes).
     """
+    return _attention_core_saved_bytes(s, sc) + qk_norm_saved_bytes(s, sc)
+
+
+def _attention_core_saved_bytes(s: ModelShape, sc: Scenario) -> int:
     b, seq, n, p = sc.batch, sc.seq, sc.tokens, _act_bytes(sc)
     a, qd, kvd = s.num_heads, s.q_dim, s.kv_dim
     scores = b * a * seq * seq
@@ -177,8 +200,9 @@ def attention_forward_extra_bytes(s: ModelShape, sc: Scenario) -> int:
     return copy * b * s.num_heads * seq * seq - p * n * s.q_dim
 
 
-def mlp_saved_bytes(s: ModelShape, sc: Scenario) -> int:
+def mlp_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
     """MLP, from its input (excluded) to the down projection's input (included).
+    A mixture-of-experts layer keeps its sparse block's set (capacity/moe.py).
 
     Gated (Llama...): gate output (kept by the activation), activation output and up
     output (kept by the product), product (kept by down): 4·pNI.
@@ -187,6 +211,8 @@ def mlp_saved_bytes(s: ModelShape, sc: Scenario) -> int:
     gelu_new (GPT-2, Phi), a Python composite 0.5·x·(1 + tanh(c·(x + 0.044715·x³))):
     x, tanh(...), 0.5·x, 1 + tanh(...) and the output: 5·pNI.
     """
+    if (kind or s.layers[0]).moe:
+        return moe.saved_bytes(s, sc)
     n, inter, p = sc.tokens, s.intermediate_size, _act_bytes(sc)
     if s.arch.mlp.gated:
         return 4 * p * n * inter
@@ -196,15 +222,16 @@ def mlp_saved_bytes(s: ModelShape, sc: Scenario) -> int:
 
 def layer_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> dict[str, int]:
     """Bytes one decoder layer (of `kind`: the model's first by default) keeps for
-    backward, by part (attention part, MLP part). Every kind is priced alike today
-    (LayerKind: sliding windows as full attention; other kinds are refused)."""
+    backward, by part (attention part, MLP part). A mixture-of-experts kind keeps its
+    sparse block in place of the dense MLP's set; sliding windows are priced as full
+    attention (LayerKind)."""
     n, h = sc.tokens, s.hidden_size
     resid_mask = _mask_bytes(sc) * n * h if s.resid_dropout > 0 else 0
     norm_in = norm_saved_bytes(s, sc)
     attn = attention_saved_bytes(s, sc)
-    mlp = mlp_saved_bytes(s, sc)
+    mlp = mlp_saved_bytes(s, sc, kind)
     attn_in = projection_inputs_bytes(s, sc, _attention_readers(s))
-    mlp_in = projection_inputs_bytes(s, sc, _mlp_readers(s))
+    mlp_in = projection_inputs_bytes(s, sc, _mlp_readers(s, kind))
     if s.arch.parallel_residual and s.arch.shared_norm:
         # Phi: one LayerNorm feeds both branches; its output is kept once (or cast per linear).
         attn_part = norm_in + projection_inputs_bytes(s, sc, _attention_readers(s) + _mlp_readers(s)) \
@@ -281,8 +308,10 @@ def head_saved_bytes(s: ModelShape, sc: Scenario) -> int:
 
 
 def logits_bytes(s: ModelShape, sc: Scenario) -> int:
-    """Logits in dtype (pNV), held by the model's output for the rest of the step."""
-    return _act_bytes(sc) * sc.tokens * s.vocab_size
+    """Logits in dtype (pNV), held by the model's output for the rest of the step; with a
+    mixture of experts' auxiliary loss, every router's logits too (capacity/moe.py)."""
+    routers = moe.router_logits_held_bytes(s, sc) if s.moe is not None else 0
+    return _act_bytes(sc) * sc.tokens * s.vocab_size + routers
 
 
 def loss_saved_bytes(s: ModelShape, sc: Scenario) -> int:

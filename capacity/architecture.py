@@ -12,10 +12,10 @@ never asks which family it is. Each field names one mechanism and the code it st
       Multipliers         Granite's scalar multipliers
     LayerKind             what differs between the layers of one model (sliding-window or
                           full attention, RoPE or not, dense or mixture-of-experts MLP)
-    Moe                   the sizes of a mixture-of-experts MLP
+    Moe                   a mixture-of-experts MLP: its sizes and its router
 
 Some fields describe mechanisms of families that are coming (q/k norms, norms after each
-branch, soft-capping, multipliers, fused gate/up projections, mixtures of experts, layers
+branch, soft-capping, multipliers, fused gate/up projections, shared experts, layers
 without RoPE). The memory model does not price them yet: `unmodelled_features` lists the
 ones a description uses, and a shape that uses any is refused (shape.validate_shape), so
 no estimate silently ignores a mechanism. Whoever models one removes it from that list.
@@ -66,7 +66,6 @@ class Attention:
       (GPT-2's `nn.functional.softmax(attn_weights, dim=-1)`).
     qk_norm: RMSNorm of q and k before RoPE: "head" (per head, over d: Qwen3, Gemma 3) or
       "projection" (over the whole projection, a·d and a_kv·d: OLMo 2); "" none.
-      [not modelled yet]
     logit_softcap: cap·tanh(scores / cap) before the softmax (Gemma 2); 0: none.
       [not modelled yet]
     """
@@ -120,15 +119,34 @@ class Multipliers:
 
 @dataclass(frozen=True)
 class Moe:
-    """A mixture-of-experts MLP (sizes): `experts` expert MLPs of width `expert_size`, each
-    token routed to `top_k` of them by a router (h·experts), plus an always-on shared
-    expert of width `shared_expert_size` (0: none). [not modelled yet]"""
+    """A mixture-of-experts MLP, as transformers 5.23 runs it (MixtralSparseMoeBlock,
+    Qwen3MoeSparseMoeBlock, OlmoeSparseMoeBlock): a router (`gate`, a linear h -> experts
+    without bias, one (E, h) parameter) scores every token, each token goes to its `top_k`
+    experts, and each expert is a gated MLP of width `expert_size` with the Mlp's activation.
+    The experts of a layer are stored stacked, two parameters: gate_up_proj (E, 2I, h) and
+    down_proj (E, h, I) (integrations/moe.py runs them: capacity/moe.py prices it).
+
+    normalize_top_k: the top-k weights are renormalised to sum to 1, in place
+      (`router_top_value /= router_top_value.sum(...)`): Mixtral always, Qwen3-MoE and OLMoE
+      when norm_topk_prob is set.
+    weights_fp32: the routing weights stay fp32 (MixtralTopKRouter returns the fp32 softmax
+      values); otherwise they are cast to the router logits' dtype (Qwen3-MoE, OLMoE:
+      `router_top_value.to(router_logits.dtype)`).
+    router_aux_loss: the load-balancing loss is computed (config `output_router_logits`):
+      every router's logits are kept in the model output and the loss softmaxes them again.
+    router_jitter: in training the router's input is multiplied, in place, by uniform noise
+      (Mixtral's router_jitter_noise > 0; `hidden_states *= torch.empty_like(...).uniform_(...)`).
+    shared_expert_size: an always-on shared expert of that width (0: none) [not modelled yet].
+    """
 
     experts: int
     top_k: int
     expert_size: int
     shared_expert_size: int = 0
-    router_aux_loss: bool = True
+    router_aux_loss: bool = False
+    normalize_top_k: bool = True
+    weights_fp32: bool = False
+    router_jitter: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,7 +165,8 @@ class LayerKind:
       model's "global" one, or another ("local": Gemma 3's sliding layers use their own
       base frequency); each distinct table is computed once per forward and held through
       it. "": the layer applies no rotary embedding (a NoPE layer) [not modelled yet].
-    moe: the layer's MLP is the model's mixture of experts (ModelShape.moe). [not modelled yet]
+    moe: the layer's MLP is the model's mixture of experts (ModelShape.moe); False: the
+      dense Mlp of width ModelShape.intermediate_size (Qwen3-MoE's `mlp_only_layers`).
     """
 
     sliding_window: int = 0
@@ -232,8 +251,6 @@ class Architecture:
 def unmodelled_features(arch: Architecture, layers: tuple[LayerKind, ...], moe: Moe | None) -> list[str]:
     """The mechanisms a description uses that the memory model does not price yet."""
     out = []
-    if arch.attention.qk_norm:
-        out.append(f"q/k norm ({arch.attention.qk_norm})")
     if arch.attention.logit_softcap:
         out.append("attention logit soft-capping")
     if arch.final_logit_softcap:
@@ -244,8 +261,8 @@ def unmodelled_features(arch: Architecture, layers: tuple[LayerKind, ...], moe: 
         out.append("Granite multipliers")
     if arch.mlp.fused_gate_up:
         out.append("a fused gate/up projection")
-    if moe is not None or any(k.moe for k in layers):
-        out.append("mixture-of-experts layers")
+    if moe is not None and moe.shared_expert_size:
+        out.append("a shared expert")
     if arch.positions == "rope" and any(k.rope == "" for k in layers):
         out.append("layers without RoPE")
     return out
@@ -292,6 +309,20 @@ def validate_layer_kinds(layers) -> None:
             raise ValueError(f"rope: expected a rotary table's name, got {k.rope!r}")
         if not isinstance(k.moe, bool):
             raise ValueError(f"moe: expected true or false, got {k.moe!r}")
+
+
+def validate_moe(moe: Moe, max_dim: int) -> None:
+    """Raise ValueError naming the first field of a Moe that is out of range."""
+    for name in ("experts", "top_k", "expert_size", "shared_expert_size"):
+        value = getattr(moe, name)
+        low = 0 if name == "shared_expert_size" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= max_dim:
+            raise ValueError(f"moe.{name}: must be a whole number in [{low}, {max_dim}], got {value!r}")
+    if moe.top_k > moe.experts:
+        raise ValueError(f"moe.top_k: must be at most the number of experts ({moe.experts}), got {moe.top_k}")
+    for name in ("router_aux_loss", "normalize_top_k", "weights_fp32", "router_jitter"):
+        if not isinstance(getattr(moe, name), bool):
+            raise ValueError(f"moe.{name}: expected true or false, got {getattr(moe, name)!r}")
 
 
 def _choice(name: str, value, allowed) -> None:

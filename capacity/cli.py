@@ -23,6 +23,7 @@ from .memory import describe_loop, resolved_loop
 from .presets import find_family
 from .inverse import DEVICE_COUNTS, fewest_devices, on_devices
 from .parallel_args import add_parallel_arguments, parallel_from_args
+from .scenario import EXPERTS, ROUTINGS
 from .shape import ModelShape
 
 
@@ -63,9 +64,20 @@ def _add_scenario_args(p: argparse.ArgumentParser, method_required: bool = True)
                    help="attention implementation (default sdpa: what transformers runs unless told otherwise)")
     p.add_argument("--target", default="cuda", choices=("cuda", "cpu"),
                    help="kernels to model: cuda (default) or cpu")
+    _add_experts_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_loop_arguments(p)
     add_parallel_arguments(p)
+
+
+def _add_experts_args(p: argparse.ArgumentParser) -> None:
+    """A mixture of experts' implementation and routing (no effect on a dense model)."""
+    p.add_argument("--experts", default="grouped_mm", choices=EXPERTS,
+                   help="mixture of experts: grouped_mm (transformers' default; memory does not depend on the "
+                        "routing) or eager (the per-expert loop)")
+    p.add_argument("--routing", default="balanced", choices=ROUTINGS,
+                   help="mixture of experts under --experts eager: balanced (default) or worst (every token to the "
+                        "same top-k experts)")
 
 
 def _shape(args) -> ModelShape:
@@ -76,7 +88,8 @@ def _scenario(args, method: str | None = None) -> Scenario:
     return Scenario(method=method or args.method, optimizer=args.optimizer, batch=args.batch,
                     seq=args.seq, dtype=args.dtype, mixed_precision=args.mixed_precision,
                     keep=args.keep, attention=args.attention, target=args.target,
-                    loop=loop_from_args(args), parallel=parallel_from_args(args))
+                    loop=loop_from_args(args), parallel=parallel_from_args(args),
+                    experts=args.experts, routing=args.routing)
 
 
 def _row(label: str, n: int) -> str:
@@ -89,7 +102,8 @@ def cmd_estimate(args) -> int:
     note = context_note(shape, sc.seq)
     pl = sc.parallel
     if args.json:
-        print(_strict_json({"model": shape.name, "params": est.params, "peak_bytes": est.peak_bytes,
+        print(_strict_json({"model": shape.name, "params": est.params, "active_params": est.active_params,
+                            "moe_note": est.moe_note or None, "peak_bytes": est.peak_bytes,
                             "phase": est.phase, "breakdown": est.breakdown, "phases": est.phases,
                             "textbook": est.textbook, "host_bytes": est.host_bytes,
                             "host_breakdown": est.host_breakdown, "cuda_context_bytes": CUDA_CONTEXT_BYTES,
@@ -102,6 +116,10 @@ def cmd_estimate(args) -> int:
         print(f"{pl.devices} devices, sharding {pl.sharding}"
               + (", optimizer offloaded to the host" if pl.offload_optimizer else "")
               + f"; every figure is one device's (batch {sc.batch} per device)")
+    if est.active_params != est.params:
+        print(f"Active parameters per token: {est.active_params:,} (mixture of experts: its top-k experts)")
+    if est.moe_note:
+        print(f"Mixture of experts, {est.moe_note}.")
     if note:
         print(f"Note: {note}.")
     print(f"Peak at '{est.phase}' (live tensors; CUDA context of about "

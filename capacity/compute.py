@@ -7,7 +7,7 @@ is a lower bound: real steps reach a fraction of peak (the `efficiency` argument
 from __future__ import annotations
 
 from .memory import kept_layers, optimizer_state_bytes
-from .params import layer_linears, parameter_count
+from .params import active_experts_params, layer_linears, parameter_count
 from .presets import Device
 from .scenario import Scenario
 from .shape import ModelShape
@@ -25,9 +25,10 @@ MEZO_WEIGHT_PASSES = 4
 
 def matmul_params(s: ModelShape) -> int:
     """Weights that take part in a matmul per token (all but norms and embedding lookups):
-    every projection of every layer, and the LM head."""
+    every projection of every layer, and the LM head. A mixture-of-experts layer: its
+    router and the top_k experts a token is routed to (the active parameters)."""
     per_kind = {kind: sum(lin.fan_in * lin.fan_out for lin in layer_linears(s, kind))
-                for kind in s.layer_counts()}
+                + active_experts_params(s, kind) for kind in s.layer_counts()}
     return sum(n * per_kind[kind] for kind, n in s.layer_counts().items()) + s.vocab_size * s.embed_dim
 
 

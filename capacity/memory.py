@@ -19,15 +19,16 @@ The breakdown of the winning phase is returned; its terms add up to the peak.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import accumulate
 
 from . import activations as act
+from . import moe
 from .architecture import LayerKind
 from .context import check_context
 from . import optimizers as optim
-from .params import (head_params, largest_tensor_params, layer_params, mlp_linears,
-                     mlp_params, parameter_count, parameter_tensor_count)
+from .params import (active_parameter_count, experts_params, head_params, largest_tensor_params,
+                     layer_params, mlp_linears, mlp_params, parameter_count, parameter_tensor_count)
 from .scenario import Estimate, Scenario
 from .shape import ModelShape, repeating_pattern
 
@@ -72,13 +73,21 @@ def weights_bytes(s: ModelShape, sc: Scenario) -> int:
 
 def compute_copy_bytes(s: ModelShape, sc: Scenario) -> int:
     """Mixed precision: autocast's 16-bit copies of the weights (P·2), cached for the
-    forward and kept by the matmuls until their backward."""
-    return parameter_count(s) * sc.bytes_per_value if sc.mixed_precision else 0
+    forward and kept by the matmuls until their backward; a mixture of experts' stacked
+    experts have none (grouped_mm is not autocast-enabled, and the eager loop's weight slices
+    are not leaves, which autocast does not cache: capacity/moe.py)."""
+    if not sc.mixed_precision:
+        return 0
+    experts = sum(n * experts_params(s, kind) for kind, n in s.layer_counts().items())
+    return (parameter_count(s) - experts) * sc.bytes_per_value
 
 
 def _layer_copy_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
-    """Mixed precision: autocast's 16-bit copies of one decoder layer's weights."""
-    return sc.bytes_per_value * layer_params(s, kind) if sc.mixed_precision else 0
+    """Mixed precision: autocast's 16-bit copies of one decoder layer's weights (its experts
+    have none)."""
+    if not sc.mixed_precision:
+        return 0
+    return sc.bytes_per_value * (layer_params(s, kind) - experts_params(s, kind))
 
 
 def gradients_bytes(s: ModelShape, sc: Scenario) -> int:
@@ -300,7 +309,7 @@ class _LayerCosts:
     copies: int               # mixed precision: autocast's 16-bit copies of its weights
     mlp_backward: int         # MLP-width gradients live at once in the MLP's backward
     attention_backward: int   # beyond what it keeps, at the softmax's backward
-    recompute: int            # beyond what it keeps, at the softmax of its recomputed forward
+    recompute: int            # beyond its attention part, at the peak of its recomputed forward
     out_weight_backward: int  # beyond what it keeps, at the MLP output projection's backward
                               # when its weight gradient is a new tensor (gradients live)
 
@@ -314,14 +323,20 @@ def _layer_costs(s: ModelShape, sc: Scenario, kind: LayerKind) -> _LayerCosts:
     # factors' gradients.
     mlp = s.arch.mlp
     widths = 3 if mlp.gated else {"gelu_new": 3}.get(mlp.activation, 2)
+    mlp_backward = widths * p * sc.tokens * s.intermediate_size
+    recompute = act.attention_forward_extra_bytes(s, sc)
+    if kind.moe:
+        # A sparse block's backward walk (its weight gradients as they are made), and in a
+        # recomputed forward its transients above the whole layer's rebuilt set.
+        mlp_backward = moe.backward_extra_bytes(s, sc)
+        recompute = max(recompute, parts["mlp"] + moe.forward_extra_bytes(s, sc))
     return _LayerCosts(
         saved=sum(parts.values()), saved_attention=parts["attention"],
         gradients=gp * layer_params(s, kind), gradients_mlp=gp * mlp_params(s, kind),
-        copies=_layer_copy_bytes(s, sc, kind),
-        mlp_backward=widths * p * sc.tokens * s.intermediate_size,
-        attention_backward=act.attention_backward_extra_bytes(s, sc),
-        recompute=act.attention_forward_extra_bytes(s, sc),
-        out_weight_backward=_new_weight_gradient_bytes(mlp_linears(s, kind)[-1], sc))
+        copies=_layer_copy_bytes(s, sc, kind), mlp_backward=mlp_backward,
+        attention_backward=act.attention_backward_extra_bytes(s, sc), recompute=recompute,
+        # A sparse block's walk already holds its new weight gradients (mlp_backward).
+        out_weight_backward=0 if kind.moe else _new_weight_gradient_bytes(mlp_linears(s, kind)[-1], sc))
 
 
 def _new_weight_gradient_bytes(lin, sc: Scenario) -> int:
@@ -512,15 +527,19 @@ def inference_forward_moments(s: ModelShape, sc: Scenario) -> dict:
     # A KV cache (builds_kv_cache) holds every earlier layer's entry at the last layer's
     # attention, and its own too by its MLP; at the attention the own entry's copies take the
     # place of k and v, unless those are views of a fused projection that stays alive
-    # (own_kv_cache_extra_bytes).
+    # (own_kv_cache_extra_bytes). With a mixture of experts' auxiliary loss, the router
+    # logits of the layers before (the current layer's are the sparse block's own).
     cache = kv_cache_bytes(s, sc) if builds_kv_cache(s, sc) else 0
-    at_attention = held + ((s.num_layers - 1) * cache + own_kv_cache_extra_bytes(s, sc) if cache else 0)
-    at_mlp = held + s.num_layers * cache
+    routers = moe.router_logits_held_bytes(s, sc) if s.moe is not None else 0
+    earlier_routers = max(0, routers - (routers and sc.tokens * s.moe.experts * p))
+    at_attention = held + earlier_routers + \
+        ((s.num_layers - 1) * cache + own_kv_cache_extra_bytes(s, sc) if cache else 0)
+    at_mlp = held + earlier_routers + s.num_layers * cache
     nv = n * s.vocab_size
     return {"between": at_mlp + p * n * h,
             "layer": max(_forward_layer_peak(s, sc, kind, at_attention, at_mlp) for kind in s.layer_counts()),
             "head": (p * n * h + 8 * n + 16 * n + s.num_layers * cache,
-                     p * nv + (FP32 * nv if p != FP32 else 0) + FP32 * nv)}
+                     p * nv + (FP32 * nv if p != FP32 else 0) + FP32 * nv + routers)}
 
 
 def forward_held_bytes(s: ModelShape, sc: Scenario) -> int:
@@ -585,7 +604,8 @@ def _forward_layer_peak(s: ModelShape, sc: Scenario, kind: LayerKind, held: int,
                         held_mlp: int | None = None) -> int:
     """The most a forward without autograd holds inside one decoder layer of `kind`, with
     `held` bytes referenced from outside it at its attention and `held_mlp` (default: the
-    same) at its MLP (every kind is priced alike today)."""
+    same) at its MLP (a mixture-of-experts kind: its sparse block's widest moment,
+    capacity/moe.py)."""
     n, h, p = sc.tokens, s.hidden_size, sc.bytes_per_value
     b, seq, a = sc.batch, sc.seq, s.num_heads
     arch = s.arch
@@ -617,6 +637,8 @@ def _forward_layer_peak(s: ModelShape, sc: Scenario, kind: LayerKind, held: int,
         attn_peak = qkv + p * n * s.q_dim + FP32 * b * a * seq
     widest = 3 if arch.mlp.gated else {"gelu_new": 4}.get(arch.mlp.activation, 2)
     mlp_peak = widest * p * n * s.intermediate_size
+    if kind.moe:
+        mlp_peak = moe.nograd_peak_bytes(s, sc)
     return max(base + attn_peak, base_mlp + mlp_peak)
 
 
@@ -717,4 +739,22 @@ def estimate(s: ModelShape, sc: Scenario) -> Estimate:
     phase = max(totals, key=totals.get)
     breakdown = {t: phases[phase].get(t, 0) for t in TERMS}
     return Estimate(peak_bytes=totals[phase], breakdown=breakdown, phase=phase, phases=totals,
-                    textbook=textbook_bytes(s, sc), params=parameter_count(s))
+                    textbook=textbook_bytes(s, sc), params=parameter_count(s),
+                    active_params=active_parameter_count(s),
+                    moe_note=_moe_note(s, sc) if s.moe is not None else "")
+
+
+def _moe_note(s: ModelShape, sc: Scenario) -> str:
+    """Which experts implementation and routing a mixture of experts' figure is for; under
+    the eager loop, the other routing's peak beside it (neither bounds the other: the eager
+    backward peaks at its second expert, lower when few experts hold the tokens, while a
+    forward without autograd peaks higher then; capacity/moe.py)."""
+    if sc.experts == "grouped_mm":
+        return "experts: grouped_mm (transformers' default); memory does not depend on the routing"
+    other = "worst" if sc.routing == "balanced" else "balanced"
+    alt = replace(sc, routing=other)
+    alt_peak = max(sum(terms.values()) for terms in
+                   (_bp_phases(s, alt) if sc.method == "bp" else _forward_only_phases(s, alt)).values())
+    what = {"balanced": "balanced routing (each expert gets top_k·tokens/experts)",
+            "worst": "worst-case routing (every token to the same top_k experts)"}
+    return f"experts: eager loop, {what[sc.routing]}; under {other} routing the peak is {alt_peak:,} bytes"

@@ -47,10 +47,40 @@ def attention_linears(s: ModelShape, kind: LayerKind | None = None) -> list[Line
 
 
 def mlp_linears(s: ModelShape, kind: LayerKind | None = None) -> list[Linear]:
-    """Gated: gate and up h -> I (or one fused h -> 2·I), down I -> h. Plain: up h -> I, down I -> h."""
+    """Gated: gate and up h -> I (or one fused h -> 2·I), down I -> h. Plain: up h -> I, down I -> h.
+    A mixture-of-experts layer: its router h -> E (`gate`, no bias); the experts themselves
+    are stacked parameters, not linears (expert_tensors)."""
     mlp, h, inter = s.arch.mlp, s.hidden_size, s.intermediate_size
+    if _is_moe(s, kind):
+        return [Linear("gate", h, s.moe.experts, False)]
     width = 2 * inter if mlp.fused_gate_up else inter
     return [Linear(name, h, width, mlp.bias) for name in mlp.inputs] + [Linear(mlp.out, inter, h, mlp.bias)]
+
+
+def _is_moe(s: ModelShape, kind: LayerKind | None) -> bool:
+    return (kind if kind is not None else s.layers[0]).moe
+
+
+def expert_tensors(s: ModelShape, kind: LayerKind | None = None) -> list[int]:
+    """Elements of each stacked expert parameter of a mixture-of-experts layer (none in a
+    dense one): gate_up_proj (E, 2·I, h) and down_proj (E, h, I) (MixtralExperts.__init__ and
+    its Qwen3-MoE and OLMoE copies)."""
+    if not _is_moe(s, kind):
+        return []
+    e, h, inter = s.moe.experts, s.hidden_size, s.moe.expert_size
+    return [e * 2 * inter * h, e * h * inter]
+
+
+def experts_params(s: ModelShape, kind: LayerKind | None = None) -> int:
+    """All experts of one layer: 3·E·h·I (0 in a dense layer)."""
+    return sum(expert_tensors(s, kind))
+
+
+def active_experts_params(s: ModelShape, kind: LayerKind | None = None) -> int:
+    """The experts one token goes through: top_k · 3·h·I (0 in a dense layer)."""
+    if not _is_moe(s, kind):
+        return 0
+    return s.moe.top_k * 3 * s.hidden_size * s.moe.expert_size
 
 
 def layer_linears(s: ModelShape, kind: LayerKind | None = None) -> list[Linear]:
@@ -63,14 +93,22 @@ def norm_params(s: ModelShape) -> int:
     return s.hidden_size * (2 if s.arch.norm.bias else 1)
 
 
+def qk_norm_params(s: ModelShape) -> int:
+    """RMSNorm scales of q and k: per head (`qk_norm="head"`, Qwen3: d each) or over the
+    whole projections ("projection", OLMo 2 and OLMoE: a·d and a_kv·d); 0 without."""
+    return {"": 0, "head": 2 * s.head_dim, "projection": s.q_dim + s.kv_dim}[s.arch.attention.qk_norm]
+
+
 def attention_params(s: ModelShape, kind: LayerKind | None = None) -> int:
-    """q: h·(a·d), k and v: h·(a_kv·d) each, output: (a·d)·h, plus the biases that exist."""
-    return sum(lin.params for lin in attention_linears(s, kind))
+    """q: h·(a·d), k and v: h·(a_kv·d) each, output: (a·d)·h, plus the biases that exist,
+    plus the q/k norms' scales."""
+    return sum(lin.params for lin in attention_linears(s, kind)) + qk_norm_params(s)
 
 
 def mlp_params(s: ModelShape, kind: LayerKind | None = None) -> int:
-    """Gated: gate and up h·I, down I·h. Plain: up h·I, down I·h. Plus biases."""
-    return sum(lin.params for lin in mlp_linears(s, kind))
+    """Gated: gate and up h·I, down I·h. Plain: up h·I, down I·h. Plus biases. A mixture of
+    experts: its router E·h and its experts 3·E·h·I."""
+    return sum(lin.params for lin in mlp_linears(s, kind)) + experts_params(s, kind)
 
 
 def layer_params(s: ModelShape, kind: LayerKind | None = None) -> int:
@@ -108,17 +146,28 @@ def parameter_count(s: ModelShape) -> int:
     return embedding_params(s) + layers_params(s) + head_params(s)
 
 
+def active_parameter_count(s: ModelShape) -> int:
+    """Parameters one token's forward pass uses: P, less in every mixture-of-experts layer
+    the experts it is not routed to, (E - top_k)·3·h·I (P itself for a dense model)."""
+    unused = sum(n * (experts_params(s, kind) - active_experts_params(s, kind))
+                 for kind, n in s.layer_counts().items())
+    return parameter_count(s) - unused
+
+
 def largest_tensor_params(s: ModelShape) -> int:
-    """Elements of the largest single parameter tensor (the token table in every family here)."""
+    """Elements of the largest single parameter tensor: the token table in the dense families
+    here, the stacked gate_up_proj (E, 2·I, h) of a mixture of experts."""
     weights = [lin.fan_in * lin.fan_out for kind in s.layer_counts() for lin in layer_linears(s, kind)]
+    weights += [n for kind in s.layer_counts() for n in expert_tensors(s, kind)]
     return max(s.vocab_size * s.embed_dim, s.position_table_rows * s.hidden_size, *weights)
 
 
 def parameter_tensor_count(s: ModelShape) -> int:
     """How many parameter tensors the model has (Adam keeps one fp32 `step` scalar per tensor)."""
     norm = 2 if s.arch.norm.bias else 1
-    per_kind = {kind: sum(lin.tensors for lin in layer_linears(s, kind)) + s.arch.norms_per_layer * norm
-                for kind in s.layer_counts()}
+    qk_norms = 2 if s.arch.attention.qk_norm else 0
+    per_kind = {kind: sum(lin.tensors for lin in layer_linears(s, kind)) + len(expert_tensors(s, kind))
+                + s.arch.norms_per_layer * norm + qk_norms for kind in s.layer_counts()}
     embed = 1 + (1 if s.position_table_rows else 0) + (2 if s.embed_dim != s.hidden_size else 0)
     head = (norm if s.arch.final_norm else 0) + (0 if s.tie_embeddings else 1) + (1 if s.arch.lm_head_bias else 0)
     return embed + sum(n * per_kind[kind] for kind, n in s.layer_counts().items()) + head

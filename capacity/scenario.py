@@ -22,6 +22,11 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 DTYPES = {"fp32": 4, "bf16": 2, "fp16": 2}   # bytes per element
 ATTENTIONS = ("eager", "sdpa")
 TARGETS = ("cuda", "cpu")
+# How a mixture-of-experts layer runs its experts (transformers' `experts_implementation`):
+# grouped_mm is its default; eager is the per-expert loop. And the routing the eager loop's
+# memory is priced under (grouped_mm's does not depend on it): capacity/moe.py.
+EXPERTS = ("grouped_mm", "eager")
+ROUTINGS = ("balanced", "worst")
 
 # Upper bounds that keep every product exact and every input meaningful.
 MAX_BATCH = 2**20
@@ -243,7 +248,11 @@ class Scenario:
     when none is given (torch.nn.functional.scaled_dot_product_attention), or "eager".
     target: the device whose
     kernels are modelled (CUDA fuses dropout into a 1-byte mask; the CPU keeps a full
-    noise tensor).
+    noise tensor). experts: how a mixture-of-experts model runs its experts (transformers'
+    experts_implementation: "grouped_mm", its default, whose memory does not depend on the
+    routing, or "eager", the per-expert loop); routing: the routing an eager loop is priced
+    under, "balanced" (every expert gets top_k·tokens/E) or "worst" (every token to the same
+    top_k experts). Both play no part for a dense model.
     """
 
     method: str = "bp"
@@ -255,6 +264,8 @@ class Scenario:
     keep: float = 1.0
     attention: str = "sdpa"
     target: str = "cuda"
+    experts: str = "grouped_mm"
+    routing: str = "balanced"
     loop: Loop = field(default_factory=lambda: LOOPS[DEFAULT_LOOP])
     peft: Peft = field(default_factory=Peft)
     parallel: Parallel = field(default_factory=Parallel)
@@ -278,7 +289,8 @@ class Scenario:
     def to_dict(self) -> dict:
         """Plain data (JSON-ready), the loop with its resolved optimizer implementation."""
         out = {f: getattr(self, f) for f in ("method", "optimizer", "batch", "seq", "dtype",
-                                             "mixed_precision", "keep", "attention", "target")}
+                                             "mixed_precision", "keep", "attention", "target",
+                                             "experts", "routing")}
         out["loop"] = {**self.loop.__dict__, "optimizer_impl": self.optimizer_impl,
                        "impl_defaults": dict(self.loop.impl_defaults)}
         out["peft"] = {**self.peft.__dict__, "lora_targets": list(self.peft.lora_targets)}
@@ -305,6 +317,8 @@ def validate_scenario(s: Scenario) -> None:
     _check_choice("dtype", s.dtype, tuple(DTYPES))
     _check_choice("attention", s.attention, ATTENTIONS)
     _check_choice("target", s.target, TARGETS)
+    _check_choice("experts", s.experts, EXPERTS)
+    _check_choice("routing", s.routing, ROUTINGS)
     _check_int("batch", s.batch, MAX_BATCH)
     _check_int("seq", s.seq, MAX_SEQ)
     if isinstance(s.keep, bool) or not isinstance(s.keep, (int, float)) or not 0.0 <= s.keep <= 1.0:
@@ -330,6 +344,10 @@ class Estimate:
     Over several devices (Scenario.parallel) every figure is one device's (capacity/
     sharding.py); host_bytes is what optimizer offload keeps in host memory at its highest,
     host_breakdown its terms (0 and empty without offload).
+    params: the parameter count; active_params: those one token's forward uses (a mixture
+    of experts' router and top_k experts per layer; params for a dense model).
+    moe_note: for a mixture of experts, which experts implementation and routing the figure
+    is for ("" for a dense model).
     """
 
     peak_bytes: int
@@ -340,3 +358,5 @@ class Estimate:
     params: int = 0
     host_bytes: int = 0
     host_breakdown: dict = field(default_factory=dict)
+    active_params: int = 0
+    moe_note: str = ""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 from functools import cached_property
 
 from .architecture import (Architecture, LayerKind, Moe, unmodelled_features, validate_architecture,
-                           validate_layer_kinds)
+                           validate_layer_kinds, validate_moe)
 
 # Upper bound for any one size field: far above any real model, and low enough that
 # products of a few such sizes stay exact in float64 and in Python ints.
@@ -124,7 +124,7 @@ class ModelShape:
 
     def scaled(self, num_layers: int, hidden_size: int, name: str = "") -> "ModelShape":
         """The same family at another depth and width: heads keep their head dim, the MLP
-        keeps its ratio I/h, the key/value heads keep their ratio a/a_kv, the layers keep
+        (and the experts) keep their ratio I/h, the key/value heads keep their ratio a/a_kv, the layers keep
         their pattern of kinds."""
         heads = max(1, hidden_size // self.head_dim)
         group = max(1, self.num_heads // self.num_kv_heads)
@@ -132,9 +132,11 @@ class ModelShape:
         while heads % kv:
             kv -= 1
         inter = round(self.intermediate_size * hidden_size / self.hidden_size)
+        moe = self.moe if self.moe is None else replace(
+            self.moe, expert_size=max(1, round(self.moe.expert_size * hidden_size / self.hidden_size)))
         return replace(
             self, num_layers=num_layers, hidden_size=heads * self.head_dim, num_heads=heads,
-            num_kv_heads=kv, intermediate_size=max(1, inter), word_embed_dim=0,
+            num_kv_heads=kv, intermediate_size=max(1, inter), moe=moe, word_embed_dim=0,
             name=name or f"{self.model_type} L={num_layers} h={heads * self.head_dim}",
         )
 
@@ -199,6 +201,14 @@ def validate_shape(s: ModelShape) -> None:
         raise ShapeError("layers", f"a pattern of at most {MAX_LAYER_PATTERN} layer kinds, got {len(s.layers)}")
     if s.moe is not None and not isinstance(s.moe, Moe):
         raise ShapeError("moe", f"expected a Moe or None, got {type(s.moe).__name__}")
+    if s.moe is None and any(k.moe for k in s.layers):
+        raise ShapeError("moe", "layers of a mixture-of-experts kind need the experts' sizes (moe)")
+    if s.moe is not None:
+        try:
+            validate_moe(s.moe, MAX_DIM)
+        except ValueError as err:
+            field, _, problem = str(err).partition(": ")
+            raise ShapeError(field, _literal(problem)) from None
     if not isinstance(s.tie_embeddings, bool):
         raise ShapeError("tie_embeddings", f"expected true or false, got {type(s.tie_embeddings).__name__}")
     for name in ("attn_dropout", "resid_dropout", "embd_dropout"):

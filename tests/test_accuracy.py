@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from capacity import Scenario, loop_preset  # noqa: E402
+from capacity import Scenario, from_hf_config, loop_preset  # noqa: E402
 from capacity.accuracy import accuracy_models, known_deviation  # noqa: E402
 from capacity.validation import compare  # noqa: E402
 
@@ -29,13 +29,31 @@ SCENARIOS = [
     Scenario(method="inference", dtype="fp32", attention="eager", batch=8, seq=32, target="cpu", loop=PLAIN),
 ]
 
+# A mixture of experts also runs its eager experts loop, under each routing (forced in the
+# trace); its variants (a key other than the model type) take a slice of the scenarios.
+MOE_SCENARIOS = [
+    Scenario(method="bp", optimizer="sgd", keep=0.0, dtype="bf16", attention="sdpa", batch=2, seq=128, target="cpu",
+             experts="eager", routing="worst", loop=PLAIN),
+    Scenario(method="mezo", dtype="fp32", attention="eager", batch=2, seq=128, target="cpu", experts="eager",
+             routing="balanced", loop=PLAIN),
+]
+
+
+def scenarios_for(model: str) -> list:
+    cfg = accuracy_models()[model]
+    if model != cfg["model_type"]:
+        return SCENARIOS[::3]
+    return SCENARIOS + (MOE_SCENARIOS if from_hf_config(dict(cfg)).moe is not None else [])
+
+
 CASES = []
 for model_type in accuracy_models():
-    for sc in SCENARIOS:
+    for sc in scenarios_for(model_type):
         reason = known_deviation(model_type, sc)
         marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
         CASES.append(pytest.param(model_type, sc, marks=marks,
-                                  id=f"{model_type}-{sc.method}-{sc.optimizer}-k{sc.keep}-{sc.dtype}{'-mixed' if sc.mixed_precision else ''}-{sc.attention}-b{sc.batch}s{sc.seq}"))
+                                  id=f"{model_type}-{sc.method}-{sc.optimizer}-k{sc.keep}-{sc.dtype}{'-mixed' if sc.mixed_precision else ''}-{sc.attention}-b{sc.batch}s{sc.seq}"
+                                     + (f"-{sc.experts}-{sc.routing}" if sc.experts != "grouped_mm" else "")))
 
 
 _ERRORS = {}
@@ -67,7 +85,7 @@ def test_large_model_trace_llama2_7b():
 def test_error_bounded_over_matrix():
     """Over the whole matrix, known deviations included: median |error| <= 0.5%, worst <= 10%."""
     import statistics
-    errs = [abs(_error(mt, sc)["error_pct"]) for mt in accuracy_models() for sc in SCENARIOS]
+    errs = [abs(_error(mt, sc)["error_pct"]) for mt in accuracy_models() for sc in scenarios_for(mt)]
     assert statistics.median(errs) <= 0.5, statistics.median(errs)
     assert max(errs) <= 10.0, max(errs)
 

@@ -203,7 +203,6 @@ def test_a_rope_answer_beyond_max_position_embeddings_carries_a_note():
 # ------------------------------------------------------------------ descriptions of what is coming
 
 @pytest.mark.parametrize("change", [
-    lambda a: replace(a, attention=replace(a.attention, qk_norm="head")),
     lambda a: replace(a, attention=replace(a.attention, logit_softcap=50.0)),
     lambda a: replace(a, final_logit_softcap=30.0),
     lambda a: replace(a, norm_placement="sandwich"),

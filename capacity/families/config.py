@@ -169,6 +169,14 @@ class ConfigReader:
         return default
 
 
+def first_given(c: ConfigReader, *keys: str) -> str:
+    """The key to read a value that transformers takes under several names (a configuration
+    class's attribute_map: MixtralConfig's num_experts and num_local_experts): the first of
+    `keys` the config sets, in the order in which transformers lets them win; the last
+    when it sets none (its default then applies)."""
+    return next((key for key in keys if c.given(key)), keys[-1])
+
+
 def head_dim_of(c: ConfigReader, hidden: int, heads: int, hidden_key: str, heads_key: str) -> int:
     """h / a, when a divides h."""
     if hidden % heads:

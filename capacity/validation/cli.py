@@ -4,6 +4,7 @@
         --method {bp,mezo,inference} [--optimizer {sgd,momentum,adam,adamw}] [--batch B]
         [--seq S] [--dtype {fp32,bf16,fp16}] [--keep R] [--attention {eager,sdpa}]
         [--steps N] [--device {auto,cuda,cpu,trace}] [--full-trace] [--mixed-precision]
+        [--experts {grouped_mm,eager}] [--routing {measured,balanced,worst}]
         [--data PATH] [--timeout S] [--max-memory SIZE] [--dry-run] [--json]
         [--progress {bar,json,none}]
         [--peft {none,lora,prefix,freeze}] [--lora-rank R] [--lora-alpha A] [--lora-dropout P]
@@ -63,6 +64,8 @@ PROGRESS = ("bar", "json", "none")
 PEFT_METHODS = ("none", "lora", "prefix", "freeze")
 WEIGHT_BITS = (16, 8, 4)
 QUANT_TYPES = ("nf4", "fp4")
+EXPERTS = ("grouped_mm", "eager")                  # capacity.scenario.EXPERTS
+RUN_ROUTINGS = ("measured", "balanced", "worst")   # capacity.validation.experts.ROUTINGS
 
 DESCRIPTION = """Run a short real fine-tune (BP or MeZO) or inference, measure the peak memory of
 the steps after the first and set it beside capacity's prediction, term by term.
@@ -111,6 +114,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reduce-fp32", action="store_true",
                    help="zero2/fsdp with --mixed-precision: reduce gradients in fp32 (accelerate reduces "
                         "in the 16-bit dtype)")
+    p.add_argument("--experts", default="grouped_mm", choices=EXPERTS,
+                   help="mixture of experts: the experts implementation to run, grouped_mm (transformers' default; "
+                        "memory does not depend on the routing) or eager (the per-expert loop)")
+    p.add_argument("--routing", default=None, choices=RUN_ROUTINGS,
+                   help="mixture of experts: measured (the routers' own choices, recorded; real runs), or balanced or "
+                        "worst (forced); default: measured on a real device, in a trace balanced for --experts eager "
+                        "(grouped_mm needs none). The prediction is for the forced routing, else balanced")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
     p.add_argument("--progress", default=None, choices=PROGRESS,
                    help="progress on stderr: a bar, JSON lines, or none (default: bar)")
@@ -362,6 +372,8 @@ def _run(args, stop: _StopSignals) -> int:
         scenario = Scenario(method=args.method, optimizer=args.optimizer, batch=args.batch, seq=args.seq,
                             dtype=args.dtype, mixed_precision=args.mixed_precision, keep=args.keep,
                             attention=args.attention, target="cuda" if args.device == "cuda" else "cpu",
+                            experts=args.experts,
+                            routing=args.routing if args.routing in ("balanced", "worst") else "balanced",
                             peft=peft_from_args(args), loop=loop_from_args(args),
                             parallel=Parallel(devices=args.devices, sharding=args.sharding,
                                               offload_optimizer=args.offload_optimizer))
@@ -419,6 +431,8 @@ def _run(args, stop: _StopSignals) -> int:
             return _dry_run_sharded(shape, scenario, args)
         if dry_run:
             return _dry_run(shape, scenario, args, choose_device(args.device, shape, scenario, args.steps))
+        if sharded and args.experts != "grouped_mm":
+            raise ValueError("--experts: a sharded run uses transformers' default (grouped_mm); eager is run on one device")
         if sharded:
             from .sharded import compare_sharded
             result = compare_sharded(source, scenario, steps=args.steps, data=args.data, progress=say,
@@ -427,7 +441,7 @@ def _run(args, stop: _StopSignals) -> int:
         else:
             result = compare(source, scenario, steps=args.steps, device=args.device, data=args.data,
                              model_dir=args.model_dir, progress=say,
-                             trace_mode="full" if args.full_trace else "auto")
+                             trace_mode="full" if args.full_trace else "auto", routing=args.routing)
     except CudaUnavailable as err:
         return fail(EXIT_NO_CUDA, str(err), args.json)
     except ModelDirError as err:
@@ -526,6 +540,13 @@ def format_result(r: dict) -> str:
         lines.append(f"loop: {r['loop_description']}")
     if r.get("checkpointed_layers"):
         lines.append(f"checkpointed layers: {r['checkpointed_layers']}")
+    if r.get("moe"):
+        m = r["moe"]
+        lines.append(f"experts: {m['experts_implementation']}, routing {m['routing']}"
+                     + (f", imbalance {m['imbalance']:.2f} (most tokens to one expert over top_k·tokens/experts)"
+                        if m.get("imbalance") is not None else "")
+                     + f"; predicted for {m['predicted_routing']} routing"
+                     + (" (grouped_mm: the same under any routing)" if m["experts_implementation"] == "grouped_mm" else ""))
     pf = r.get("peft") or {}
     if pf.get("method", "none") != "none" or pf.get("weights_bits", 16) != 16:
         what = {"lora": lambda: f"LoRA r={pf['lora_rank']} alpha={pf['lora_alpha']:g} dropout={pf['lora_dropout']:g} "

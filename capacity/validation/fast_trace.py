@@ -205,11 +205,15 @@ def _sample_config(cfg: dict, num_layers: int):
 
 
 def _trace_sample(cfg, scenario, checkpointed, kept, ids, extrapolate_c, extrapolate_k,
-                  chunk_elements, lr, seed):
-    """Timeline parts of steps 2 (and 3) of a model with checkpointed + kept layers."""
+                  chunk_elements, lr, seed, prepare_model=None):
+    """Timeline parts of steps 2 (and 3) of a model with checkpointed + kept layers.
+    prepare_model(model), when given, runs on the model once it is built (a mixture of
+    experts' forced routing)."""
     build_dtype = "fp32" if scenario.mixed_precision else scenario.dtype
     torch.manual_seed(seed)
     model = construct(_sample_config(cfg, checkpointed + kept), TORCH_DTYPES[build_dtype], scenario.attention)
+    if prepare_model is not None:
+        prepare_model(model)
     layers = decoder_layers(model)
     if len(layers) != checkpointed + kept:
         raise NotExtrapolable(f"{len(layers)} decoder layers found, {checkpointed + kept} configured")
@@ -348,7 +352,7 @@ def extrapolated_peak(timelines: list[dict], samples: list[tuple[int, int]], che
 
 
 def trace_extrapolated(cfg: dict, scenario, num_layers: int, ids: list, lr=None, seed: int = 0,
-                       say=None) -> dict:
+                       say=None, prepare_model=None) -> dict:
     """The whole model's step peak from traces of 3-4 layer models (run under an active
     FakeTensorMode). ids: the token batches of steps 1..N as fake tensors (the later ones
     are live during the tracked step, as in a whole trace).
@@ -378,7 +382,7 @@ def trace_extrapolated(cfg: dict, scenario, num_layers: int, ids: list, lr=None,
     for n, (cs, ks) in enumerate(samples):
         start = time.perf_counter()
         timeline, peak = _trace_sample(cfg, scenario, cs, ks, ids, extrapolate_c, extrapolate_k,
-                                       chunk, lr, seed)
+                                       chunk, lr, seed, prepare_model)
         seconds = time.perf_counter() - start
         timelines.append(timeline)
         sample_info.append({"layers": cs + ks, "checkpointed": cs, "peak_bytes": peak,
@@ -398,7 +402,7 @@ TRACE_MODES = ("auto", "extrapolated", "full")
 
 
 def run_into(result: dict, shape, cfg: dict, scenario, ids_cpu: list, fake_mode, steps: int, say,
-             lr, seed, trace_mode: str) -> bool:
+             lr, seed, trace_mode: str, prepare_model=None) -> bool:
     """measure()'s fast path for device trace: fills `result` and returns True, or returns
     False (the caller traces the whole model) when trace_mode is "full", when "auto" finds
     the model too small to gain anything, or when the model cannot be extrapolated."""
@@ -420,7 +424,11 @@ def run_into(result: dict, shape, cfg: dict, scenario, ids_cpu: list, fake_mode,
         return False
     ids = [[fake_mode.from_tensor(t) for t in step] for step in ids_cpu[:steps]]
     try:
-        fast = trace_extrapolated(cfg, scenario, L, ids, lr=lr, seed=seed, say=say)
+        if len(set(shape.layers)) > 1:
+            # Layers of different kinds (Qwen3-MoE's dense layers among sparse ones) are not
+            # copies of one another: a sample with fewer layers would not have the pattern.
+            raise NotExtrapolable(f"layers differ ({len(set(shape.layers))} kinds)")
+        fast = trace_extrapolated(cfg, scenario, L, ids, lr=lr, seed=seed, say=say, prepare_model=prepare_model)
     except NotExtrapolable as why:
         result["trace_fallback"] = str(why)
         say(0, steps, f"fast trace not possible ({why}): tracing the whole model")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from dataclasses import replace
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode, unset_fake_temporarily
@@ -28,6 +29,7 @@ from ..scenario import Scenario
 from . import host
 from .allocator import CpuAllocatorPeak
 from .data import Batches
+from .experts import RoutingRun, eager_loop_traced
 from .faithful import real_run_code_paths
 from .models import (TORCH_DTYPES, build_model, decoder_layers, enable_checkpointing, hf_config,
                      is_out_of_memory, num_checkpointed_layers, read_model_dir, resolve_model, with_layers)
@@ -112,7 +114,7 @@ def _tracker_snapshot(tracker: Tracker) -> tuple[int, dict]:
 
 def measure(model, scenario: Scenario, steps: int = 2, device: str = "trace", data=None,
             model_dir=None, progress=None, lr: float | None = None, seed: int = 0,
-            trace_mode: str = "auto") -> dict:
+            trace_mode: str = "auto", routing: str | None = None) -> dict:
     """Run `steps` steps (at least 2) of `scenario` and measure the peak of the steps after
     the first.
 
@@ -124,6 +126,12 @@ def measure(model, scenario: Scenario, steps: int = 2, device: str = "trace", da
     model: a ModelShape, a preset name, a Hugging Face config dict or a config.json path
     (ignored when model_dir names a local model folder). progress(step, total, message) is
     called as the run goes. Raises CudaUnavailable, ModelDirError, ValueError, OutOfMemory.
+
+    A mixture of experts runs its experts as scenario.experts says (the config's
+    experts_implementation), under `routing` (experts.py): "measured" (the routers' own,
+    recorded; real runs), "balanced" or "worst" (forced); None: measured on a real device,
+    in a trace the scenario's routing for the eager loop and nothing forced for grouped_mm.
+    result["moe"] says which, and what the prediction assumes.
     """
     if steps < 2:
         raise ValueError("steps: at least 2 (the peak is measured after the first step)")
@@ -154,6 +162,10 @@ def measure(model, scenario: Scenario, steps: int = 2, device: str = "trace", da
         raise OutOfMemory(result)
 
     fake_mode = FakeTensorMode() if device == "trace" else None
+    routing_run = None
+    if shape.moe is not None:
+        cfg = {**cfg, "experts_implementation": scenario.experts}
+        routing_run = RoutingRun(routing, device, scenario.experts, scenario.routing, scenario.tokens)
     batches = Batches(shape.vocab_size, scenario.batch, scenario.seq, data=data, seed=seed)
     # Each step's micro-batches (K of them for BP, one otherwise); one spare step for cuda's extra step.
     k = scenario.loop.grad_accum if scenario.method == "bp" else 1
@@ -168,9 +180,10 @@ def measure(model, scenario: Scenario, steps: int = 2, device: str = "trace", da
     where = {"step": 0, "stepper": None}
     try:
         with (fake_mode or contextlib.nullcontext()), (real_run_code_paths() if fake_mode else contextlib.nullcontext()), \
-                peft_models.gpu_code_paths(scenario.peft, device):
+                peft_models.gpu_code_paths(scenario.peft, device), \
+                (eager_loop_traced() if fake_mode and routing_run else contextlib.nullcontext()):
             _run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, steps,
-                 say, lr, seed, where, trace_mode)
+                 say, lr, seed, where, trace_mode, routing_run)
     except Exception as err:  # noqa: BLE001 - only out-of-memory is turned into a result
         if not is_out_of_memory(err):
             raise
@@ -183,24 +196,27 @@ def measure(model, scenario: Scenario, steps: int = 2, device: str = "trace", da
 
 
 def _run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, steps, say, lr,
-         seed, where, trace_mode="auto"):
+         seed, where, trace_mode="auto", routing_run=None):
     peft_models.check(scenario.peft, device, checkpointing=scenario.method == "bp"
                       and num_checkpointed_layers(shape.num_layers, scenario.keep) > 0)
     if device == "trace" and scenario.peft.method != "none" and trace_mode != "full":
         # The fast trace samples models of 3-4 layers built without peft: trace the whole model.
         result["trace_fallback"] = "a PEFT model is traced whole"
         trace_mode = "full"
+    prepare = routing_run.prepare if routing_run is not None else None
     if device == "trace":
         from . import fast_trace
         if fast_trace.run_into(result, shape, cfg, scenario, ids_cpu, fake_mode, steps, say, lr,
-                               seed, trace_mode):
+                               seed, trace_mode, prepare_model=prepare):
+            if routing_run is not None:
+                result["moe"] = routing_run.summary(scenario.experts)
             return
     # On the CPU the allocator's own count is recorded from before the model is built
     # (allocator.py), beside MemTracker's.
     alloc = CpuAllocatorPeak() if device == "cpu" else None
     with (alloc or contextlib.nullcontext()):
         _build_and_run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, steps, say,
-                       lr, seed, where, alloc)
+                       lr, seed, where, alloc, routing_run)
     if alloc is not None:
         result["allocator_peak_bytes"] = result.pop("_region_start_bytes") + alloc.rise_bytes()
         result["allocator_peak_source"] = ("CPU allocator (torch.profiler memory events): live bytes at the start "
@@ -216,7 +232,7 @@ def _run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, st
 
 
 def _build_and_run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, model_dir, steps, say, lr,
-                   seed, where, alloc):
+                   seed, where, alloc, routing_run=None):
     build_dtype = "fp32" if scenario.mixed_precision else scenario.dtype
     say(0, steps, f"building {shape.name or shape.model_type} ({build_dtype}, {scenario.attention}) on {device}")
     torch.manual_seed(seed)
@@ -231,8 +247,12 @@ def _build_and_run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, mod
     model = peft_models.prepare(model, scenario.peft, device, TORCH_DTYPES[scenario.dtype])
     result["trainable_params"] = sum(p.numel() for p in peft_models.trainable_parameters(model))
     result["params"] = base_params + peft_models.added_parameters(scenario.peft, result["trainable_params"])
+    if routing_run is not None:
+        routing_run.prepare(model)
     if scenario.method == "bp" and scenario.loop.name == "trainer":
         _run_trainer(result, model, scenario, device, ids_cpu, fake_mode, steps, say, lr, seed, where, alloc)
+        if routing_run is not None:   # the routing of every step (the Trainer runs them all)
+            result["moe"] = routing_run.summary(getattr(model.config, "_experts_implementation", None))
         return
     result["checkpointed_layers"] = enable_checkpointing(model, scenario.keep) \
         if scenario.method == "bp" else []
@@ -263,6 +283,9 @@ def _build_and_run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, mod
 
     # Step 1 warms up (optimizer states are created, kernels are chosen); its peak is not counted.
     timed_step(0, to_device(ids_cpu[0]))
+    if routing_run is not None:
+        routing_run.start_tracking()
+        result["moe"] = routing_run.summary(getattr(model.config, "_experts_implementation", None))
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -277,6 +300,8 @@ def _build_and_run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, mod
             "device_name": torch.cuda.get_device_name(),
         }
         result["measured_peak_bytes"] = result["cuda"]["max_memory_allocated_bytes"]
+        if routing_run is not None:
+            result["moe"] = routing_run.summary(getattr(model.config, "_experts_implementation", None))
         result["peak_source"] = "torch.cuda.max_memory_allocated (steps 2..N)"
         # The breakdown: one more step under MemTracker, outside the timed steps.
         ids = to_device(ids_cpu[steps])
@@ -304,6 +329,8 @@ def _build_and_run(result, shape, cfg, scenario, device, ids_cpu, fake_mode, mod
         for i in range(1, steps):
             timed_step(i, ids_later[i - 1])
     result["measured_peak_bytes"], result["measured_breakdown"] = _tracker_snapshot(tracker)
+    if routing_run is not None:
+        result["moe"] = routing_run.summary(getattr(model.config, "_experts_implementation", None))
     result["peak_source"] = "MemTracker peak (steps 2..N)" + (", fake tensors" if device == "trace" else "")
     result["breakdown_source"] = "MemTracker"
 
@@ -373,6 +400,8 @@ def compare(model, scenario: Scenario, steps: int = 2, device: str = "trace", **
     except OutOfMemory as oom:
         result = oom.result
     target = "cuda" if result["device"] == "cuda" else "cpu"
+    if "moe" in result:   # the routing the prediction states (the forced one, else the scenario's)
+        scenario = replace(scenario, routing=result["moe"]["predicted_routing"])
     estimate, why_not = predict_or_reason(shape, with_target(scenario, target))
     measured = result.get("measured_peak_bytes")
     result["predicted_target"] = target

@@ -45,12 +45,17 @@ MAX_TENSOR_ELEMENTS = 2**60
 
 def largest_tensors(shape, scenario: Scenario) -> dict[str, int]:
     """Elements of the step's largest tensors, the ones that grow with batch and context:
-    the logits, the MLP's widest activation and the attention scores (materialized by eager
-    attention, and by sdpa's math fallback)."""
+    the logits, the MLP's widest activation (a mixture of experts': the gate_up output of
+    every routed pair) and the attention scores (materialized by eager attention, and by
+    sdpa's math fallback)."""
     b, s = scenario.batch, scenario.seq
-    return {"logits (batch·seq·vocab)": b * s * shape.vocab_size,
-            "MLP activations (batch·seq·intermediate)": b * s * shape.intermediate_size,
-            "attention scores (batch·heads·seq·seq)": b * shape.num_heads * s * s}
+    out = {"logits (batch·seq·vocab)": b * s * shape.vocab_size,
+           "MLP activations (batch·seq·intermediate)": b * s * shape.intermediate_size,
+           "attention scores (batch·heads·seq·seq)": b * shape.num_heads * s * s}
+    if shape.moe is not None:
+        out["experts' activations (batch·seq·top_k·2·expert width)"] = \
+            b * s * shape.moe.top_k * 2 * shape.moe.expert_size
+    return out
 
 
 def check_tensor_sizes(shape, scenario: Scenario) -> None:
