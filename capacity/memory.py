@@ -312,6 +312,7 @@ class _LayerCosts:
     recompute: int            # beyond its attention part, at the peak of its recomputed forward
     out_weight_backward: int  # beyond what it keeps, at the MLP output projection's backward
                               # when its weight gradient is a new tensor (gradients live)
+    mlp_backward_live: int    # mlp_backward when every gradient exists already
 
 
 def _layer_costs(s: ModelShape, sc: Scenario, kind: LayerKind) -> _LayerCosts:
@@ -335,8 +336,10 @@ def _layer_costs(s: ModelShape, sc: Scenario, kind: LayerKind) -> _LayerCosts:
         gradients=gp * layer_params(s, kind), gradients_mlp=gp * mlp_params(s, kind),
         copies=_layer_copy_bytes(s, sc, kind), mlp_backward=mlp_backward,
         attention_backward=act.attention_backward_extra_bytes(s, sc), recompute=recompute,
-        # A sparse block's walk already holds its new weight gradients (mlp_backward).
-        out_weight_backward=0 if kind.moe else _new_weight_gradient_bytes(mlp_linears(s, kind)[-1], sc))
+        # A sparse block's walk holds its new weight gradients itself; with gradients live
+        # they are added into the existing ones as they are made.
+        out_weight_backward=0 if kind.moe else _new_weight_gradient_bytes(mlp_linears(s, kind)[-1], sc),
+        mlp_backward_live=moe.backward_extra_bytes(s, sc, gradients_exist=True) if kind.moe else mlp_backward)
 
 
 def _new_weight_gradient_bytes(lin, sc: Scenario) -> int:
@@ -425,6 +428,7 @@ class BackwardThroughLayers:
             # each new weight gradient is a transient, added in place into the one that
             # exists; the largest moment is the MLP output's, first in the layer's backward.
             at_attn -= cost.gradients_mlp
+            at_mlp = cost.saved + kept_input + self.grad_flow + cost.mlp_backward_live
             at_new_weight = cost.saved + kept_input + self.grad_flow + cost.out_weight_backward
         return max(at_mlp, at_attn, at_recompute, at_new_weight)
 

@@ -162,12 +162,14 @@ def grouped_mm_nograd_peak_bytes(b: Block) -> int:
     return base + max(gating, down, weighted, summed)
 
 
-def grouped_mm_backward_peak_bytes(b: Block) -> int:
+def grouped_mm_backward_peak_bytes(b: Block, gradients_exist: bool = False) -> int:
     """The most the block's backward holds above what is live when it starts (its saved
     set and its output's gradient), walking the backward ops of grouped_mm_experts_forward
     in the order autograd runs them, each allocation and each release of a saved tensor at
     its op. The weight gradients are kept as they are made (grouped_mm's backward returns
-    them in the parameters' layout: no AccumulateGrad copy)."""
+    them in the parameters' layout: no AccumulateGrad copy); when the gradients exist
+    already (gradient accumulation, zeroed gradients kept), AccumulateGrad, which runs
+    first once its input is ready, adds each new one in place and releases it."""
     S, N, h, I, E = b.S, b.N, b.h, b.I, b.E
     be, bo, bw, wb = b.be, b.bo, b.bw, b.wb
     walk = _Walk()
@@ -192,6 +194,8 @@ def grouped_mm_backward_peak_bytes(b: Block) -> int:
     walk.alloc(E * h * I * wb)                                # grad down_proj
     walk.alloc(S * I * be)                                    # grad of act·up
     walk.free(S * h * be, S * I * be)                         # grad proj_out, saved act·up
+    if gradients_exist:
+        walk.free(E * h * I * wb)                             # added into down_proj.grad
     walk.alloc(S * I * be, S * I * be)                        # grad act, grad up
     walk.free(S * I * be, S * I * be)                         # grad of act·up, saved act
     walk.alloc(S * I * be)                                    # silu_backward
@@ -201,6 +205,8 @@ def grouped_mm_backward_peak_bytes(b: Block) -> int:
     walk.alloc(E * 2 * I * h * wb)                            # grad gate_up_proj
     walk.alloc(S * h * be)                                    # grad of the gathered input
     walk.free(2 * S * I * be, S * h * be)                     # the cat, saved x_g
+    if gradients_exist:
+        walk.free(E * 2 * I * h * wb)                         # added into gate_up_proj.grad
     walk.alloc(S * bw, S * bw)                                # sample_weights[perm] backward
     walk.free(S * bw, S * bw)
     walk.alloc(N * h * be, N * h * be)                        # x_g backward: zeros, index_put
@@ -242,13 +248,13 @@ def forward_extra_bytes(s: ModelShape, sc: Scenario) -> int:
     return eager_forward_extra_bytes(b, routing_counts(s, sc))
 
 
-def backward_extra_bytes(s: ModelShape, sc: Scenario) -> int:
+def backward_extra_bytes(s: ModelShape, sc: Scenario, gradients_exist: bool = False) -> int:
     """The most the block's backward holds above its saved set and its output's gradient,
-    its weight gradients included as they are made."""
+    its new weight gradients included (kept as they are made, or added into existing ones)."""
     b = block(s, sc)
     if sc.experts == "grouped_mm":
-        return grouped_mm_backward_peak_bytes(b)
-    return eager_backward_peak_bytes(b, routing_counts(s, sc))
+        return grouped_mm_backward_peak_bytes(b, gradients_exist)
+    return eager_backward_peak_bytes(b, routing_counts(s, sc), gradients_exist)
 
 
 def nograd_peak_bytes(s: ModelShape, sc: Scenario) -> int:
@@ -385,7 +391,7 @@ def eager_forward_extra_bytes(b: Block, counts: list[int]) -> int:
     return walk.peak - eager_saved_bytes(b, counts)
 
 
-def eager_backward_peak_bytes(b: Block, counts: list[int]) -> int:
+def eager_backward_peak_bytes(b: Block, counts: list[int], gradients_exist: bool = False) -> int:
     """The most the loop's backward holds above its saved set and its output's gradient,
     walking autograd's order: the experts last to first, each from its index_add_ back to its
     gathered input. Each expert's weight slice (`self.gate_up_proj[e]`, a select) gets a
@@ -393,7 +399,10 @@ def eager_backward_peak_bytes(b: Block, counts: list[int]) -> int:
     autograd adds, out of place, to the sum so far (its input buffer): from the second
     expert on, three full-size copies of a stacked gradient are live at that add, while only
     the saved tensors of the experts already done are gone. So the peak falls early, and
-    lower when few experts hold all the tokens (the worst routing): not an upper bound."""
+    lower when few experts hold all the tokens (the worst routing): not an upper bound.
+    The sum becomes the parameter's gradient after the last expert; when the gradients exist
+    already (gradient accumulation, zeroed gradients kept) AccumulateGrad adds it in place
+    and releases it."""
     N, h, I, E, k = b.N, b.h, b.I, b.E, b.k
     bc, xb, bw, wb = b.bc, b.xb, b.bw, b.wb
     bo = max(bc, bw)
@@ -407,7 +416,9 @@ def eager_backward_peak_bytes(b: Block, counts: list[int]) -> int:
             walk.alloc(size)
             walk.free(size, size)
 
-    for n in [c for c in counts if c][::-1]:
+    hits = [c for c in counts if c][::-1]
+    for j, n in enumerate(hits):
+        last = j == len(hits) - 1
         # index_add_: the gradient of its source, then the saved source is released
         walk.alloc(n * h * xb)
         walk.free(n * h * xb)
@@ -441,6 +452,8 @@ def eager_backward_peak_bytes(b: Block, counts: list[int]) -> int:
         walk.alloc(E * h * I * wb)                # select_backward: the whole stacked gradient
         walk.free(h * I * wb)
         buffered(E * h * I * wb)
+        if last and gradients_exist:
+            walk.free(E * h * I * wb)             # added into down_proj.grad
         # act·up: both factors' gradients; saved act released
         walk.alloc(n * I * bc, n * I * bc)
         walk.free(n * I * bc, n * I * bc)
@@ -460,6 +473,8 @@ def eager_backward_peak_bytes(b: Block, counts: list[int]) -> int:
         walk.alloc(E * 2 * I * h * wb)            # select_backward
         walk.free(2 * I * h * wb)
         buffered(E * 2 * I * h * wb)
+        if last and gradients_exist:
+            walk.free(E * 2 * I * h * wb)         # added into gate_up_proj.grad
         # hidden_states[token_idx]: zeros (N, h) and index_put; torch.where's result released
         walk.alloc(N * h * xb, N * h * xb)
         walk.free(N * h * xb, n * h * xb, n * 2 * INT64)

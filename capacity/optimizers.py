@@ -25,7 +25,7 @@ the parameters' device for fused (`_init_group`: `capturable or fused`).
 
 from __future__ import annotations
 
-from .params import layer_linears, no_decay_params, parameter_count
+from .params import expert_tensors, layer_linears, no_decay_params, parameter_count
 from .scenario import Scenario
 from .shape import ModelShape
 
@@ -48,7 +48,8 @@ def forloop_adam_temp_params(s: ModelShape, sc: Scenario) -> int:
       an untied LM head after the final norm (2·V·e + h), or in a decay group without norms
       and biases (Loop.split_decay_groups) after the last layer's last projection;
       a layer's projections after one another (params.layer_linears' order), each after the
-      previous one's bias if it has one (and the group holds biases). A norm registered
+      previous one's bias if it has one (and the group holds biases); a mixture of experts'
+      stacked gate_up_proj after its router, and down_proj after gate_up_proj. A norm registered
       between two projections makes that pair smaller; it is taken as adjacent (an upper
       bound, never the largest pair in the families here).
     """
@@ -62,9 +63,17 @@ def forloop_adam_temp_params(s: ModelShape, sc: Scenario) -> int:
         for before, lin in zip(linears, linears[1:]):
             previous = before.fan_out if before.bias and not split else before.fan_in * before.fan_out
             pairs.append(2 * lin.fan_in * lin.fan_out + previous)
+        last = linears[-1].fan_in * linears[-1].fan_out
+        experts = expert_tensors(s, kind)
+        if experts:
+            # A mixture of experts' stacked gate_up_proj after its router (Mixtral, OLMoE;
+            # Qwen3-MoE registers the router after the experts, and a k norm before them:
+            # an upper bound by E·h), then down_proj.
+            gate_up, down = experts
+            pairs += [2 * gate_up + last, 2 * down + gate_up]
+            last = max(last, down)
         if not s.tie_embeddings:
-            last = linears[-1]
-            pairs.append(2 * token + (last.fan_in * last.fan_out if split else h))
+            pairs.append(2 * token + (last if split else h))
     return max(pairs)
 
 

@@ -176,9 +176,9 @@ def parameter_tensor_count(s: ModelShape) -> int:
 def no_decay_params(s: ModelShape) -> int:
     """Parameters that transformers.Trainer exempts from weight decay (its
     get_decay_parameter_names: LayerNorm modules, and names with `bias` or a `norm`): every
-    norm's scale and bias, and every bias."""
+    norm's scale and bias (the q/k norms' too), and every bias."""
     per_kind = {kind: sum(lin.fan_out for lin in layer_linears(s, kind) if lin.bias)
-                + s.arch.norms_per_layer * norm_params(s) for kind in s.layer_counts()}
+                + s.arch.norms_per_layer * norm_params(s) + qk_norm_params(s) for kind in s.layer_counts()}
     head = (norm_params(s) if s.arch.final_norm else 0) + (s.vocab_size if s.arch.lm_head_bias else 0)
     return sum(n * per_kind[kind] for kind, n in s.layer_counts().items()) + head
 
@@ -197,7 +197,8 @@ def parameter_tensors(s: ModelShape, kind: LayerKind | None = None) -> dict[str,
     embedding: the token table (V, e). positions: a learned table (rows, h). projections:
     OPT's project_in (h, e) and project_out (e, h) when e != h. layer: each projection's
     weight, (fan_out, fan_in) for torch.nn.Linear or (fan_in, fan_out) for GPT-2's Conv1D
-    (Architecture.transposed_weights), its bias (fan_out,), each norm's weight and bias (h,).
+    (Architecture.transposed_weights), its bias (fan_out,), each norm's weight and bias (h,),
+    q/k norms, a mixture of experts' stacked gate_up_proj (E, 2·I, h) and down_proj (E, h, I).
     final_norm: (h,) and its bias. head: the LM head (V, e) unless tied, its bias (V,).
     Their elements add up to parameter_count (tests/test_sharding.py)."""
     h, arch = s.hidden_size, s.arch
@@ -208,6 +209,11 @@ def parameter_tensors(s: ModelShape, kind: LayerKind | None = None) -> dict[str,
         if lin.bias:
             layer.append((lin.fan_out, 1))
     layer += norm * arch.norms_per_layer
+    qk = {"": [], "head": [(s.head_dim, 1)] * 2, "projection": [(s.q_dim, 1), (s.kv_dim, 1)]}
+    layer += qk[arch.attention.qk_norm]
+    if _is_moe(s, kind):
+        e, inter = s.moe.experts, s.moe.expert_size
+        layer += [(e, 2 * inter * h), (e, h * inter)]
     head = [] if s.tie_embeddings else [(s.vocab_size, s.embed_dim)]
     if arch.lm_head_bias:
         head.append((s.vocab_size, 1))

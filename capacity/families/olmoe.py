@@ -14,7 +14,7 @@ from dataclasses import replace
 from ..architecture import LayerKind, Moe
 from ..shape import ModelShape
 from . import llama
-from .config import ConfigReader, Family, first_given, head_dim_of
+from .config import ConfigReader, Family, first_given, head_dim_of, show
 
 MODEL_TYPE = "olmoe"
 
@@ -40,7 +40,7 @@ def read(c: ConfigReader, name: str) -> ModelShape:
     d = head_dim_of(c, h, heads, "hidden_size", "num_attention_heads")
     if c.given("head_dim") and c.value("head_dim") != d:
         c.fail("head_dim", f"OLMoE's q_norm spans hidden_size, so the head dim is hidden_size / "
-                           f"num_attention_heads ({d}); got {c.value('head_dim')!r}")
+                           f"num_attention_heads ({d}); got {show(c.value('head_dim'))}")
     shape = llama.read_llama_like(c, name, MODEL_TYPE, arch)
     experts = c.integer(first_given(c, "num_local_experts", "num_experts"))
     moe = Moe(experts=experts, top_k=c.integer("num_experts_per_tok", high=experts),
