@@ -66,51 +66,133 @@ def _stat_bytes(sc: Scenario) -> int:
     return FP32 if sc.target == "cuda" else _act_bytes(sc)
 
 
-def norm_saved_bytes(s: ModelShape, sc: Scenario, with_input: bool = True) -> int:
-    """One normalisation, excluding its output (the next linear keeps that).
+def norm_saved_bytes(s: ModelShape, sc: Scenario, with_input: bool = True, input_bytes: int | None = None) -> int:
+    """One normalisation of the N·h residual stream, excluding its output (the next linear
+    keeps that). `input_bytes`: bytes per value of its input, the stream's by default (a
+    norm on a branch output reads the branch's 16-bit output under mixed precision).
 
     RMSNorm (Llama, Mistral, Qwen2): x in fp32 (4Nh), 1/rms per token (4N), and the
-    normalised x cast back to dtype (pNh) that the scale multiplies.
-    RMSNorm scaled in fp32 (Gemma): x in fp32 (4Nh), 1/rms (4N), the normalised x in fp32
-    (4Nh), and with a weight offset, (1 + weight) in fp32 (4h).
+    normalised x cast back to the input dtype (pNh) that the scale multiplies.
+    RMSNorm scaled in fp32 (Gemma, OLMo 2): x in fp32 (4Nh), 1/rms (4N), the normalised x
+    in fp32 (4Nh), and with a weight offset, (1 + weight) in fp32 (4h).
     LayerNorm: its input (pNh) and two statistics per token.
     """
-    n, h, p = sc.tokens, s.hidden_size, _stream_bytes(sc)
+    p = _stream_bytes(sc) if input_bytes is None else input_bytes
+    return _norm_saved_bytes(s, sc, sc.tokens, s.hidden_size, p, with_input)
+
+
+def _norm_saved_bytes(s: ModelShape, sc: Scenario, rows: int, width: int, p: int, with_input: bool = True) -> int:
+    """The family's norm (s.arch.norm) over `rows` rows of `width` values of p bytes each.
+
+    LlamaRMSNorm.forward: `x.to(float32)` (4·rows·width, kept by pow and mul; the input
+    itself when it is fp32), `torch.rsqrt(variance + eps)` (4·rows), and
+    `weight * x.to(input_dtype)`, whose backward keeps the normalised x in the input dtype.
+    Scaled in fp32 (GemmaRMSNorm: `output * (1.0 + self.weight.float())`; Olmo2RMSNorm:
+    `(self.weight * x).to(input_dtype)`): the scale keeps the normalised x in fp32, and
+    (1 + weight) in fp32 (4·width) with a weight offset.
+    LayerNorm: its input, and mean and rstd per row (fp32 under autocast and on CUDA).
+    """
     norm = s.arch.norm
     if norm.kind == "rmsnorm":
         if norm.scale_in_fp32:
-            return FP32 * n * h + FP32 * n + FP32 * n * h + (FP32 * h if norm.weight_offset else 0)
-        return FP32 * n * h + FP32 * n + p * n * h
+            return 2 * FP32 * rows * width + FP32 * rows + (FP32 * width if norm.weight_offset else 0)
+        return FP32 * rows * width + FP32 * rows + p * rows * width
     stats = FP32 if sc.mixed_precision else _stat_bytes(sc)   # autocast runs layer_norm in fp32
-    return (p * n * h if with_input else 0) + 2 * stats * n
+    return (p * rows * width if with_input else 0) + 2 * stats * rows
 
 
 def qk_norm_saved_bytes(s: ModelShape, sc: Scenario) -> int:
-    """The RMSNorms of q and k (Qwen3MoeRMSNorm / OlmoeRMSNorm on the projections' outputs,
-    before RoPE), each as a norm over width W = a·d (q) or a_kv·d (k): the input in fp32 (4NW),
-    1/rms per row (4N per head with `qk_norm="head"`, 4N with "projection") and the
-    normalised input cast back to the projection's dtype (pNW), which the scale keeps. The
-    projection's dtype is the 16-bit one under autocast. (RoPE keeps none of its input:
-    q·cos and rotate_half(q)·sin keep only cos and sin.)"""
-    mode = s.arch.attention.qk_norm
-    if not mode:
+    """The q and k norms (Attention.qk_norm), each the family's norm applied to the
+    projection's 16-bit (or fp32) output: per head (Qwen3Attention:
+    `self.q_norm(self.q_proj(x).view(b, s, a, d))`), N·a rows of d for q and N·a_kv rows
+    for k; over the projection (Olmo2Attention: `self.q_norm(self.q_proj(x))`), N rows of
+    a·d and of a_kv·d. Nothing else of them is kept: the rotation's products keep cos and
+    sin, the matmuls (or SDPA) the rotated copies as before."""
+    qk = s.arch.attention.qk_norm
+    if not qk:
         return 0
     n, p = sc.tokens, _act_bytes(sc)
-    rows = {"head": (s.num_heads, s.num_kv_heads), "projection": (1, 1)}[mode]
-    return sum(FP32 * n * w + FP32 * n * r + p * n * w for w, r in zip((s.q_dim, s.kv_dim), rows))
+    if qk == "head":
+        return (_norm_saved_bytes(s, sc, n * s.num_heads, s.head_dim, p)
+                + _norm_saved_bytes(s, sc, n * s.num_kv_heads, s.head_dim, p))
+    return _norm_saved_bytes(s, sc, n, s.q_dim, p) + _norm_saved_bytes(s, sc, n, s.kv_dim, p)
 
 
-def repeated_kv_bytes(s: ModelShape, sc: Scenario) -> int:
-    """Storage behind k (or v) as eager attention's matmul keeps it: repeat_kv expands the
-    a_kv heads to a and reshapes, which copies (pNA) unless the result is still a view:
-    with one key/value head and batch 1 the expanded heads merge with stride 0 (pNK)."""
+def branch_output_norm_bytes(s: ModelShape, sc: Scenario) -> int:
+    """One norm on a branch's output before its residual add (OLMo 2's
+    post_attention_layernorm and post_feedforward_layernorm: `x + norm(attn(x))`), what it
+    keeps of the branch's output (16-bit under mixed precision); 0 where the placement has
+    none. Its backward runs before the branch's own, so these bytes are freed by then."""
+    if s.arch.norm_placement != "branch_out":
+        return 0
+    return norm_saved_bytes(s, sc, input_bytes=_act_bytes(sc))
+
+
+def norm_backward_extra_bytes(s: ModelShape, sc: Scenario, rows: int, width: int, p: int) -> int:
+    """An RMSNorm's backward at its highest point, beyond what the norm keeps (its
+    `_norm_saved_bytes`) and the incoming gradient. Autograd runs the norm's ops backwards in
+    fp32 (LlamaRMSNorm, Olmo2RMSNorm, GemmaRMSNorm are composites: to, pow, mean, rsqrt,
+    mul): the scale's backward frees the normalised x; at pow's backward (the last), the
+    gradient reaching x through `x * rsqrt(...)`, mean's expanded gradient (`div`), x¹
+    (`pow`), its product with 2 and with the gradient (`mul`, `mul`) are live at once:
+    5 fp32 tensors of the norm's size beside the fp32 x it keeps (traced: Olmo2RMSNorm).
+    LayerNorm's backward is one fused kernel: nothing here."""
+    norm = s.arch.norm
+    if norm.kind != "rmsnorm":
+        return 0
+    normalised = (FP32 if norm.scale_in_fp32 else p) * rows * width
+    return 5 * FP32 * rows * width - normalised
+
+
+def branch_output_norm_backward_bytes(s: ModelShape, sc: Scenario) -> int:
+    """norm_backward_extra_bytes of one branch-output norm (OLMo 2). It runs first in its
+    branch's backward, with the branch's saved tensors all still live (recomputed, in a
+    checkpointed layer): a peak candidate of its own. 0 where the placement has none."""
+    if s.arch.norm_placement != "branch_out":
+        return 0
+    return norm_backward_extra_bytes(s, sc, sc.tokens, s.hidden_size, _act_bytes(sc))
+
+
+def qk_fp32_under_autocast(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> bool:
+    """Whether q and k reach the attention in fp32 under mixed precision: autocast's
+    projections give 16-bit q and k; a q/k norm of the Llama kind promotes them to fp32
+    (`weight * x.to(input_dtype)` with the fp32 weight), and so does the rotation with
+    fp32 cos/sin tables (`q * cos`: the tables take the fp32 embedding output's dtype),
+    unless it casts back (OLMo 2: `q_embed.to(q_type)`, Architecture.rotary_fp32). The
+    attention then casts them back to 16 bits as a new tensor."""
+    if not sc.mixed_precision:
+        return False
+    arch, kind = s.arch, kind or s.layers[0]
+    fp32 = bool(arch.attention.qk_norm) and arch.norm.kind == "rmsnorm" and not arch.norm.scale_in_fp32
+    if arch.positions == "rope" and kind.rope and not arch.rotary_fp32:
+        fp32 = True
+    return fp32
+
+
+def repeated_kv_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
+    """Storage behind k and v (together) as eager attention's matmuls keep them: repeat_kv
+    expands the a_kv heads to a and reshapes, which copies (pNA each) unless the result is
+    still a view: with one key/value head and batch 1 the expanded heads merge with stride 0
+    (pNK each). Under mixed precision autocast's cast to 16 bits of such a view makes a
+    full-size tensor when the source is fp32 (k, when qk_fp32_under_autocast), 2NA."""
     n, p = sc.tokens, _act_bytes(sc)
     if s.num_kv_heads == 1 and sc.batch == 1:
-        return p * n * s.kv_dim
-    return p * n * s.q_dim
+        k = p * n * (s.q_dim if qk_fp32_under_autocast(s, sc, kind) else s.kv_dim)
+        return k + p * n * s.kv_dim
+    return 2 * p * n * s.q_dim
 
 
-def attention_saved_bytes(s: ModelShape, sc: Scenario) -> int:
+def dropout_noise_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
+    """Bytes per element of what attention dropout keeps: CUDA's fused kernel a bool mask;
+    the CPU a noise tensor in the dtype of the probabilities, which is the query's
+    (`softmax(..., dtype=float32).to(query.dtype)`): fp32 under mixed precision when q
+    reaches the attention in fp32."""
+    if sc.target == "cuda":
+        return 1
+    return FP32 if qk_fp32_under_autocast(s, sc, kind) else _act_bytes(sc)
+
+
+def attention_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
     """Attention, from its input (excluded) to the output projection's input.
 
     Eager: q, k and v as the two matmuls keep them (each pNA: k and v repeated to all
@@ -123,12 +205,7 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario) -> int:
     their output out as (b, s, a, d), so the output projection's input is the same tensor.
     A fused qkv projection with rotary positions (NeoX) keeps more: v is a view into the
     fused projection, which stays alive whole beside the rotated copies of q and k.
-    With q/k norms, their sets too (qk_norm_saved_bytes).
     """
-    return _attention_core_saved_bytes(s, sc) + qk_norm_saved_bytes(s, sc)
-
-
-def _attention_core_saved_bytes(s: ModelShape, sc: Scenario) -> int:
     b, seq, n, p = sc.batch, sc.seq, sc.tokens, _act_bytes(sc)
     a, qd, kvd = s.num_heads, s.q_dim, s.kv_dim
     scores = b * a * seq * seq
@@ -141,20 +218,21 @@ def _attention_core_saved_bytes(s: ModelShape, sc: Scenario) -> int:
     if sc.attention == "sdpa":
         # CPU math fallback (dropout): q, k, v, softmax, noise and dropped probs in fp32.
         return 3 * FP32 * n * qd + 3 * FP32 * scores + p * n * qd
-    qkv = p * n * qd + 2 * repeated_kv_bytes(s, sc)
+    qkv = p * n * qd + repeated_kv_bytes(s, sc, kind)
     if _v_is_view_of_fused_qkv(s) and sc.batch == 1 and s.num_kv_heads == s.num_heads:
         # v is a strided view into the fused qkv projection; at batch 1 (and with no
         # repeat_kv copy) the matmul's reshape of it is still a view, so the whole projection
         # (3·pNA) is kept instead of a copy of v.
         qkv += 2 * p * n * qd
+    noise = dropout_noise_bytes(s, sc, kind)
     if not s.arch.attention.softmax_fp32 and not sc.mixed_precision:
         probs = p * scores                       # softmax output in dtype, kept by softmax and matmul
         if dropout:
-            probs += _mask_bytes(sc) * scores + p * scores
+            probs += noise * scores + p * scores
     else:
         probs = FP32 * scores                    # softmax(dtype=float32) output
         if dropout:
-            probs += _mask_bytes(sc) * scores + p * scores
+            probs += noise * scores + p * scores
         elif p != FP32:
             probs += p * scores                  # .to(dtype) copy kept by the second matmul
     return qkv + probs + p * n * qd
@@ -167,12 +245,13 @@ def _v_is_view_of_fused_qkv(s: ModelShape) -> bool:
     return s.arch.attention.fused_qkv and s.arch.positions == "rope"
 
 
-def attention_backward_extra_bytes(s: ModelShape, sc: Scenario) -> int:
+def attention_backward_extra_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
     """Eager attention's backward at the softmax, beyond the tensors the layer keeps: the
     incoming gradient (fp32 after the cast back, in dtype for GPT-2's dtype softmax), the
-    softmax backward's result (fp32 on the copy path, see below), less the tensor the second matmul kept, which is
-    freed once that matmul's backward has run (the dropped or cast probabilities, when they
-    are not the softmax output itself). SDPA: the gradients of q, k and v."""
+    softmax backward's result (fp32 on the copy path, see below), less what the second
+    matmul and the dropout kept, freed once their backward has run: the dropped or cast
+    probabilities, when they are not the softmax output itself, and the dropout's noise.
+    SDPA: the gradients of q, k and v."""
     b, seq, n, p = sc.batch, sc.seq, sc.tokens, _act_bytes(sc)
     a, qd, kvd = s.num_heads, s.q_dim, s.kv_dim
     if sc.attention == "sdpa" and not (s.attn_dropout > 0 and sc.target == "cpu"):
@@ -185,7 +264,8 @@ def attention_backward_extra_bytes(s: ModelShape, sc: Scenario) -> int:
     copy_path = fp32_softmax and not (sc.target == "cuda" and sc.dtype == "fp16")
     result = FP32 if copy_path else p
     kept_by_matmul_freed = p if (s.attn_dropout > 0 or (fp32_softmax and p != FP32)) else 0
-    return (grad + result - kept_by_matmul_freed) * b * a * seq * seq + p * n * qd
+    noise_freed = dropout_noise_bytes(s, sc, kind) if s.attn_dropout > 0 else 0
+    return (grad + result - kept_by_matmul_freed - noise_freed) * b * a * seq * seq + p * n * qd
 
 
 def attention_forward_extra_bytes(s: ModelShape, sc: Scenario) -> int:
@@ -224,15 +304,21 @@ def layer_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None
     """Bytes one decoder layer (of `kind`: the model's first by default) keeps for
     backward, by part (attention part, MLP part). A mixture-of-experts kind keeps its
     sparse block in place of the dense MLP's set; sliding windows are priced as full
-    attention (LayerKind)."""
+    attention (LayerKind); a layer without RoPE keeps the same bytes."""
     n, h = sc.tokens, s.hidden_size
     resid_mask = _mask_bytes(sc) * n * h if s.resid_dropout > 0 else 0
     norm_in = norm_saved_bytes(s, sc)
-    attn = attention_saved_bytes(s, sc)
+    attn = attention_saved_bytes(s, sc, kind) + qk_norm_saved_bytes(s, sc)
     mlp = mlp_saved_bytes(s, sc, kind)
     attn_in = projection_inputs_bytes(s, sc, _attention_readers(s))
     mlp_in = projection_inputs_bytes(s, sc, _mlp_readers(s, kind))
-    if s.arch.parallel_residual and s.arch.shared_norm:
+    if s.arch.norm_placement == "branch_out":
+        # OLMo 2: q, k, v read the layer input and the MLP the residual sum themselves; each
+        # branch's output is normalised before its residual add.
+        out_norm = branch_output_norm_bytes(s, sc)
+        attn_part = attn_in + attn + out_norm + resid_mask
+        mlp_part = mlp_in + mlp + out_norm + resid_mask
+    elif s.arch.parallel_residual and s.arch.shared_norm:
         # Phi: one LayerNorm feeds both branches; its output is kept once (or cast per linear).
         attn_part = norm_in + projection_inputs_bytes(s, sc, _attention_readers(s) + _mlp_readers(s)) \
             + attn + resid_mask
@@ -260,20 +346,33 @@ def causal_mask_bytes(s: ModelShape, sc: Scenario) -> int:
     return _act_bytes(sc) * sc.batch * sc.seq * sc.seq
 
 
+def rotary_table_bytes(s: ModelShape, sc: Scenario) -> int:
+    """Bytes per value of the cos and sin tables: the embedding output's dtype
+    (LlamaRotaryEmbedding.forward: `cos.to(dtype=x.dtype)`), so fp32 under mixed precision
+    (the fp32 embedding's output), or fp32 always (Architecture.rotary_fp32: OLMo 2)."""
+    return FP32 if s.arch.rotary_fp32 else _stream_bytes(sc)
+
+
 def rotary_bytes(s: ModelShape, sc: Scenario) -> int:
-    """cos and sin tables for the rotated share of the head dim: 2 · s · d_rot in dtype, for
-    each distinct rotary table the layers use (LayerKind.rope), made once per forward."""
+    """cos and sin tables for the rotated share of the head dim: 2 · s · d_rot values, for
+    each distinct rotary table the layers use (LayerKind.rope), made once per forward by
+    the model (which makes its global table even when no layer applies it: SmolLM3Model)."""
     if s.arch.positions != "rope":
         return 0
-    tables = {kind.rope for kind in s.layer_counts() if kind.rope}
+    tables = {kind.rope for kind in s.layer_counts() if kind.rope} or {"global"}
     rot = int(s.head_dim * s.arch.rotary_fraction)
-    return len(tables) * 2 * _act_bytes(sc) * sc.seq * rot
+    return len(tables) * 2 * rotary_table_bytes(s, sc) * sc.seq * rot
 
 
 def norm_keeps_layer_input(s: ModelShape, sc: Scenario) -> bool:
-    """Whether a layer's first norm keeps the layer input itself (LayerNorm always; RMSNorm
-    when the stream is already fp32, so its upcast is a no-op): then a checkpointed layer's
-    kept input and its recomputed activations share that tensor."""
+    """Whether the layer's own saved tensors include the layer input itself: a first norm
+    that keeps it (LayerNorm always; RMSNorm when the stream is already fp32, so its upcast
+    is a no-op), or, with norms only on the branch outputs (OLMo 2), the q, k and v
+    projections reading it directly (except under autocast, where each keeps its own 16-bit
+    cast). Then a checkpointed layer's kept input and its recomputed activations share
+    that tensor."""
+    if s.arch.norm_placement == "branch_out":
+        return not sc.mixed_precision
     return s.arch.norm.kind == "layernorm" or _stream_bytes(sc) == FP32
 
 

@@ -14,15 +14,16 @@ never asks which family it is. Each field names one mechanism and the code it st
                           full attention, RoPE or not, dense or mixture-of-experts MLP)
     Moe                   a mixture-of-experts MLP: its sizes and its router
 
-Some fields describe mechanisms of families that are coming (q/k norms, norms after each
-branch, soft-capping, multipliers, fused gate/up projections, shared experts, layers
-without RoPE). The memory model does not price them yet: `unmodelled_features` lists the
-ones a description uses, and a shape that uses any is refused (shape.validate_shape), so
-no estimate silently ignores a mechanism. Whoever models one removes it from that list.
+Some fields describe mechanisms of families that are coming (norms before and after each
+branch, soft-capping, fused gate/up projections, shared experts). The memory model does
+not price them yet: `unmodelled_features` lists the ones a description uses, and a shape
+that uses any is refused (shape.validate_shape), so no estimate silently ignores a
+mechanism. Whoever models one removes it from that list.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 # Activations whose saved tensors the memory model knows (capacity's names).
@@ -64,8 +65,10 @@ class Attention:
     softmax_fp32: eager attention's softmax runs in fp32 and its result is cast back
       (`softmax(..., dtype=torch.float32).to(query.dtype)`); False: in the input dtype
       (GPT-2's `nn.functional.softmax(attn_weights, dim=-1)`).
-    qk_norm: RMSNorm of q and k before RoPE: "head" (per head, over d: Qwen3, Gemma 3) or
-      "projection" (over the whole projection, a·d and a_kv·d: OLMo 2); "" none.
+    qk_norm: RMSNorm of q and k before RoPE, of the family's `Norm`: "head" (per head, over
+      d, applied to the (b, s, heads, d) view of the projection: Qwen3's and Gemma 3's
+      q_norm/k_norm of width head_dim) or "projection" (over the whole projection, a·d and
+      a_kv·d: OLMo 2's q_norm/k_norm of width num_heads·head_dim); "" none.
     logit_softcap: cap·tanh(scores / cap) before the softmax (Gemma 2); 0: none.
       [not modelled yet]
     """
@@ -109,7 +112,11 @@ class Multipliers:
     """Granite's scalar multipliers (GraniteConfig): embedding_multiplier scales the
     embeddings, residual_multiplier each branch before its residual add, attention_multiplier
     replaces 1/sqrt(d) as the scores' scale (0: 1/sqrt(d)), logits_scaling divides the
-    logits. 1 (and 0 for attention) is the plain computation. [not modelled yet]"""
+    logits. 1 (and 0 for attention) is the plain computation. Each is a product with (or a
+    division by) a Python float (modeling_granite.py: GraniteModel.forward,
+    GraniteDecoderLayer.forward, GraniteAttention.scaling, GraniteForCausalLM.forward),
+    which autograd saves nothing for: they cost no memory (traced: a Granite layer keeps
+    Llama's bytes exactly), and are read so that a description says what the model is."""
 
     embedding: float = 1.0
     residual: float = 1.0
@@ -164,7 +171,10 @@ class LayerKind:
     rope: the rotary table the layer uses, when the model has rotary positions: the
       model's "global" one, or another ("local": Gemma 3's sliding layers use their own
       base frequency); each distinct table is computed once per forward and held through
-      it. "": the layer applies no rotary embedding (a NoPE layer) [not modelled yet].
+      it. "": the layer applies no rotary embedding (a NoPE layer: SmolLM3's
+      no_rope_layers): it keeps the same bytes (the matmuls or SDPA keep the projections'
+      views instead of rotated copies), its forward has no rotary transient, and under
+      mixed precision its k stays 16-bit.
     moe: the layer's MLP is the model's mixture of experts (ModelShape.moe); False: the
       dense Mlp of width ModelShape.intermediate_size (Qwen3-MoE's `mlp_only_layers`).
     """
@@ -186,13 +196,21 @@ class Architecture:
         residual sum is normalised: OPT with do_layer_norm_before=false; priced like "pre",
         each norm keeping one N·h input, and not traced separately), "sandwich" (pre, and each branch's output before
         its residual add: Gemma 2/3) [not modelled yet], "branch_out" (only each branch's
-        output: OLMo 2) [not modelled yet].
+        output, before its residual add: OLMo 2's post_attention_layernorm and
+        post_feedforward_layernorm; the projections read the layer input and the residual
+        sum themselves).
       final_norm: a norm after the last layer.
     Embedding and head:
       positions: "rope" (rotary; max_position_embeddings is the trained length, which RoPE
         scaling may extend) or "learned" (a position table: a hard limit).
       position_offset: extra rows in a learned table (OPT's OPTLearnedPositionalEmbedding: 2).
       rotary_fraction: share of the head dim that is rotated (NeoX, Phi: partial_rotary_factor).
+      rotary_fp32: the cos/sin tables stay fp32 whatever the model's dtype, and the rotation
+        runs in fp32 and casts q and k back to their dtype (Olmo2RotaryEmbedding.forward
+        returns them without `.to(x.dtype)`; olmo2's apply_rotary_pos_emb ends with
+        `q_embed.to(q_type), k_embed.to(k_type)`). False: the tables take the dtype of the
+        embedding output (LlamaRotaryEmbedding: `cos.to(dtype=x.dtype)`), and q, k leave
+        the rotation in the promoted dtype.
       embedding_scale: the embedding output is multiplied by sqrt(h) (Gemma's normalizer;
         a product with a constant keeps nothing for backward).
       lm_head_bias: the LM head has a bias (Phi).
@@ -229,6 +247,7 @@ class Architecture:
     positions: str = "rope"
     position_offset: int = 0
     rotary_fraction: float = 1.0
+    rotary_fp32: bool = False
     embedding_scale: bool = False
     lm_head_bias: bool = False
     final_logit_softcap: float = 0.0
@@ -255,16 +274,12 @@ def unmodelled_features(arch: Architecture, layers: tuple[LayerKind, ...], moe: 
         out.append("attention logit soft-capping")
     if arch.final_logit_softcap:
         out.append("final logit soft-capping")
-    if arch.norm_placement in ("sandwich", "branch_out"):
+    if arch.norm_placement == "sandwich":
         out.append(f"norms on the branch outputs ({arch.norm_placement})")
-    if arch.multipliers != Multipliers():
-        out.append("Granite multipliers")
     if arch.mlp.fused_gate_up:
         out.append("a fused gate/up projection")
     if moe is not None and moe.shared_expert_size:
         out.append("a shared expert")
-    if arch.positions == "rope" and any(k.rope == "" for k in layers):
-        out.append("layers without RoPE")
     return out
 
 
@@ -297,6 +312,10 @@ def validate_architecture(arch: Architecture) -> None:
             raise ValueError(f"attention.{name}: must be a number >= 0")
     if not _number(arch.final_logit_softcap) or arch.final_logit_softcap < 0:
         raise ValueError("final_logit_softcap: must be a number >= 0")
+    for name in ("embedding", "residual", "attention", "logits"):
+        value = getattr(arch.multipliers, name)
+        if not _number(value) or not math.isfinite(value) or value < 0 or (value == 0 and name == "logits"):
+            raise ValueError(f"multipliers.{name}: must be a finite number >= 0 (> 0 for logits), got {value!r}")
 
 
 def validate_layer_kinds(layers) -> None:

@@ -27,8 +27,8 @@ from . import moe
 from .architecture import LayerKind
 from .context import check_context
 from . import optimizers as optim
-from .params import (active_parameter_count, experts_params, head_params, largest_tensor_params,
-                     layer_params, mlp_linears, mlp_params, parameter_count, parameter_tensor_count)
+from .params import (active_parameter_count, head_params, largest_tensor_params, layer_linear_params, layer_params,
+                     linear_params, mlp_linears, mlp_params, parameter_count, parameter_tensor_count)
 from .scenario import Estimate, Scenario
 from .shape import ModelShape, repeating_pattern
 
@@ -72,22 +72,19 @@ def weights_bytes(s: ModelShape, sc: Scenario) -> int:
 
 
 def compute_copy_bytes(s: ModelShape, sc: Scenario) -> int:
-    """Mixed precision: autocast's 16-bit copies of the weights (P·2), cached for the
-    forward and kept by the matmuls until their backward; a mixture of experts' stacked
-    experts have none (grouped_mm is not autocast-enabled, and the eager loop's weight slices
-    are not leaves, which autocast does not cache: capacity/moe.py)."""
-    if not sc.mixed_precision:
-        return 0
-    experts = sum(n * experts_params(s, kind) for kind, n in s.layer_counts().items())
-    return (parameter_count(s) - experts) * sc.bytes_per_value
+    """Mixed precision: autocast's 16-bit copies of the projections' weights and biases
+    (params.linear_params · 2: the token table of an untied model, the position table and
+    the norms are not cast), cached for the forward and kept by the matmuls until their
+    backward. A mixture of experts' stacked experts have none (grouped_mm is not
+    autocast-enabled, and the eager loop's weight slices are not leaves, which autocast
+    does not cache: capacity/moe.py); its router is a projection."""
+    return linear_params(s) * sc.bytes_per_value if sc.mixed_precision else 0
 
 
 def _layer_copy_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
-    """Mixed precision: autocast's 16-bit copies of one decoder layer's weights (its experts
-    have none)."""
-    if not sc.mixed_precision:
-        return 0
-    return sc.bytes_per_value * (layer_params(s, kind) - experts_params(s, kind))
+    """Mixed precision: autocast's 16-bit copies of one decoder layer's projections (its
+    experts have none)."""
+    return sc.bytes_per_value * layer_linear_params(s, kind) if sc.mixed_precision else 0
 
 
 def gradients_bytes(s: ModelShape, sc: Scenario) -> int:
@@ -152,7 +149,7 @@ def bp_kv_cache_bytes(s: ModelShape, sc: Scenario) -> int:
     heads into a copy (repeat_kv), which leaves the cache's entries as extra: L·2·p·N·K."""
     if not builds_kv_cache(s, sc):
         return 0
-    copies = sc.attention == "eager" and act.repeated_kv_bytes(s, sc) != sc.bytes_per_value * sc.tokens * s.kv_dim
+    copies = sc.attention == "eager" and act.repeated_kv_bytes(s, sc) != 2 * sc.bytes_per_value * sc.tokens * s.kv_dim
     return s.num_layers * kv_cache_bytes(s, sc) if copies else 0
 
 
@@ -313,6 +310,8 @@ class _LayerCosts:
     out_weight_backward: int  # beyond what it keeps, at the MLP output projection's backward
                               # when its weight gradient is a new tensor (gradients live)
     mlp_backward_live: int    # mlp_backward when every gradient exists already
+    out_norm: int             # what a norm on one branch's output keeps (freed before that branch's backward)
+    out_norm_backward: int    # beyond what it keeps, at that norm's backward (first in its branch's)
 
 
 def _layer_costs(s: ModelShape, sc: Scenario, kind: LayerKind) -> _LayerCosts:
@@ -335,11 +334,13 @@ def _layer_costs(s: ModelShape, sc: Scenario, kind: LayerKind) -> _LayerCosts:
         saved=sum(parts.values()), saved_attention=parts["attention"],
         gradients=gp * layer_params(s, kind), gradients_mlp=gp * mlp_params(s, kind),
         copies=_layer_copy_bytes(s, sc, kind), mlp_backward=mlp_backward,
-        attention_backward=act.attention_backward_extra_bytes(s, sc), recompute=recompute,
+        attention_backward=act.attention_backward_extra_bytes(s, sc, kind), recompute=recompute,
         # A sparse block's walk holds its new weight gradients itself; with gradients live
         # they are added into the existing ones as they are made.
         out_weight_backward=0 if kind.moe else _new_weight_gradient_bytes(mlp_linears(s, kind)[-1], sc),
-        mlp_backward_live=moe.backward_extra_bytes(s, sc, gradients_exist=True) if kind.moe else mlp_backward)
+        mlp_backward_live=moe.backward_extra_bytes(s, sc, gradients_exist=True) if kind.moe else mlp_backward,
+        out_norm=act.branch_output_norm_bytes(s, sc),
+        out_norm_backward=act.branch_output_norm_backward_bytes(s, sc))
 
 
 def _new_weight_gradient_bytes(lin, sc: Scenario) -> int:
@@ -417,20 +418,31 @@ class BackwardThroughLayers:
         (gradient accumulation, zeroed gradients kept)."""
         cost, is_ckpt = self.layers.costs(i), i < self.ckpt
         kept_input = self.ckpt_input if is_ckpt else 0
-        at_mlp = cost.saved + kept_input + self.grad_flow + cost.mlp_backward
-        at_attn = cost.saved_attention + kept_input + cost.gradients_mlp + self.grad_flow + cost.attention_backward
+        grad_flow = self.grad_flow
+        # A norm on a branch's output (OLMo 2) runs its backward before the branch's own.
+        at_mlp = cost.saved - cost.out_norm + kept_input + grad_flow + cost.mlp_backward
+        at_attn = cost.saved_attention - cost.out_norm + kept_input + cost.gradients_mlp + grad_flow \
+            + cost.attention_backward
         # A checkpointed layer first re-runs its forward: its attention part is rebuilt
-        # while the fp32 softmax copy is live.
-        at_recompute = cost.saved_attention + kept_input + self.grad_flow + cost.recompute if is_ckpt else 0
+        # while the fp32 softmax copy is live (its output norm not yet run).
+        at_recompute = cost.saved_attention - cost.out_norm + kept_input + grad_flow + cost.recompute \
+            if is_ckpt else 0
         at_new_weight = 0
+        new_mlp_gradients = cost.gradients_mlp
         if live_gradients:
             # Every gradient already exists: the MLP's are not extra at the attention, and
             # each new weight gradient is a transient, added in place into the one that
-            # exists; the largest moment is the MLP output's, first in the layer's backward.
+            # exists; the largest moment is the MLP output's, first in the layer's backward
+            # (after its output norm's, OLMo 2).
             at_attn -= cost.gradients_mlp
-            at_mlp = cost.saved + kept_input + self.grad_flow + cost.mlp_backward_live
-            at_new_weight = cost.saved + kept_input + self.grad_flow + cost.out_weight_backward
-        return max(at_mlp, at_attn, at_recompute, at_new_weight)
+            new_mlp_gradients = 0
+            at_mlp = cost.saved - cost.out_norm + kept_input + grad_flow + cost.mlp_backward_live
+            at_new_weight = cost.saved - cost.out_norm + kept_input + grad_flow + cost.out_weight_backward
+        # A norm on a branch's output (OLMo 2) runs its backward first, with the whole branch
+        # still kept: at the MLP's with everything, at the attention's with the MLP freed.
+        at_out_norm = max(cost.saved, cost.saved_attention + new_mlp_gradients) + kept_input + grad_flow \
+            + cost.out_norm_backward if cost.out_norm_backward else 0
+        return max(at_mlp, at_attn, at_recompute, at_new_weight, at_out_norm)
 
     def at(self, i: int, live_gradients: bool = False) -> int:
         """Activations at the highest point of layer i's backward."""
@@ -609,28 +621,31 @@ def _forward_layer_peak(s: ModelShape, sc: Scenario, kind: LayerKind, held: int,
     """The most a forward without autograd holds inside one decoder layer of `kind`, with
     `held` bytes referenced from outside it at its attention and `held_mlp` (default: the
     same) at its MLP (a mixture-of-experts kind: its sparse block's widest moment,
-    capacity/moe.py)."""
+    capacity/moe.py): the largest of the points below."""
     n, h, p = sc.tokens, s.hidden_size, sc.bytes_per_value
     b, seq, a = sc.batch, sc.seq, s.num_heads
     arch = s.arch
-    # At attention: the layer input x (the caller's reference) and its normalised copy y.
-    base = held + 2 * p * n * h
+    pre_norm = arch.norm_placement != "branch_out"
+    # At attention: the layer input x (the caller's reference) and its normalised copy y
+    # (with norms only on the branch outputs, OLMo 2, the projections read x itself).
+    base = held + (2 if pre_norm else 1) * p * n * h
     # At the MLP: x, and two more of: the sum after attention, the MLP's normalised input,
     # the attention output (parallel blocks add it last); a block may also still hold its
-    # attention output after the sum (GPT-2's).
-    base_mlp = (held if held_mlp is None else held_mlp) + 3 * p * n * h \
+    # attention output after the sum (GPT-2's). OLMo 2's MLP reads the sum itself.
+    base_mlp = (held if held_mlp is None else held_mlp) + (3 if pre_norm else 2) * p * n * h \
         + (p * n * h if arch.forward_keeps_attention_output else 0)
     if sc.attention == "eager":
         # The layer receives the attention probabilities back from its attention call
         # (`hidden_states, _ = self.self_attn(...)`) and holds them through the MLP.
         base_mlp += p * b * a * seq * seq
-    qkv = p * n * (s.q_dim + 2 * s.kv_dim)
+    qkv_made = p * n * (s.q_dim + 2 * s.kv_dim)
+    qkv = qkv_made
     if arch.forward_keeps_unrotated_qk:
         qkv += p * n * (s.q_dim + s.kv_dim)  # the rotated copies, beside the originals
     scores = b * a * seq * seq
     if sc.attention == "eager":
         if s.num_kv_heads != s.num_heads:
-            qkv += 2 * act.repeated_kv_bytes(s, sc)   # repeat_kv copies (or views) of k and v
+            qkv += act.repeated_kv_bytes(s, sc, kind)   # repeat_kv copies (or views) of k and v
         if not arch.attention.softmax_fp32:
             score_bytes = 2 * p
         else:
@@ -643,7 +658,47 @@ def _forward_layer_peak(s: ModelShape, sc: Scenario, kind: LayerKind, held: int,
     mlp_peak = widest * p * n * s.intermediate_size
     if kind.moe:
         mlp_peak = moe.nograd_peak_bytes(s, sc)
-    return max(base + attn_peak, base_mlp + mlp_peak)
+    points = [base + attn_peak, base_mlp + mlp_peak]
+    if arch.positions == "rope" and kind.rope:
+        points.append(base + qkv_made + _rotary_transient_bytes(s, sc))
+    if arch.attention.qk_norm:
+        # q's norm, before k and v exist: the projection's output and the norm's transients.
+        rows = n * (a if arch.attention.qk_norm == "head" else 1)
+        points.append(base + _norm_transient_bytes(s, rows, s.q_dim // (rows // n), p))
+    return max(points)
+
+
+def _rotary_transient_bytes(s: ModelShape, sc: Scenario) -> int:
+    """apply_rotary_pos_emb's largest set of temporaries beside q, k and v, at
+    `q_embed = (q * cos) + (rotate_half(q) * sin)`: q·cos, rotate_half(q) (freed once
+    multiplied) and its product with sin, then their sum: 3 tensors of q's rotated share,
+    in the dtype of the products (fp32 with fp32 tables, Architecture.rotary_fp32). A partial
+    rotation (NeoX, Phi) then concatenates the rotated share with the rest (a full-size q
+    beside the rotated share's sum). The tables, of the dtype, need no autograd here."""
+    n, p = sc.tokens, sc.bytes_per_value
+    t = FP32 if s.arch.rotary_fp32 else p
+    rot = int(s.head_dim * s.arch.rotary_fraction) * s.num_heads
+    at_sum = 3 * t * n * rot
+    at_cat = t * n * rot + p * n * s.q_dim if rot < s.q_dim else 0
+    return max(at_sum, at_cat)
+
+
+def _norm_transient_bytes(s: ModelShape, rows: int, width: int, p: int) -> int:
+    """The most one of the family's RMSNorms over `rows` rows of `width` p-byte values holds
+    at once without autograd, its input included (LlamaRMSNorm.forward): the input, its fp32
+    upcast (the input itself in fp32), the normalised x and the per-row variance and rsqrt
+    at `x * torch.rsqrt(variance + eps)`; then the scale: Llama's casts the normalised x
+    back to p bytes and multiplies by the p-byte weight (in fp32: input, normalised x and
+    product, 12 bytes a value); scaled in fp32 (Gemma, OLMo 2), the fp32 product is cast
+    back beside it: input, normalised x, product and cast, p + 4 + 4 + p."""
+    values = rows * width
+    upcast = FP32 * values if p != FP32 else 0
+    at_normalise = p * values + upcast + FP32 * values + 2 * FP32 * rows
+    if s.arch.norm.scale_in_fp32:
+        at_scale = p * values + 2 * FP32 * values + (p * values if p != FP32 else 0) + FP32 * rows
+    else:
+        at_scale = p * values + FP32 * values + (2 * p * values if p != FP32 else FP32 * values) + FP32 * rows
+    return max(at_normalise, at_scale)
 
 
 def reference_mezo_temp_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:

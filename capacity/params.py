@@ -94,9 +94,11 @@ def norm_params(s: ModelShape) -> int:
 
 
 def qk_norm_params(s: ModelShape) -> int:
-    """RMSNorm scales of q and k: per head (`qk_norm="head"`, Qwen3: d each) or over the
-    whole projections ("projection", OLMo 2 and OLMoE: a·d and a_kv·d); 0 without."""
-    return {"": 0, "head": 2 * s.head_dim, "projection": s.q_dim + s.kv_dim}[s.arch.attention.qk_norm]
+    """The q and k norms (Attention.qk_norm): per head, two scales of d (Qwen3Attention's
+    q_norm, k_norm = RMSNorm(head_dim)); over the projection, scales of a·d and a_kv·d
+    (Olmo2Attention: RMSNorm(num_heads·head_dim), RMSNorm(num_key_value_heads·head_dim))."""
+    widths = {"": 0, "head": 2 * s.head_dim, "projection": s.q_dim + s.kv_dim}[s.arch.attention.qk_norm]
+    return widths * (2 if s.arch.norm.bias else 1)
 
 
 def attention_params(s: ModelShape, kind: LayerKind | None = None) -> int:
@@ -112,8 +114,26 @@ def mlp_params(s: ModelShape, kind: LayerKind | None = None) -> int:
 
 
 def layer_params(s: ModelShape, kind: LayerKind | None = None) -> int:
-    """One decoder layer: attention, MLP and its norms."""
-    return attention_params(s, kind) + mlp_params(s, kind) + s.arch.norms_per_layer * norm_params(s)
+    """One decoder layer: attention, MLP and its norms (with the q and k norms)."""
+    return attention_params(s, kind) + mlp_params(s, kind) + s.arch.norms_per_layer * norm_params(s) \
+        + qk_norm_params(s)
+
+
+def layer_linear_params(s: ModelShape, kind: LayerKind | None = None) -> int:
+    """One decoder layer's parameters held by its projections (nn.Linear, GPT-2's Conv1D):
+    the layer's parameters less its norms."""
+    return sum(lin.params for lin in layer_linears(s, kind))
+
+
+def linear_params(s: ModelShape) -> int:
+    """Parameters held by projections (what autocast casts to 16 bits: F.linear and addmm
+    are on its lower-precision list, embedding lookups and the norms' products are not):
+    every layer's projections, the LM head (V·e, the shared table once when tied, + its
+    bias) and OPT's project_in/out; not the token or position tables, not the norms."""
+    layers = sum(n * layer_linear_params(s, kind) for kind, n in s.layer_counts().items())
+    head = s.vocab_size * s.embed_dim + (s.vocab_size if s.arch.lm_head_bias else 0)
+    projections = 2 * s.embed_dim * s.hidden_size if s.embed_dim != s.hidden_size else 0
+    return layers + head + projections
 
 
 def layers_params(s: ModelShape) -> int:
@@ -165,9 +185,9 @@ def largest_tensor_params(s: ModelShape) -> int:
 def parameter_tensor_count(s: ModelShape) -> int:
     """How many parameter tensors the model has (Adam keeps one fp32 `step` scalar per tensor)."""
     norm = 2 if s.arch.norm.bias else 1
-    qk_norms = 2 if s.arch.attention.qk_norm else 0
+    qk = 2 * norm if s.arch.attention.qk_norm else 0
     per_kind = {kind: sum(lin.tensors for lin in layer_linears(s, kind)) + len(expert_tensors(s, kind))
-                + s.arch.norms_per_layer * norm + qk_norms for kind in s.layer_counts()}
+                + s.arch.norms_per_layer * norm + qk for kind in s.layer_counts()}
     embed = 1 + (1 if s.position_table_rows else 0) + (2 if s.embed_dim != s.hidden_size else 0)
     head = (norm if s.arch.final_norm else 0) + (0 if s.tie_embeddings else 1) + (1 if s.arch.lm_head_bias else 0)
     return embed + sum(n * per_kind[kind] for kind, n in s.layer_counts().items()) + head
@@ -210,7 +230,7 @@ def parameter_tensors(s: ModelShape, kind: LayerKind | None = None) -> dict[str,
             layer.append((lin.fan_out, 1))
     layer += norm * arch.norms_per_layer
     qk = {"": [], "head": [(s.head_dim, 1)] * 2, "projection": [(s.q_dim, 1), (s.kv_dim, 1)]}
-    layer += qk[arch.attention.qk_norm]
+    layer += qk[arch.attention.qk_norm] * (2 if arch.norm.bias else 1)
     if _is_moe(s, kind):
         e, inter = s.moe.experts, s.moe.expert_size
         layer += [(e, 2 * inter * h), (e, h * inter)]

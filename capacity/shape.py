@@ -124,9 +124,10 @@ class ModelShape:
 
     def scaled(self, num_layers: int, hidden_size: int, name: str = "") -> "ModelShape":
         """The same family at another depth and width: heads keep their head dim, the MLP
-        (and the experts) keep their ratio I/h, the key/value heads keep their ratio a/a_kv, the layers keep
-        their pattern of kinds."""
-        heads = max(1, hidden_size // self.head_dim)
+        (and the experts) keep their ratio I/h, the key/value heads keep their ratio a/a_kv, the query width
+        keeps its ratio a·d/h (Qwen3-0.6B: 2), the layers keep their pattern of kinds (the
+        first num_layers of it, when fewer)."""
+        heads = max(1, round(self.num_heads * hidden_size / self.hidden_size))
         group = max(1, self.num_heads // self.num_kv_heads)
         kv = max(1, heads // group)
         while heads % kv:
@@ -134,10 +135,11 @@ class ModelShape:
         inter = round(self.intermediate_size * hidden_size / self.hidden_size)
         moe = self.moe if self.moe is None else replace(
             self.moe, expert_size=max(1, round(self.moe.expert_size * hidden_size / self.hidden_size)))
+        layers = self.layers if num_layers >= len(self.layers) else repeating_pattern(list(self.layers[:num_layers]))
         return replace(
-            self, num_layers=num_layers, hidden_size=heads * self.head_dim, num_heads=heads,
-            num_kv_heads=kv, intermediate_size=max(1, inter), moe=moe, word_embed_dim=0,
-            name=name or f"{self.model_type} L={num_layers} h={heads * self.head_dim}",
+            self, num_layers=num_layers, hidden_size=hidden_size, num_heads=heads,
+            num_kv_heads=kv, intermediate_size=max(1, inter), moe=moe, word_embed_dim=0, layers=layers,
+            name=name or f"{self.model_type} L={num_layers} h={hidden_size}",
         )
 
 

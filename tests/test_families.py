@@ -69,9 +69,13 @@ def layer_by_layer(s, sc):
         below = act.embedding_saved_bytes(s, sc) + shared + sum(
             c_layer if j < ckpt else cost[j].saved for j in range(i))
         kept_input = ckpt_input if is_ckpt else 0
-        within = max(cost[i].saved + kept_input + flow + cost[i].mlp_backward,
-                     cost[i].saved_attention + kept_input + cost[i].gradients_mlp + flow + cost[i].attention_backward,
-                     cost[i].saved_attention + kept_input + flow + cost[i].recompute if is_ckpt else 0)
+        c = cost[i]
+        within = max(c.saved - c.out_norm + kept_input + flow + c.mlp_backward,
+                     c.saved_attention - c.out_norm + kept_input + c.gradients_mlp + flow + c.attention_backward,
+                     c.saved_attention - c.out_norm + kept_input + flow + c.recompute if is_ckpt else 0,
+                     c.saved + kept_input + flow + c.out_norm_backward if c.out_norm_backward else 0,
+                     c.saved_attention + kept_input + c.gradients_mlp + flow + c.out_norm_backward
+                     if c.out_norm_backward else 0)
         copies = state["weights"] - sum(cost[j].copies for j in range(max(i + 1, ckpt), L)) \
             + (cost[i].copies if is_ckpt else 0)
         total = {**state, "weights": copies,
@@ -206,7 +210,6 @@ def test_a_rope_answer_beyond_max_position_embeddings_carries_a_note():
     lambda a: replace(a, attention=replace(a.attention, logit_softcap=50.0)),
     lambda a: replace(a, final_logit_softcap=30.0),
     lambda a: replace(a, norm_placement="sandwich"),
-    lambda a: replace(a, multipliers=replace(a.multipliers, logits=8.0)),
     lambda a: replace(a, mlp=replace(a.mlp, inputs=("gate_up_proj",))),
 ])
 def test_a_described_but_unpriced_mechanism_is_refused(change):

@@ -40,15 +40,17 @@ def architecture(activation: str, qkv_bias: bool = False, out_bias: bool = False
 
 
 def read_llama_like(c: ConfigReader, name: str, model_type: str, arch: Architecture,
-                    windows: list[int] | None = None) -> ModelShape:
+                    windows: list[int] | None = None, kinds: tuple | None = None) -> ModelShape:
     """The sizes of a Llama-like config: `head_dim` and `num_key_value_heads` default to
     h / a and a when absent or null (LlamaConfig.__post_init__). `windows`: each layer's
-    sliding window (0: full attention), when the family has them."""
+    sliding window (0: full attention), when the family has them; `kinds`: the pattern of
+    layer kinds, when the family's layers differ in more than their windows."""
     h, heads = c.integer("hidden_size"), c.integer("num_attention_heads")
     kv = c.optional_integer("num_key_value_heads")
     head_dim = c.optional_integer("head_dim")
     layers = c.integer("num_hidden_layers")
-    kinds = (LayerKind(),) if windows is None else repeating_pattern([LayerKind(sliding_window=w) for w in windows])
+    if kinds is None:
+        kinds = (LayerKind(),) if windows is None else repeating_pattern([LayerKind(sliding_window=w) for w in windows])
     return ModelShape(
         model_type=model_type, num_layers=layers, hidden_size=h, num_heads=heads,
         num_kv_heads=heads if kv is None else kv,
