@@ -13,11 +13,12 @@ docs/families.md is the checklist for adding one.
 
 from __future__ import annotations
 
-from . import gemma, gpt2, gpt_neox, llama, mistral, mixtral, olmoe, opt, phi, qwen2, qwen3_moe
+from . import gemma, gpt2, gpt_neox, granite, llama, mistral, mixtral, olmo2, olmoe, opt, phi, qwen2, qwen3, qwen3_moe, smollm3
 from .config import ConfigReader, Family, show
 
 FAMILIES: dict[str, Family] = {m.FAMILY.model_type: m.FAMILY
-                               for m in (gpt2, opt, llama, mistral, qwen2, gemma, gpt_neox, phi, mixtral, qwen3_moe, olmoe)}
+                               for m in (gpt2, opt, llama, mistral, qwen2, gemma, gpt_neox, phi,
+                                         qwen3, olmo2, granite, smollm3, mixtral, qwen3_moe, olmoe)}
 
 # The model types whose Hugging Face implementation the memory model describes.
 MODEL_TYPES = tuple(FAMILIES)
