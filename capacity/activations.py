@@ -246,26 +246,61 @@ def _v_is_view_of_fused_qkv(s: ModelShape) -> bool:
 
 
 def attention_backward_extra_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
-    """Eager attention's backward at the softmax, beyond the tensors the layer keeps: the
-    incoming gradient (fp32 after the cast back, in dtype for GPT-2's dtype softmax), the
-    softmax backward's result (fp32 on the copy path, see below), less what the second
-    matmul and the dropout kept, freed once their backward has run: the dropped or cast
-    probabilities, when they are not the softmax output itself, and the dropout's noise.
-    SDPA: the gradients of q, k and v."""
+    """Eager attention's backward, beyond the tensors the layer keeps, at the larger of two
+    moments. The output projection's backward has run first: its input (p·N·A) is freed.
+    - The second matmul's backward (probabilities @ v), its two gradients made: the
+      incoming gradient (p·N·A), the probabilities' gradient and v's (p·N·A, at all heads),
+      in the matmul's dtype.
+    - The softmax's backward: the second matmul's and the dropout's saved tensors are freed
+      (v as the matmul kept it, v_freed_bytes; the dropped or cast probabilities, when they
+      are not the softmax output itself; the dropout's noise); v's gradient waits for
+      repeat_kv's backward; the softmax backward holds its incoming gradient (fp32 after the
+      cast back, in dtype for GPT-2's dtype softmax) and its result (fp32 on the copy path,
+      see below).
+    SDPA with dropout on the CPU runs the math path (no fused kernel), all of it in fp32.
+    SDPA otherwise: the gradients of q, k and v."""
     b, seq, n, p = sc.batch, sc.seq, sc.tokens, _act_bytes(sc)
     a, qd, kvd = s.num_heads, s.q_dim, s.kv_dim
-    if sc.attention == "sdpa" and not (s.attn_dropout > 0 and sc.target == "cpu"):
+    dropout = s.attn_dropout > 0
+    if sc.attention == "sdpa" and not (dropout and sc.target == "cpu"):
         return p * n * (qd + 2 * kvd)
+    math = sc.attention == "sdpa"
+    scores = b * a * seq * seq
     fp32_softmax = s.arch.attention.softmax_fp32
-    grad = FP32 if fp32_softmax else p
+    pm = FP32 if math else p                    # the second matmul's operands and gradients
+    grad = FP32 if fp32_softmax or math else p
     # softmax(dtype=float32) runs as a copy to fp32 and an fp32 softmax, whose backward
     # returns fp32 (the cast back to dtype is the next node); on CUDA fp16 has a direct
     # half-to-float kernel whose backward returns fp16.
-    copy_path = fp32_softmax and not (sc.target == "cuda" and sc.dtype == "fp16")
+    copy_path = math or (fp32_softmax and not (sc.target == "cuda" and sc.dtype == "fp16"))
     result = FP32 if copy_path else p
-    kept_by_matmul_freed = p if (s.attn_dropout > 0 or (fp32_softmax and p != FP32)) else 0
-    noise_freed = dropout_noise_bytes(s, sc, kind) if s.attn_dropout > 0 else 0
-    return (grad + result - kept_by_matmul_freed - noise_freed) * b * a * seq * seq + p * n * qd
+    kept_by_matmul_freed = pm if (dropout or (fp32_softmax and p != FP32)) else 0
+    noise_freed = (FP32 if math else dropout_noise_bytes(s, sc, kind)) if dropout else 0
+    v_grad, out_proj_input = pm * n * qd, p * n * qd
+    v_freed = FP32 * n * qd if math else v_freed_bytes(s, sc, kind)
+    at_second_matmul = pm * n * qd + pm * scores + v_grad - out_proj_input
+    at_softmax = (grad + result - kept_by_matmul_freed - noise_freed) * scores + v_grad - out_proj_input - v_freed
+    return max(at_second_matmul, at_softmax)
+
+
+def v_freed_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
+    """Eager attention: the storage the second matmul kept for v, freed by its backward.
+    Separate projections: v as repeat_kv gave it (its copy at all heads, p·N·A, or at one
+    key/value head and batch 1 the stride-0 view of the projection, p·N·K). One fused
+    projection: at batch 1 the matmul keeps a view of it; with rotary positions (NeoX) q and
+    k were rotated into copies, so v's view held the whole projection alone (3 parts freed,
+    with full heads); without (GPT-2), q's and k's views still hold it (nothing freed). At
+    batch > 1 the matmul's reshape copied v (p·N·A)."""
+    n, p = sc.tokens, _act_bytes(sc)
+    if s.arch.attention.fused_qkv:
+        if sc.batch > 1:
+            return p * n * s.q_dim
+        if _v_is_view_of_fused_qkv(s):
+            return p * n * (s.q_dim + 2 * s.kv_dim) if s.num_kv_heads == s.num_heads else p * n * s.q_dim
+        return 0
+    if s.num_kv_heads == 1 and sc.batch == 1:
+        return p * n * s.kv_dim
+    return p * n * s.q_dim
 
 
 def attention_forward_extra_bytes(s: ModelShape, sc: Scenario) -> int:

@@ -27,8 +27,8 @@ from . import moe
 from .architecture import LayerKind
 from .context import check_context
 from . import optimizers as optim
-from .params import (active_parameter_count, head_params, largest_tensor_params, layer_linear_params, layer_params,
-                     linear_params, mlp_linears, mlp_params, parameter_count, parameter_tensor_count)
+from .params import (active_parameter_count, attention_linears, head_params, largest_tensor_params, layer_linear_params,
+                     layer_params, linear_params, mlp_linears, mlp_params, parameter_count, parameter_tensor_count)
 from .scenario import Estimate, Scenario
 from .shape import ModelShape, repeating_pattern
 
@@ -303,6 +303,8 @@ class _LayerCosts:
     saved_attention: int      # of which its attention part
     gradients: int            # its weight gradients
     gradients_mlp: int        # of which its MLP's
+    gradients_attn_out: int   # of which its attention output projection's
+    gradients_mlp_out: int    # of which its MLP output projection's
     copies: int               # mixed precision: autocast's 16-bit copies of its weights
     mlp_backward: int         # MLP-width gradients live at once in the MLP's backward
     attention_backward: int   # beyond what it keeps, at the softmax's backward
@@ -317,22 +319,30 @@ class _LayerCosts:
 def _layer_costs(s: ModelShape, sc: Scenario, kind: LayerKind) -> _LayerCosts:
     p, gp = sc.bytes_per_value, _state_bytes_per_value(sc)
     parts = act.layer_saved_bytes(s, sc, kind)
-    # MLP-width gradients live at once in the MLP's backward: gated, the product's and
-    # both factors'; plain, the activation's input and output gradients; the gelu_new
-    # composite 0.5·x·(1 + tanh(...)), the product's incoming gradient and its two
-    # factors' gradients.
+    # MLP-width tensors the MLP's backward adds at its highest point, once the down
+    # projection's backward has run (its weight gradient exists, counted apart) and freed
+    # its input unless the activation keeps that too:
+    # gated, at the product's backward: its incoming gradient and both factors' gradients,
+    # less the product (3 - 1); ReLU, at its backward: the incoming and the result gradients,
+    # its output kept by ReLU itself (2); GELU (one op), the same less its output, which only
+    # the down projection kept (2 - 1); the gelu_new composite 0.5·x·(1 + tanh(...)), at its
+    # last product's backward: incoming gradient and both factors', less the output (3 - 1).
     mlp = s.arch.mlp
-    widths = 3 if mlp.gated else {"gelu_new": 3}.get(mlp.activation, 2)
+    widths = 2 if mlp.gated else {"relu": 2, "gelu": 1, "gelu_tanh": 1, "silu": 1, "gelu_new": 2}[mlp.activation]
     mlp_backward = widths * p * sc.tokens * s.intermediate_size
+    mlp_out_gradient = gp * mlp_linears(s, kind)[-1].params
     recompute = act.attention_forward_extra_bytes(s, sc)
     if kind.moe:
         # A sparse block's backward walk (its weight gradients as they are made), and in a
         # recomputed forward its transients above the whole layer's rebuilt set.
         mlp_backward = moe.backward_extra_bytes(s, sc)
+        mlp_out_gradient = 0
         recompute = max(recompute, parts["mlp"] + moe.forward_extra_bytes(s, sc))
     return _LayerCosts(
         saved=sum(parts.values()), saved_attention=parts["attention"],
         gradients=gp * layer_params(s, kind), gradients_mlp=gp * mlp_params(s, kind),
+        gradients_attn_out=gp * attention_linears(s, kind)[-1].params,
+        gradients_mlp_out=mlp_out_gradient,
         copies=_layer_copy_bytes(s, sc, kind), mlp_backward=mlp_backward,
         attention_backward=act.attention_backward_extra_bytes(s, sc, kind), recompute=recompute,
         # A sparse block's walk holds its new weight gradients itself; with gradients live
@@ -420,8 +430,11 @@ class BackwardThroughLayers:
         kept_input = self.ckpt_input if is_ckpt else 0
         grad_flow = self.grad_flow
         # A norm on a branch's output (OLMo 2) runs its backward before the branch's own.
-        at_mlp = cost.saved - cost.out_norm + kept_input + grad_flow + cost.mlp_backward
-        at_attn = cost.saved_attention - cost.out_norm + kept_input + cost.gradients_mlp + grad_flow \
+        # At the MLP's backward the down projection's weight gradient exists.
+        at_mlp = cost.saved - cost.out_norm + kept_input + grad_flow + cost.mlp_backward + cost.gradients_mlp_out
+        # At the softmax's backward the MLP's and the output projection's gradients exist.
+        at_attn = cost.saved_attention - cost.out_norm + kept_input + cost.gradients_mlp \
+            + cost.gradients_attn_out + grad_flow \
             + cost.attention_backward
         # A checkpointed layer first re-runs its forward: its attention part is rebuilt
         # while the fp32 softmax copy is live (its output norm not yet run).
@@ -434,7 +447,7 @@ class BackwardThroughLayers:
             # each new weight gradient is a transient, added in place into the one that
             # exists; the largest moment is the MLP output's, first in the layer's backward
             # (after its output norm's, OLMo 2).
-            at_attn -= cost.gradients_mlp
+            at_attn -= cost.gradients_mlp + cost.gradients_attn_out
             new_mlp_gradients = 0
             at_mlp = cost.saved - cost.out_norm + kept_input + grad_flow + cost.mlp_backward_live
             at_new_weight = cost.saved - cost.out_norm + kept_input + grad_flow + cost.out_weight_backward

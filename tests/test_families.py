@@ -70,8 +70,9 @@ def layer_by_layer(s, sc):
             c_layer if j < ckpt else cost[j].saved for j in range(i))
         kept_input = ckpt_input if is_ckpt else 0
         c = cost[i]
-        within = max(c.saved - c.out_norm + kept_input + flow + c.mlp_backward,
-                     c.saved_attention - c.out_norm + kept_input + c.gradients_mlp + flow + c.attention_backward,
+        within = max(c.saved - c.out_norm + kept_input + flow + c.mlp_backward + c.gradients_mlp_out,
+                     c.saved_attention - c.out_norm + kept_input + c.gradients_mlp + c.gradients_attn_out + flow
+                     + c.attention_backward,
                      c.saved_attention - c.out_norm + kept_input + flow + c.recompute if is_ckpt else 0,
                      c.saved + kept_input + flow + c.out_norm_backward if c.out_norm_backward else 0,
                      c.saved_attention + kept_input + c.gradients_mlp + flow + c.out_norm_backward

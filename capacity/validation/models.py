@@ -9,6 +9,8 @@ double the host memory for nothing.
 
 from __future__ import annotations
 
+import copy
+
 import warnings
 from pathlib import Path
 
@@ -47,8 +49,9 @@ _RUN_SETTINGS = ("auto_map", "architectures", "torch_dtype", "dtype", "quantizat
 def hf_config(cfg: dict):
     """A transformers configuration object from a config dict, without remote code:
     the class is picked by `model_type` among transformers' own classes.
-    ValueError (one line) when transformers refuses the config."""
-    cfg = dict(cfg)
+    ValueError (one line) when transformers refuses the config. The caller's dict is left
+    as it was (transformers standardises nested rope settings in place: a deep copy)."""
+    cfg = copy.deepcopy(cfg)
     for key in _RUN_SETTINGS:
         cfg.pop(key, None)
     model_type = cfg.pop("model_type")
@@ -67,12 +70,13 @@ def with_layers(cfg: dict, num_layers: int) -> dict:
     family = FAMILIES.get(cfg.get("model_type"))
     if family is None:
         return cfg
-    key, per_layer = family.keys.get("num_layers"), family.keys.get("layers", "layer_types")
+    key = family.keys.get("num_layers")
     if not isinstance(cfg.get(key), int) or cfg[key] <= num_layers:
         return cfg
     out = {**cfg, key: num_layers}
-    if per_layer and isinstance(cfg.get(per_layer), list):
-        out[per_layer] = cfg[per_layer][:num_layers]
+    for per_layer in {family.keys.get("layers", "layer_types"), "layer_types"}:
+        if isinstance(cfg.get(per_layer), list):
+            out[per_layer] = cfg[per_layer][:num_layers]
     return out
 
 
