@@ -36,7 +36,7 @@ def _act_bytes(sc: Scenario) -> int:
     return sc.bytes_per_value
 
 
-def _stream_bytes(sc: Scenario) -> int:
+def stream_bytes(sc: Scenario) -> int:
     """Bytes per value of the residual stream and the norms: the dtype, or fp32 under mixed
     precision (the fp32 embedding's output flows through fp32 residual adds, and autocast
     runs the norms in fp32)."""
@@ -77,7 +77,7 @@ def norm_saved_bytes(s: ModelShape, sc: Scenario, with_input: bool = True, input
     in fp32 (4Nh), and with a weight offset, (1 + weight) in fp32 (4h).
     LayerNorm: its input (pNh) and two statistics per token.
     """
-    p = _stream_bytes(sc) if input_bytes is None else input_bytes
+    p = stream_bytes(sc) if input_bytes is None else input_bytes
     return _norm_saved_bytes(s, sc, sc.tokens, s.hidden_size, p, with_input)
 
 
@@ -385,7 +385,7 @@ def rotary_table_bytes(s: ModelShape, sc: Scenario) -> int:
     """Bytes per value of the cos and sin tables: the embedding output's dtype
     (LlamaRotaryEmbedding.forward: `cos.to(dtype=x.dtype)`), so fp32 under mixed precision
     (the fp32 embedding's output), or fp32 always (Architecture.rotary_fp32: OLMo 2)."""
-    return FP32 if s.arch.rotary_fp32 else _stream_bytes(sc)
+    return FP32 if s.arch.rotary_fp32 else stream_bytes(sc)
 
 
 def rotary_bytes(s: ModelShape, sc: Scenario) -> int:
@@ -408,13 +408,14 @@ def norm_keeps_layer_input(s: ModelShape, sc: Scenario) -> bool:
     that tensor."""
     if s.arch.norm_placement == "branch_out":
         return not sc.mixed_precision
-    return s.arch.norm.kind == "layernorm" or _stream_bytes(sc) == FP32
+    return s.arch.norm.kind == "layernorm" or stream_bytes(sc) == FP32
 
 
 def checkpoint_saved_bytes(s: ModelShape, sc: Scenario) -> int:
-    """A checkpointed layer keeps only its input hidden states (pNh); the mask and the
-    rotary tables it also keeps are shared by all layers and counted once."""
-    return _act_bytes(sc) * sc.tokens * s.hidden_size
+    """A checkpointed layer keeps only its input hidden states, in the residual stream's
+    dtype (pNh; fp32 under mixed precision); the mask and the rotary tables it also keeps
+    are shared by all layers and counted once."""
+    return stream_bytes(sc) * sc.tokens * s.hidden_size
 
 
 def embedding_saved_bytes(s: ModelShape, sc: Scenario) -> int:

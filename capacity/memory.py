@@ -81,6 +81,17 @@ def compute_copy_bytes(s: ModelShape, sc: Scenario) -> int:
     return linear_params(s) * sc.bytes_per_value if sc.mixed_precision else 0
 
 
+def head_copy_bytes(s: ModelShape, sc: Scenario) -> int:
+    """Mixed precision: autocast's 16-bit copies of the projections after the last layer
+    (the LM head, OPT's project_out), freed by their backward before the layers'."""
+    if not sc.mixed_precision:
+        return 0
+    after = s.vocab_size * s.embed_dim + (s.vocab_size if s.arch.lm_head_bias else 0)
+    if s.embed_dim != s.hidden_size:
+        after += s.embed_dim * s.hidden_size
+    return sc.bytes_per_value * after
+
+
 def _layer_copy_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
     """Mixed precision: autocast's 16-bit copies of one decoder layer's projections (its
     experts have none)."""
@@ -306,6 +317,9 @@ class _LayerCosts:
     gradients_attn_out: int   # of which its attention output projection's
     gradients_mlp_out: int    # of which its MLP output projection's
     copies: int               # mixed precision: autocast's 16-bit copies of its weights
+    copies_mlp: int           # of which its MLP's (freed once the MLP's backward has run)
+    copies_mlp_out: int       # of which its MLP output projection's
+    copies_attn_out: int      # of which its attention output projection's
     mlp_backward: int         # MLP-width gradients live at once in the MLP's backward
     attention_backward: int   # beyond what it keeps, at the softmax's backward
     recompute: int            # beyond its attention part, at the peak of its recomputed forward
@@ -318,6 +332,7 @@ class _LayerCosts:
 
 def _layer_costs(s: ModelShape, sc: Scenario, kind: LayerKind) -> _LayerCosts:
     p, gp = sc.bytes_per_value, _state_bytes_per_value(sc)
+    copy_bytes = p if sc.mixed_precision else 0
     parts = act.layer_saved_bytes(s, sc, kind)
     # MLP-width tensors the MLP's backward adds at its highest point, once the down
     # projection's backward has run (its weight gradient exists, counted apart) and freed
@@ -343,7 +358,11 @@ def _layer_costs(s: ModelShape, sc: Scenario, kind: LayerKind) -> _LayerCosts:
         gradients=gp * layer_params(s, kind), gradients_mlp=gp * mlp_params(s, kind),
         gradients_attn_out=gp * attention_linears(s, kind)[-1].params,
         gradients_mlp_out=mlp_out_gradient,
-        copies=_layer_copy_bytes(s, sc, kind), mlp_backward=mlp_backward,
+        copies=_layer_copy_bytes(s, sc, kind),
+        copies_mlp=copy_bytes * sum(lin.params for lin in mlp_linears(s, kind)),
+        copies_mlp_out=copy_bytes * mlp_linears(s, kind)[-1].params,
+        copies_attn_out=copy_bytes * attention_linears(s, kind)[-1].params,
+        mlp_backward=mlp_backward,
         attention_backward=act.attention_backward_extra_bytes(s, sc, kind), recompute=recompute,
         # A sparse block's walk holds its new weight gradients itself; with gradients live
         # they are added into the existing ones as they are made.
@@ -410,7 +429,9 @@ class BackwardThroughLayers:
         self.c_layer = act.checkpoint_saved_bytes(s, sc)
         shared = act.rotary_bytes(s, sc) + (act.causal_mask_bytes(s, sc) if self.ckpt else 0)
         self.embed_saved = act.embedding_saved_bytes(s, sc) + shared
-        self.grad_flow = sc.bytes_per_value * sc.tokens * s.hidden_size
+        # The gradient flowing down the residual stream, in the stream's dtype (fp32 under
+        # mixed precision).
+        self.grad_flow = act.stream_bytes(sc) * sc.tokens * s.hidden_size
         # A checkpointed layer keeps its input beside its recomputed activations, unless the
         # first norm keeps that same tensor.
         self.ckpt_input = 0 if act.norm_keeps_layer_input(s, sc) else self.c_layer
@@ -426,16 +447,22 @@ class BackwardThroughLayers:
         activations, its input gradient flowing through it, and its MLP's weight gradients
         while its attention runs backward. live_gradients: every gradient already exists
         (gradient accumulation, zeroed gradients kept)."""
+        return self.within_and_freed(i, live_gradients)[0]
+
+    def within_and_freed(self, i: int, live_gradients: bool = False) -> tuple[int, int]:
+        """within(i), and the layer's 16-bit weight copies (mixed precision) its backward
+        has freed by that point: the pair whose activations less copies freed is highest."""
         cost, is_ckpt = self.layers.costs(i), i < self.ckpt
         kept_input = self.ckpt_input if is_ckpt else 0
         grad_flow = self.grad_flow
         # A norm on a branch's output (OLMo 2) runs its backward before the branch's own.
-        # At the MLP's backward the down projection's weight gradient exists.
+        # At the MLP's backward the down projection's weight gradient exists and its copy
+        # is freed.
         at_mlp = cost.saved - cost.out_norm + kept_input + grad_flow + cost.mlp_backward + cost.gradients_mlp_out
-        # At the softmax's backward the MLP's and the output projection's gradients exist.
+        # At the softmax's backward the MLP's and the output projection's gradients exist,
+        # and their copies are freed.
         at_attn = cost.saved_attention - cost.out_norm + kept_input + cost.gradients_mlp \
-            + cost.gradients_attn_out + grad_flow \
-            + cost.attention_backward
+            + cost.gradients_attn_out + grad_flow + cost.attention_backward
         # A checkpointed layer first re-runs its forward: its attention part is rebuilt
         # while the fp32 softmax copy is live (its output norm not yet run).
         at_recompute = cost.saved_attention - cost.out_norm + kept_input + grad_flow + cost.recompute \
@@ -455,7 +482,9 @@ class BackwardThroughLayers:
         # still kept: at the MLP's with everything, at the attention's with the MLP freed.
         at_out_norm = max(cost.saved, cost.saved_attention + new_mlp_gradients) + kept_input + grad_flow \
             + cost.out_norm_backward if cost.out_norm_backward else 0
-        return max(at_mlp, at_attn, at_recompute, at_new_weight, at_out_norm)
+        points = [(at_mlp, cost.copies_mlp_out), (at_attn, cost.copies_mlp + cost.copies_attn_out),
+                  (at_recompute, 0), (at_new_weight, 0), (at_out_norm, 0)]
+        return max(points, key=lambda point: point[0] - point[1])
 
     def at(self, i: int, live_gradients: bool = False) -> int:
         """Activations at the highest point of layer i's backward."""
@@ -488,15 +517,20 @@ def _backward_through_layers(s: ModelShape, sc: Scenario, layers: _LayerSums, st
     L = s.num_layers
     through = BackwardThroughLayers(s, sc, layers)
     ckpt = through.ckpt
+    # Mixed precision: the LM head's backward runs before the layers' and frees its 16-bit
+    # weight copy (and OPT's project_out's).
+    copies_above = head_copy_bytes(s, sc)
 
     def at_layer(i: int) -> tuple[int, int, int]:
         """(weight copies, gradients, activations) live in the backward through layer i."""
         cost, is_ckpt = layers.costs(i), i < ckpt
+        within, freed = through.within_and_freed(i, live_gradients is not None)
         # Mixed precision: the 16-bit copies of kept layers not yet through backward, and a
         # checkpointed layer's own copies while it is recomputed.
-        copies_left = state["weights"] - layers.copies(max(i + 1, ckpt), L) + (cost.copies if is_ckpt else 0)
+        copies_left = state["weights"] - copies_above - layers.copies(max(i + 1, ckpt), L) \
+            + (cost.copies if is_ckpt else 0) - freed
         gradients = g_head + layers.gradients(i + 1, L) if live_gradients is None else live_gradients
-        return copies_left, gradients, through.at(i, live_gradients is not None) + extra
+        return copies_left, gradients, through.below(i) + within + extra
 
     worst, worst_total = None, None
     for i in through.candidates():

@@ -62,7 +62,7 @@ def layer_by_layer(s, sc):
     shared = act.rotary_bytes(s, sc) + (act.causal_mask_bytes(s, sc) if ckpt else 0)
     tied = gp * s.vocab_size * s.embed_dim if s.tie_embeddings else 0
     ckpt_input = 0 if act.norm_keeps_layer_input(s, sc) else c_layer
-    flow = sc.bytes_per_value * sc.tokens * s.hidden_size
+    flow = act.stream_bytes(sc) * sc.tokens * s.hidden_size
     worst = None
     for i in range(L - 1, -1, -1):
         is_ckpt = i < ckpt
@@ -70,15 +70,16 @@ def layer_by_layer(s, sc):
             c_layer if j < ckpt else cost[j].saved for j in range(i))
         kept_input = ckpt_input if is_ckpt else 0
         c = cost[i]
-        within = max(c.saved - c.out_norm + kept_input + flow + c.mlp_backward + c.gradients_mlp_out,
-                     c.saved_attention - c.out_norm + kept_input + c.gradients_mlp + c.gradients_attn_out + flow
-                     + c.attention_backward,
-                     c.saved_attention - c.out_norm + kept_input + flow + c.recompute if is_ckpt else 0,
-                     c.saved + kept_input + flow + c.out_norm_backward if c.out_norm_backward else 0,
-                     c.saved_attention + kept_input + c.gradients_mlp + flow + c.out_norm_backward
-                     if c.out_norm_backward else 0)
-        copies = state["weights"] - sum(cost[j].copies for j in range(max(i + 1, ckpt), L)) \
-            + (cost[i].copies if is_ckpt else 0)
+        points = [(c.saved - c.out_norm + kept_input + flow + c.mlp_backward + c.gradients_mlp_out, c.copies_mlp_out),
+                  (c.saved_attention - c.out_norm + kept_input + c.gradients_mlp + c.gradients_attn_out + flow
+                   + c.attention_backward, c.copies_mlp + c.copies_attn_out),
+                  (c.saved_attention - c.out_norm + kept_input + flow + c.recompute if is_ckpt else 0, 0),
+                  (c.saved + kept_input + flow + c.out_norm_backward if c.out_norm_backward else 0, 0),
+                  (c.saved_attention + kept_input + c.gradients_mlp + flow + c.out_norm_backward
+                   if c.out_norm_backward else 0, 0)]
+        within, freed = max(points, key=lambda point: point[0] - point[1])
+        copies = state["weights"] - memory.head_copy_bytes(s, sc) \
+            - sum(cost[j].copies for j in range(max(i + 1, ckpt), L)) + (cost[i].copies if is_ckpt else 0) - freed
         total = {**state, "weights": copies,
                  "gradients": gp * head_params(s) + tied + sum(cost[j].gradients for j in range(i + 1, L)),
                  "activations": below + within, "logits_and_loss": act.logits_bytes(s, sc)}
