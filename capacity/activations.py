@@ -315,6 +315,28 @@ def attention_forward_extra_bytes(s: ModelShape, sc: Scenario) -> int:
     return copy * b * s.num_heads * seq * seq - p * n * s.q_dim
 
 
+def returned_probabilities_extra_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
+    """Eager attention returns its probabilities to the decoder layer, which holds them
+    (`hidden_states, _ = self.self_attn(...)`) through the MLP: beyond what the layer keeps
+    only when the second matmul kept a cast of them instead, i.e. the dropped probabilities
+    in fp32 under mixed precision (q in fp32, qk_fp32_under_autocast): 4·b·a·s². They count
+    in a checkpointed layer's recomputed forward, which runs until its last saved tensor."""
+    if sc.attention != "eager" or not s.attn_dropout > 0 or not qk_fp32_under_autocast(s, sc, kind):
+        return 0
+    return FP32 * sc.batch * s.num_heads * sc.seq * sc.seq
+
+
+def recompute_end_extra_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
+    """A checkpointed layer's recomputed forward runs until its last saved tensor (the down
+    projection's input, or its 16-bit weight copy): what the layer holds then beyond what
+    it keeps: the probabilities its attention returned (returned_probabilities_extra_bytes)
+    and, under mixed precision, the MLP's input (the fp32 output of its norm, held as the
+    MLP's argument while autocast's 16-bit casts of it are what the projections keep)."""
+    mlp_input = stream_bytes(sc) * sc.tokens * s.hidden_size \
+        if sc.mixed_precision and s.arch.norm_placement != "branch_out" else 0
+    return returned_probabilities_extra_bytes(s, sc, kind) + mlp_input
+
+
 def mlp_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
     """MLP, from its input (excluded) to the down projection's input (included).
     A mixture-of-experts layer keeps its sparse block's set (capacity/moe.py).
@@ -374,11 +396,12 @@ def layer_activation_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None =
 
 
 def causal_mask_bytes(s: ModelShape, sc: Scenario) -> int:
-    """The additive causal mask the eager path builds once per forward: (b, 1, s, s) in dtype.
-    SDPA without padding passes no mask (is_causal)."""
+    """The additive causal mask the eager path builds once per forward: (b, 1, s, s) in the
+    embedding output's dtype (masking_utils: `dtype=inputs_embeds.dtype`), so fp32 under
+    mixed precision. SDPA without padding passes no mask (is_causal)."""
     if sc.attention == "sdpa":
         return 0
-    return _act_bytes(sc) * sc.batch * sc.seq * sc.seq
+    return stream_bytes(sc) * sc.batch * sc.seq * sc.seq
 
 
 def rotary_table_bytes(s: ModelShape, sc: Scenario) -> int:

@@ -323,6 +323,7 @@ class _LayerCosts:
     mlp_backward: int         # MLP-width gradients live at once in the MLP's backward
     attention_backward: int   # beyond what it keeps, at the softmax's backward
     recompute: int            # beyond its attention part, at the peak of its recomputed forward
+    recompute_end: int        # beyond what it keeps, at the end of its recomputed forward
     out_weight_backward: int  # beyond what it keeps, at the MLP output projection's backward
                               # when its weight gradient is a new tensor (gradients live)
     mlp_backward_live: int    # mlp_backward when every gradient exists already
@@ -364,6 +365,7 @@ def _layer_costs(s: ModelShape, sc: Scenario, kind: LayerKind) -> _LayerCosts:
         copies_attn_out=copy_bytes * attention_linears(s, kind)[-1].params,
         mlp_backward=mlp_backward,
         attention_backward=act.attention_backward_extra_bytes(s, sc, kind), recompute=recompute,
+        recompute_end=act.recompute_end_extra_bytes(s, sc, kind),
         # A sparse block's walk holds its new weight gradients itself; with gradients live
         # they are added into the existing ones as they are made.
         out_weight_backward=0 if kind.moe else _new_weight_gradient_bytes(mlp_linears(s, kind)[-1], sc),
@@ -467,6 +469,8 @@ class BackwardThroughLayers:
         # while the fp32 softmax copy is live (its output norm not yet run).
         at_recompute = cost.saved_attention - cost.out_norm + kept_input + grad_flow + cost.recompute \
             if is_ckpt else 0
+        # ... and at its end, every saved tensor rebuilt, what the layer still holds beside them.
+        at_recompute_end = cost.saved + kept_input + grad_flow + cost.recompute_end if is_ckpt else 0
         at_new_weight = 0
         new_mlp_gradients = cost.gradients_mlp
         if live_gradients:
@@ -483,7 +487,7 @@ class BackwardThroughLayers:
         at_out_norm = max(cost.saved, cost.saved_attention + new_mlp_gradients) + kept_input + grad_flow \
             + cost.out_norm_backward if cost.out_norm_backward else 0
         points = [(at_mlp, cost.copies_mlp_out), (at_attn, cost.copies_mlp + cost.copies_attn_out),
-                  (at_recompute, 0), (at_new_weight, 0), (at_out_norm, 0)]
+                  (at_recompute, 0), (at_recompute_end, 0), (at_new_weight, 0), (at_out_norm, 0)]
         return max(points, key=lambda point: point[0] - point[1])
 
     def at(self, i: int, live_gradients: bool = False) -> int:

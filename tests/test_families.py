@@ -74,6 +74,7 @@ def layer_by_layer(s, sc):
                   (c.saved_attention - c.out_norm + kept_input + c.gradients_mlp + c.gradients_attn_out + flow
                    + c.attention_backward, c.copies_mlp + c.copies_attn_out),
                   (c.saved_attention - c.out_norm + kept_input + flow + c.recompute if is_ckpt else 0, 0),
+                  (c.saved + kept_input + flow + c.recompute_end if is_ckpt else 0, 0),
                   (c.saved + kept_input + flow + c.out_norm_backward if c.out_norm_backward else 0, 0),
                   (c.saved_attention + kept_input + c.gradients_mlp + flow + c.out_norm_backward
                    if c.out_norm_backward else 0, 0)]
