@@ -28,7 +28,8 @@ PLAIN = loop_preset("plain")
 
 def full_matrix() -> list[Scenario]:
     """Method x optimizer x L'/L x dtype x attention x (batch, context), target cpu, in the
-    plain loop; BP in bf16 without checkpointing also with mixed precision."""
+    plain loop; BP in bf16 also with mixed precision (fp32 weights under autocast), at
+    every L'/L."""
     out = []
     for method, opt, keep in [("bp", "adamw", 1.0), ("bp", "sgd", 1.0), ("bp", "sgd", 0.0),
                               ("bp", "adamw", 0.5), ("mezo", "sgd", 1.0), ("inference", "sgd", 1.0)]:
@@ -37,11 +38,41 @@ def full_matrix() -> list[Scenario]:
                 for batch, seq in ((2, 128), (1, 512)):
                     out.append(Scenario(method=method, optimizer=opt, keep=keep, dtype=dtype,
                                         attention=attention, batch=batch, seq=seq, target="cpu", loop=PLAIN))
-                    if method == "bp" and dtype == "bf16" and keep == 1.0:
+                    if method == "bp" and dtype == "bf16":
                         out.append(Scenario(method=method, optimizer=opt, keep=keep, dtype=dtype,
                                             mixed_precision=True, attention=attention, batch=batch,
                                             seq=seq, target="cpu", loop=PLAIN))
     return out
+
+
+# Contexts up to 4096 (bench/accuracy.py's long-context section): the small configs of the
+# model types added with issue 9 and the smallest published presets of their families.
+LONG_CONTEXTS = (1024, 2048, 4096)
+LONG_CONTEXT_CONFIGS = ("qwen3", "olmo2", "granite", "smollm3", "llama3")
+LONG_CONTEXT_PRESETS = ("smollm2-135m", "qwen2.5-0.5b", "qwen3-0.6b", "llama-3.2-1b", "olmo-2-1b",
+                        "granite-3.1-2b", "smollm3-3b")
+
+
+def long_context_matrix() -> list[Scenario]:
+    """Batch 1 at each of LONG_CONTEXTS, bf16, target cpu, plain loop: BP with AdamW (eager
+    and SDPA), BP with every layer checkpointed (SGD, eager and SDPA), BP under mixed
+    precision (SDPA), MeZO (eager and SDPA)."""
+    out = []
+    for seq in LONG_CONTEXTS:
+        for method, opt, keep, mixed, attentions in [("bp", "adamw", 1.0, False, ("eager", "sdpa")),
+                                                    ("bp", "sgd", 0.0, False, ("eager", "sdpa")),
+                                                    ("bp", "adamw", 1.0, True, ("sdpa",)),
+                                                    ("mezo", "sgd", 1.0, False, ("eager", "sdpa"))]:
+            for attention in attentions:
+                out.append(Scenario(method=method, optimizer=opt, keep=keep, dtype="bf16", mixed_precision=mixed,
+                                    attention=attention, batch=1, seq=seq, target="cpu", loop=PLAIN))
+    return out
+
+
+def long_context_models() -> dict:
+    """Name -> what the engine traces: a small config (dict) or a preset name (str)."""
+    return {**{name: dict(accuracy_models()[name]) for name in LONG_CONTEXT_CONFIGS},
+            **{name: name for name in LONG_CONTEXT_PRESETS}}
 
 
 def loop_matrix() -> list[Scenario]:

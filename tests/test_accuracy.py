@@ -101,3 +101,35 @@ def test_checkpointing_can_cost_one_layer_input():
                 for sc in (full_ckpt, half_ckpt)]
     predicted = [estimate(load_preset("tiny-llama"), sc).peak_bytes for sc in (full_ckpt, half_ckpt)]
     assert measured[0] > measured[1] and predicted[0] > predicted[1]
+
+
+# Contexts up to 4096 for the model types of issue 9 (the whole long-context matrix runs in
+# bench/accuracy.py): a slice, each case within 2% of its trace.
+LONG = [
+    ("qwen3", Scenario(method="bp", optimizer="sgd", keep=0.0, dtype="bf16", attention="eager", batch=1, seq=2048, target="cpu", loop=PLAIN)),
+    ("olmo2", Scenario(method="bp", optimizer="adamw", keep=1.0, dtype="bf16", mixed_precision=True, attention="sdpa", batch=1, seq=1024, target="cpu", loop=PLAIN)),
+    ("granite", Scenario(method="bp", optimizer="sgd", keep=0.0, dtype="bf16", attention="sdpa", batch=1, seq=1024, target="cpu", loop=PLAIN)),
+    ("smollm3", Scenario(method="mezo", dtype="bf16", attention="sdpa", batch=1, seq=4096, target="cpu", loop=PLAIN)),
+    ("qwen3", Scenario(method="bp", optimizer="sgd", keep=0.0, dtype="bf16", mixed_precision=True, attention="eager", batch=1, seq=1024, target="cpu", loop=PLAIN)),
+]
+
+
+@pytest.mark.parametrize("model_type,sc", LONG, ids=[f"{m}-{sc.method}-k{sc.keep}{'-mixed' if sc.mixed_precision else ''}-{sc.attention}-s{sc.seq}" for m, sc in LONG])
+def test_long_contexts_within_two_percent(model_type, sc):
+    result = compare(dict(accuracy_models()[model_type]), sc, steps=2, device="trace")
+    assert abs(result["error_pct"]) <= 2.0, (
+        f"predicted {result['predicted_peak_bytes']:,} vs traced {result['measured_peak_bytes']:,} "
+        f"({result['error_pct']:+.2f}%, predicted phase {result['predicted_phase']})")
+
+
+def test_llama3_rope_scaling_costs_no_memory():
+    """Llama 3's rope_scaling (rope_type llama3) only rescales inv_freq: the traced peak of
+    the same config without it is the same, to the byte (and so is the prediction)."""
+    from capacity import estimate, from_hf_config
+    cfg = dict(accuracy_models()["llama3"])
+    plain = {k: v for k, v in cfg.items() if k != "rope_scaling"}
+    sc = Scenario(method="bp", optimizer="adamw", keep=0.5, dtype="bf16", attention="eager", batch=1, seq=256,
+                  target="cpu", loop=PLAIN)
+    traced = [compare(c, sc, steps=2, device="trace")["measured_peak_bytes"] for c in (cfg, plain)]
+    assert traced[0] == traced[1]
+    assert estimate(from_hf_config(cfg), sc).peak_bytes == estimate(from_hf_config(plain), sc).peak_bytes

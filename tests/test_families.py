@@ -233,3 +233,30 @@ def test_layers_of_kinds_are_counted_in_closed_form():
     sc = cap.Scenario(seq=256)
     assert cap.estimate(s, sc).peak_bytes == cap.estimate(replace(s, layers=(LayerKind(),)), sc).peak_bytes
     assert cap.parameter_count(s) == embedding_params(s) + 26 * layer_params(s) + head_params(s)
+
+
+# ------------------------------------------------------------------ inverse questions, new families
+
+@pytest.mark.parametrize("family", ["Qwen3", "Qwen2.5", "Llama-3", "SmolLM", "OLMo-2", "Granite-3"])
+def test_inverse_questions_for_the_new_families(family):
+    """The largest preset and the largest scaled member of each family that fits, answered
+    at once; the family's continuous scaling passes through its largest preset's sizes
+    (heads keep a·d/h, Qwen3-0.6B's 2; kinds of layers keep their pattern)."""
+    names = cap.families()[family]
+    budget = cap.parse_bytes("24GB")
+    start = time.perf_counter()
+    for method in ("bp", "mezo"):
+        sc = cap.Scenario(method=method)
+        name, est = cap.largest_preset(family, budget, sc)
+        assert name in names and est.peak_bytes <= budget
+        bigger = names[names.index(name) + 1:]
+        assert all(cap.estimate(cap.load_preset(n), sc).peak_bytes > budget for n in bigger)
+        big, params = cap.largest_scaled_model(cap.load_preset(names[-1]), budget, sc)
+        assert big is not None and cap.estimate(big, sc).peak_bytes <= budget and params == cap.parameter_count(big)
+        cap.longest_context(cap.load_preset(name), sc, budget)
+    assert time.perf_counter() - start < 1.0
+    for n in names:
+        s = cap.load_preset(n)
+        same = scaled_shape(s, s.hidden_size // s.head_dim)
+        assert (same.num_layers, same.hidden_size, same.num_heads, same.num_kv_heads, same.intermediate_size,
+                same.layers) == (s.num_layers, s.hidden_size, s.num_heads, s.num_kv_heads, s.intermediate_size, s.layers)

@@ -199,6 +199,12 @@ def test_gemma_activation_is_the_one_transformers_runs(cfg):
      "sliding_window": 64},
     {"model_type": "qwen2", "num_hidden_layers": 3, "use_sliding_window": True,
      "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]},
+    {"model_type": "qwen3", "num_hidden_layers": 5},
+    {"model_type": "qwen3", "num_hidden_layers": 5, "use_sliding_window": True, "max_window_layers": 2},
+    {"model_type": "qwen3", "num_hidden_layers": 3, "use_sliding_window": False, "sliding_window": 64,
+     "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]},
+    {"model_type": "smollm3", "num_hidden_layers": 6, "use_sliding_window": True, "sliding_window": 64},
+    {"model_type": "smollm3", "num_hidden_layers": 6, "sliding_window": 64},
 ])
 def test_sliding_windows_are_read_layer_by_layer_as_transformers_reads_them(cfg):
     shape = from_hf_config(cfg)
@@ -209,3 +215,45 @@ def test_sliding_windows_are_read_layer_by_layer_as_transformers_reads_them(cfg)
         window = shape.layer_kind(i).sliding_window
         assert (window > 0) == (t == "sliding_attention" and conf.sliding_window is not None)
         assert window in (0, conf.sliding_window)
+
+
+@pytest.mark.parametrize("cfg", [
+    {"model_type": "smollm3", "num_hidden_layers": 9},
+    {"model_type": "smollm3", "num_hidden_layers": 3},
+    {"model_type": "smollm3", "num_hidden_layers": 6, "no_rope_layer_interval": 2},
+    {"model_type": "smollm3", "num_hidden_layers": 4, "no_rope_layers": [0, 1, 1, 0]},
+    {"model_type": "smollm3", "num_hidden_layers": 36, "no_rope_layers": [1, 1, 1, 0] * 9},
+])
+def test_layers_without_rope_are_read_as_transformers_reads_them(cfg):
+    """SmolLM3Config.__post_init__ derives no_rope_layers from no_rope_layer_interval; a
+    layer with 0 applies no rotary embedding (SmolLM3Attention.use_rope)."""
+    shape = from_hf_config(cfg)
+    conf = transformers.AutoConfig.for_model("smollm3", **{k: v for k, v in cfg.items() if k != "model_type"})
+    assert [bool(shape.layer_kind(i).rope) for i in range(shape.num_layers)] == [bool(x) for x in conf.no_rope_layers]
+
+
+def test_granite_multipliers_are_read_as_transformers_reads_them():
+    cfg = {"model_type": "granite", "embedding_multiplier": 12.0, "residual_multiplier": 0.22,
+           "attention_multiplier": 0.015625, "logits_scaling": 8.0}
+    conf = transformers.AutoConfig.for_model("granite", **{k: v for k, v in cfg.items() if k != "model_type"})
+    m = from_hf_config(cfg).arch.multipliers
+    assert (m.embedding, m.residual, m.attention, m.logits) == (
+        conf.embedding_multiplier, conf.residual_multiplier, conf.attention_multiplier, conf.logits_scaling)
+    defaults = transformers.AutoConfig.for_model("granite")
+    m = from_hf_config({"model_type": "granite"}).arch.multipliers
+    assert (m.embedding, m.residual, m.attention, m.logits) == (
+        defaults.embedding_multiplier, defaults.residual_multiplier, defaults.attention_multiplier,
+        defaults.logits_scaling)
+
+
+@pytest.mark.parametrize("cfg,key", [
+    ({"model_type": "granite", "logits_scaling": 0}, "logits_scaling"),
+    ({"model_type": "granite", "residual_multiplier": "x"}, "residual_multiplier"),
+    ({"model_type": "smollm3", "num_hidden_layers": 2, "no_rope_layers": [1]}, "no_rope_layers"),
+    ({"model_type": "smollm3", "num_hidden_layers": 2, "no_rope_layers": [1, 2]}, "no_rope_layers"),
+    ({"model_type": "smollm3", "no_rope_layer_interval": 0}, "no_rope_layer_interval"),
+    ({"model_type": "qwen3", "head_dim": 0}, "head_dim"),
+])
+def test_new_family_keys_are_named_when_wrong(cfg, key):
+    with pytest.raises(ValueError, match=f"config.json: {key}"):
+        from_hf_config(cfg)
