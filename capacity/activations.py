@@ -214,10 +214,11 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = 
         qkv = p * n * (qd + 2 * kvd)
         if _v_is_view_of_fused_qkv(s):
             qkv += p * n * (qd + kvd)
-        return qkv + p * n * qd + FP32 * b * a * seq
+        out_copy = p * n * qd if _query_is_contiguous_by_head(s) else 0
+        return qkv + p * n * qd + out_copy + FP32 * b * a * seq
     if sc.attention == "sdpa":
         # CPU math fallback (dropout): q, k, v, softmax, noise and dropped probs in fp32.
-        return 3 * FP32 * n * qd + 3 * FP32 * scores + p * n * qd
+        return 2 * FP32 * n * qd + math_v_bytes(s, sc) + 3 * FP32 * scores + p * n * qd
     qkv = p * n * qd + repeated_kv_bytes(s, sc, kind)
     if _v_is_view_of_fused_qkv(s) and sc.batch == 1 and s.num_kv_heads == s.num_heads:
         # v is a strided view into the fused qkv projection; at batch 1 (and with no
@@ -236,6 +237,16 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = 
         elif p != FP32:
             probs += p * scores                  # .to(dtype) copy kept by the second matmul
     return qkv + probs + p * n * qd
+
+
+def _query_is_contiguous_by_head(s: ModelShape) -> bool:
+    """The query SDPA gets is laid out (b, a, s, d) in memory: a partial rotation ends with
+    `torch.cat((q_rot, q_pass), dim=-1)` (NeoX, Phi), a new contiguous tensor. The CPU flash
+    kernel lays its output out like the query, so the output projection's input
+    (`attn_output.transpose(1, 2).reshape(...)`) is a copy, kept beside the output. A
+    query rotated elementwise on the transposed view of its projection (Llama) or a view of
+    it (GPT-2) is laid out (b, s, a, d): the output projection reads the output itself."""
+    return s.arch.positions == "rope" and s.arch.rotary_fraction < 1
 
 
 def _v_is_view_of_fused_qkv(s: ModelShape) -> bool:
@@ -258,12 +269,14 @@ def attention_backward_extra_bytes(s: ModelShape, sc: Scenario, kind: LayerKind 
       cast back, in dtype for GPT-2's dtype softmax) and its result (fp32 on the copy path,
       see below).
     SDPA with dropout on the CPU runs the math path (no fused kernel), all of it in fp32.
-    SDPA otherwise: the gradients of q, k and v."""
+    SDPA otherwise: the gradients of q, k and v (less the output projection's input when it
+    is a copy: _query_is_contiguous_by_head)."""
     b, seq, n, p = sc.batch, sc.seq, sc.tokens, _act_bytes(sc)
     a, qd, kvd = s.num_heads, s.q_dim, s.kv_dim
     dropout = s.attn_dropout > 0
     if sc.attention == "sdpa" and not (dropout and sc.target == "cpu"):
-        return p * n * (qd + 2 * kvd)
+        # The output projection's input, when it is a copy of the output, is freed by then.
+        return p * n * (qd + 2 * kvd) - (p * n * qd if _query_is_contiguous_by_head(s) else 0)
     math = sc.attention == "sdpa"
     scores = b * a * seq * seq
     fp32_softmax = s.arch.attention.softmax_fp32
@@ -277,10 +290,21 @@ def attention_backward_extra_bytes(s: ModelShape, sc: Scenario, kind: LayerKind 
     kept_by_matmul_freed = pm if (dropout or (fp32_softmax and p != FP32)) else 0
     noise_freed = (FP32 if math else dropout_noise_bytes(s, sc, kind)) if dropout else 0
     v_grad, out_proj_input = pm * n * qd, p * n * qd
-    v_freed = FP32 * n * qd if math else v_freed_bytes(s, sc, kind)
+    v_freed = math_v_bytes(s, sc) if math else v_freed_bytes(s, sc, kind)
     at_second_matmul = pm * n * qd + pm * scores + v_grad - out_proj_input
     at_softmax = (grad + result - kept_by_matmul_freed - noise_freed) * scores + v_grad - out_proj_input - v_freed
     return max(at_second_matmul, at_softmax)
+
+
+def math_v_bytes(s: ModelShape, sc: Scenario) -> int:
+    """SDPA's CPU math path (torch's _scaled_dot_product_attention_math, taken with dropout):
+    it scales q and k into new fp32 tensors and keeps v as it gets it, upcast to fp32 (a
+    copy at all heads, 4NA); in fp32 nothing upcasts it, and v as the model made it is kept:
+    at batch 1 a view of one fused qkv projection (GPT-2's c_attn) holds all of it."""
+    n = sc.tokens
+    if _act_bytes(sc) == FP32 and s.arch.attention.fused_qkv and sc.batch == 1:
+        return FP32 * n * (s.q_dim + 2 * s.kv_dim)
+    return FP32 * n * s.q_dim
 
 
 def v_freed_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:

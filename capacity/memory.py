@@ -695,8 +695,11 @@ def _forward_layer_peak(s: ModelShape, sc: Scenario, kind: LayerKind, held: int,
         qkv += p * n * (s.q_dim + s.kv_dim)  # the rotated copies, beside the originals
     scores = b * a * seq * seq
     if sc.attention == "eager":
-        if s.num_kv_heads != s.num_heads:
-            qkv += act.repeated_kv_bytes(s, sc, kind)   # repeat_kv copies (or views) of k and v
+        if 1 < s.num_kv_heads < s.num_heads:
+            # repeat_kv's copies of k and v; with one key/value head its expand and reshape
+            # stay a view at any batch (the size-1 head dim merges at stride 0), and the
+            # matmul's own copy of k is freed before the softmax.
+            qkv += 2 * p * n * s.q_dim
         if not arch.attention.softmax_fp32:
             score_bytes = 2 * p
         else:
