@@ -13,7 +13,8 @@ from capacity.families import FAMILIES, MODEL_TYPES
 # Every key some family reads, so that generated objects reach the readers.
 KNOWN_KEYS = sorted({key for fam in FAMILIES.values() for key in fam.defaults}
                     | {"model_type", "rope_parameters", "rope_scaling", "rotary_pct", "partial_rotary_factor",
-                       "layer_types", "quantization_config", "_name_or_path", "head_dim", "max_window_layers"})
+                       "layer_types", "quantization_config", "_name_or_path", "head_dim", "max_window_layers",
+                       "no_rope_layers"})
 
 scalars = (st.none() | st.booleans() | st.integers() | st.integers(-2**70, 2**70)
            | st.floats() | st.text(max_size=12) | st.sampled_from(["silu", "gelu", "relu", "full_attention",
