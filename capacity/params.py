@@ -114,9 +114,8 @@ def mlp_params(s: ModelShape, kind: LayerKind | None = None) -> int:
 
 
 def layer_params(s: ModelShape, kind: LayerKind | None = None) -> int:
-    """One decoder layer: attention, MLP and its norms (with the q and k norms)."""
-    return attention_params(s, kind) + mlp_params(s, kind) + s.arch.norms_per_layer * norm_params(s) \
-        + qk_norm_params(s)
+    """One decoder layer: attention (with the q and k norms), MLP and its norms."""
+    return attention_params(s, kind) + mlp_params(s, kind) + s.arch.norms_per_layer * norm_params(s)
 
 
 def layer_linear_params(s: ModelShape, kind: LayerKind | None = None) -> int:
