@@ -498,6 +498,208 @@ def test_figure_titles_carry_the_whole_scenario():
         assert part in subtitle, part
 
 
+# --- several devices: the Devices section, per-device figures, devices needed -----------
+
+A100 = "A100 80GB"
+
+
+def on(devices, sharding, offload=False):
+    return cap.Parallel(devices=devices, sharding=sharding, offload_optimizer=offload)
+
+
+def a100_budget():
+    dev = cap.load_device(A100)
+    return dev.memory_bytes - dev.os_reserve_bytes
+
+
+def test_an_old_link_without_devices_is_one_device():
+    at = open_page("calculator", query={"batch": "2"})
+    assert_clean(at)
+    s = at.session_state["scenario"]
+    assert (s["devices"], s["sharding"], s["offload"]) == (1, "none", False)
+    assert at.title[0].value == "Memory calculator"           # no "per device" on one device
+    est = cap.estimate(cap.load_preset("llama-2-7b"), scenario("mezo", batch=2))
+    assert {m.label: m.value for m in at.metric}["MeZO"] == gb(est.peak_bytes)
+    assert "devices" not in _scenario.url_params(s) and "sharding" not in _scenario.url_params(s)
+
+
+def test_the_devices_section_shards_every_figure_and_says_per_device():
+    at = open_page("calculator", query={"device": A100})
+    at.number_input(key="w_devices").set_value(8).run()
+    at.selectbox(key="w_sharding").set_value("fsdp").run()
+    assert_clean(at)
+    shape = cap.load_preset("llama-2-7b")
+    metrics = {m.label: m.value for m in at.metric}
+    in_gb = at.dataframe[0].value
+    for label, method, keep in COLUMNS:
+        est = cap.estimate(shape, scenario(method, keep, parallel=on(8, "fsdp")))
+        assert metrics[label] == gb(est.peak_bytes)
+        for term, n in est.breakdown.items():          # the sharded terms too (gathered units, buffers)
+            assert in_gb.loc[term.replace("_", " "), f"{label} [GB]"] == round(n / 1e9, 3)
+    assert est.breakdown["all_gather_buffers"] > 0
+    assert "per device (8 × A100 80GB, FSDP full shard)" in at.title[0].value
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    title = spec["layout"]["title"]["text"].replace("<br>", " ")
+    subtitle = spec["layout"]["title"]["subtitle"]["text"].replace("<br>", " ")
+    assert "per device (8 × A100 80GB, FSDP full shard)" in title
+    for part in ("per device, 8 × A100 80GB, FSDP full shard", "batch 8 per device", "context 512",
+                 "budget 80.00 GB per device usable on A100 80GB"):                 # the whole scenario, to its end
+        assert part in subtitle, part
+    assert "per device" in spec["layout"]["yaxis"]["title"]["text"]
+
+    # The link carries the devices; a new session opens on them (Memory vs context here).
+    params = _scenario.url_params(at.session_state["scenario"])
+    assert params == {"device": A100, "devices": "8", "sharding": "fsdp"}
+    again = open_page("memory_vs_context", query=params)
+    assert_clean(again)
+    assert again.number_input(key="w_devices").value == 8 and again.selectbox(key="w_sharding").value == "fsdp"
+    assert "per device (8 × A100 80GB, FSDP full shard)" in again.title[0].value
+    point = again.dataframe[0].value.query("row == 'Conventional BP' and context == 2048").iloc[0]
+    bp = cap.estimate(shape, scenario("bp", seq=2048, parallel=on(8, "fsdp"))).peak_bytes
+    mezo = cap.estimate(shape, scenario("mezo", seq=2048, parallel=on(8, "fsdp"))).peak_bytes
+    assert (point["BP [GB]"], point["MeZO [GB]"]) == (round(bp / 1e9, 3), round(mezo / 1e9, 3))
+    spec = json.loads(again.get("plotly_chart")[0].proto.spec)
+    assert "per device (8 × A100 80GB, FSDP full shard)" in spec["layout"]["title"]["text"].replace("<br>", " ")
+    assert "per device, 8 × A100 80GB, FSDP full shard" in spec["layout"]["title"]["subtitle"]["text"].replace("<br>", " ")
+
+
+def test_optimizer_offload_shows_the_host_memory():
+    query = {"device": A100, "devices": "8", "sharding": "fsdp", "offload": "1", "mixed": "1"}
+    at = open_page("calculator", query=query)
+    assert_clean(at)
+    shape = cap.load_preset("llama-2-7b")
+    metrics = {m.label: m.value for m in at.metric}
+    for label, method, keep in COLUMNS:
+        est = cap.estimate(shape, scenario(method, keep, mixed_precision=True, parallel=on(8, "fsdp", True)))
+        assert est.host_bytes > 0
+        assert metrics[label] == gb(est.peak_bytes)
+        assert metrics[f"{label}: host"] == _format.size_text(est.host_bytes)
+    host = at.dataframe[2].value                         # after the device's terms in GB and GiB
+    assert host.loc["total (peak)", "BP [GB]"] == round(est.host_bytes / 1e9, 3)
+    assert "per device (8 × A100 80GB, FSDP full shard)" in at.title[0].value
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert "optimizer offloaded to the host" in spec["layout"]["title"]["text"].replace("<br>", " ")
+
+
+@pytest.mark.parametrize("query,parallel,button,fixed", [
+    ({"devices": "8"}, dict(devices=8, sharding="none"), "Shard over 8 devices", {"sharding": "fsdp"}),
+    ({"devices": "8", "sharding": "ddp", "offload": "1"}, dict(devices=8, sharding="ddp", offload_optimizer=True),
+     "Turn optimizer offload off", {"offload": False}),
+    ({"devices": "4", "sharding": "zero2", "accum": "4"}, dict(devices=4, sharding="zero2"),
+     "Use 1 micro-batch", {"accum": 1}),
+])
+def test_a_combination_capacity_refuses_is_a_message_with_a_way_out(query, parallel, button, fixed):
+    at = open_page("calculator", query=query)
+    assert_clean(at)
+    accum = int(query.get("accum", 1))
+    with pytest.raises(ValueError) as refused:        # capacity's own words, whatever they are
+        cap.estimate(cap.load_preset("llama-2-7b"),
+                     scenario("bp", loop=cap_scenario.loop_preset(cap_scenario.DEFAULT_LOOP, grad_accum=accum),
+                              parallel=cap.Parallel(**parallel)))
+    assert shown(_format.md(refused.value)) in messages(at)
+    assert not at.metric                               # no figures for a refused scenario
+    next(b for b in at.button if b.label.startswith(button)).click().run()
+    assert_clean(at)
+    assert {k: at.session_state["scenario"][k] for k in fixed} == fixed
+    assert at.metric                                   # answered now
+
+
+def test_sharding_on_one_device_is_answered_with_a_note():
+    at = open_page("calculator", query={"sharding": "fsdp"})
+    assert_clean(at)
+    assert "one-rank group" in messages(at, "info")
+    est = cap.estimate(cap.load_preset("llama-2-7b"), scenario("bp", parallel=on(1, "fsdp")))
+    assert {m.label: m.value for m in at.metric}["BP"] == gb(est.peak_bytes)
+
+
+def test_bad_device_link_parameters_are_reported_and_ignored():
+    at = open_page("calculator", query={"devices": "0", "sharding": "zero9", "offload": "maybe"})
+    assert_clean(at)
+    for part in ("devices=0", "sharding=zero9", "offload=maybe"):
+        assert part in messages(at)
+    s = at.session_state["scenario"]
+    assert (s["devices"], s["sharding"], s["offload"]) == (1, "none", False)
+
+
+def devices_needed_methods(parallel, offloaded, offload_label="BP (adamw), optimizer offloaded"):
+    return {"MeZO": scenario("mezo", parallel=parallel), "BP (adamw)": scenario("bp", parallel=parallel),
+            "BP checkpointed (L'/L=0.25)": scenario("bp", KEEP, parallel=parallel),
+            offload_label: scenario("bp", parallel=offloaded)}
+
+
+def assert_devices_needed(table, expected):
+    for row in expected:
+        for label, answer in row["methods"].items():
+            cell = table.loc[row["model"], label]
+            if answer is None:
+                assert cell == f"more than {max(cap.DEVICE_COUNTS)}", (row["model"], label, cell)
+                continue
+            n = answer["devices"]
+            assert cell.startswith(f"{n} device{'s' if n > 1 else ''} · {_format.size_text(answer['peak_bytes'])}")
+            assert (f"host {_format.size_text(answer['host_bytes'])}" in cell) == (answer["host_bytes"] > 0)
+
+
+def test_what_fits_devices_needed_is_capacitys_table():
+    at = open_page("what_fits", query={"device": A100, "devices": "8", "sharding": "fsdp", "family": "OPT"})
+    assert_clean(at)
+    methods = devices_needed_methods(on(8, "fsdp"), on(2, "fsdp", True))
+    models = {name: cap.load_preset(name) for name in cap.families()["OPT"]}
+    expected = cap.devices_needed_table(models, methods, a100_budget())
+    table = at.dataframe[1].value
+    assert list(table.index) == list(models)
+    assert_devices_needed(table, expected)
+    counts = {a["devices"] if a else None for row in expected for a in row["methods"].values()}
+    assert len(counts) > 2                               # the view separates the methods
+    # The largest preset of each family, and one device without sharding in the sidebar
+    # (FSDP full shard from two devices, capacity's on_devices).
+    at.radio(key="w_dn_models").set_value("largest").run()
+    at.number_input(key="w_devices").set_value(1).run()
+    at.selectbox(key="w_sharding").set_value("none").run()
+    assert_clean(at)
+    largest = {max(names, key=lambda n: cap.parameter_count(cap.load_preset(n))) for names in cap.families().values()}
+    models = {name: cap.load_preset(name) for names in cap.families().values() for name in names if name in largest}
+    methods = devices_needed_methods(cap.Parallel(), on(2, "fsdp", True),
+                                     "BP (adamw), optimizer offloaded, FSDP full shard")   # the sidebar has none
+    expected = cap.devices_needed_table(models, methods, a100_budget())
+    table = at.dataframe[1].value
+    assert set(table.index) == largest
+    assert_devices_needed(table, expected)
+    assert _scenario.url_params(at.session_state["scenario"])["dn_models"] == "largest"
+
+
+def test_the_devices_needed_csv_carries_capacitys_numbers():
+    from ui import _devices
+    methods = devices_needed_methods(on(8, "zero2"), on(2, "zero2", True))
+    models = {name: cap.load_preset(name) for name in ("opt-6.7b", "opt-66b")}
+    expected = cap.devices_needed_table(models, methods, a100_budget())
+    data = _devices.data(expected, list(methods))
+    assert len(data) == len(models) * len(methods)
+    for row in expected:
+        for label, answer in row["methods"].items():
+            line = data[(data["model"] == row["model"]) & (data["method"] == label)].iloc[0]
+            if answer is None:
+                assert line.isna()["devices"] and "more than" in line["note"]
+            else:
+                assert (line["devices"], line["sharding"]) == (answer["devices"], answer["sharding"])
+                assert line["peak_bytes_per_device"] == answer["peak_bytes"]
+                assert line["peak per device [GiB]"] == answer["peak_bytes"] / 2**30
+                assert line["host_bytes_per_device"] == answer["host_bytes"]
+
+
+def test_a_model_capacity_refuses_is_a_note_in_the_devices_needed_table():
+    at = open_page("what_fits", query={"family": "GPT-2", "seq": "2048", "model": "llama-2-7b"})
+    assert_clean(at)
+    table = at.dataframe[1].value
+    with pytest.raises(ValueError) as refused:
+        cap.estimate(cap.load_preset("gpt2"), scenario("mezo", seq=2048))
+    assert table.loc["gpt2", "MeZO"] == f"n/a: {refused.value}"
+
+
+def test_validate_says_it_runs_one_device():
+    at = open_page("validate", query={"devices": "8", "sharding": "fsdp"})
+    assert_clean(at)
+    assert "--devices 8 --sharding fsdp" in messages(at, "info")
+
 # --- background work -------------------------------------------------------------------
 
 def test_one_sessions_background_work_does_not_block_another():

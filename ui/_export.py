@@ -24,7 +24,7 @@ import plotly.io as pio
 import streamlit as st
 
 import capacity as cap
-from ui._format import html_text
+from ui._format import SUMMARY_CHARS, html_text
 
 EXPORT_SIZE = {"width": 1100, "height": 650, "scale": 2}    # pixels of exported files
 PLOTLY_CONFIG = {
@@ -40,6 +40,10 @@ pio.templates.default = "plotly_white"
 
 # One colour per memory term on every chart (Plotly's default palette, in TERMS order).
 TERM_COLOURS = dict(zip(cap.TERMS, ("#636efa", "#ab63fa", "#ef553b", "#00cc96", "#ffa15a", "#19d3f3", "#b6e880")))
+# The terms of a sharded run (capacity/sharding.py): a gathered copy in a lighter shade of
+# what it copies, the collectives' buffers in colours of their own.
+TERM_COLOURS.update(weights_unsharded="#a9aefc", gradients_unsharded="#f5a59b", gradient_buckets="#ff6692",
+                    all_gather_buffers="#ff97ff", reduce_scatter_buffers="#fecb52")
 
 # Ticks of a logarithmic axis: 1, 2, 5, 10, 20, 50, ... (Plotly shows those in range).
 LOG_TICKS = [m * 10**e for e in range(-3, 8) for m in (1, 2, 5)]
@@ -68,7 +72,7 @@ def figure(traces: list[dict], layout: dict, title: str, subtitle: str = "", top
     checks them once; adding traces and updating axes one by one costs ten times more).
     The title names the figure and the subtitle its whole scenario, so that a figure pasted
     into a report says what it shows (both escaped: they may carry a config's own name)."""
-    wrapped = _wrap(html_text(subtitle)) if subtitle else ""
+    wrapped = _wrap(html_text(subtitle, SUMMARY_CHARS)) if subtitle else ""
     heading = "<br>".join(textwrap.wrap(html_text(title), TITLE_WIDTH, break_long_words=False,
                                         break_on_hyphens=False)) or " "
     lines = (wrapped.count("<br>") + 1 if wrapped else 0) + 1.4 * heading.count("<br>")

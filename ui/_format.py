@@ -23,25 +23,26 @@ import capacity as cap
 
 _MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")     # every ASCII punctuation character
 MAX_SHOWN_CHARS = 300
+SUMMARY_CHARS = 1000          # a whole scenario in one line (ui/_scenario.summary) is longer
 
 
-def md(text) -> str:
+def md(text, limit: int = MAX_SHOWN_CHARS) -> str:
     """`text` as literal Markdown: every ASCII punctuation character backslash-escaped
     (CommonMark lets any of them be escaped, so no link, image, code span, emphasis, colour
-    directive, math or HTML tag can form), line breaks as spaces, at most MAX_SHOWN_CHARS.
+    directive, math or HTML tag can form), line breaks as spaces, at most `limit` characters.
     A colon is also followed by a zero-width space, so that no emoji or icon shortcode
     (':material/...:') forms either."""
     text = " ".join(str(text).split())
-    if len(text) > MAX_SHOWN_CHARS:
-        text = text[:MAX_SHOWN_CHARS] + "…"
+    if len(text) > limit:
+        text = text[:limit] + "…"
     return _MARKDOWN_PUNCTUATION.sub(r"\\\1", text).replace(":", ":\u200b")
 
 
-def html_text(text) -> str:
+def html_text(text, limit: int = MAX_SHOWN_CHARS) -> str:
     """`text` for a Plotly title or label: Plotly reads a subset of HTML there (<a href>,
-    <b>, <br>), so <, > and & are escaped."""
+    <b>, <br>), so <, > and & are escaped; at most `limit` characters."""
     text = " ".join(str(text).split())
-    return html.escape(text[:MAX_SHOWN_CHARS], quote=False)
+    return html.escape(text[:limit], quote=False)
 
 
 def plain(text, limit: int = 80) -> str:
@@ -166,10 +167,15 @@ def terms_table(breakdowns: dict, terms, totals: dict, unit: str = "GB") -> pd.D
     return pd.DataFrame.from_dict(rows, orient="index").round(3)
 
 
+ROW_PX = 35                   # st.dataframe's row height
+
+
 def unit_tabs(table: pd.DataFrame, unit: str = "GB") -> None:
     """A table with '[GB]' and '[GiB]' columns as two tabs, one per unit (names kept)."""
     binary = UNITS[unit][1]
     tabs = st.tabs([f"{unit} ({'10⁹' if unit == 'GB' else '10⁶'} bytes)",
                     f"{binary} ({'2³⁰' if unit == 'GB' else '2²⁰'} bytes)"])
     for tab, name in zip(tabs, (unit, binary)):
-        tab.dataframe(table[[c for c in table.columns if c.endswith(f"[{name}]")]], width="stretch")
+        # tall enough for every row (a sharded run has a dozen terms): no scrolling inside
+        tab.dataframe(table[[c for c in table.columns if c.endswith(f"[{name}]")]], width="stretch",
+                      height=ROW_PX * (len(table) + 1) + 3)

@@ -143,7 +143,7 @@ def auto_choice(choice: str) -> str:
     method, checkpointed = sc.VALIDATE_METHODS[choice]
     keep = float(sc.scenario()["keep"]) if checkpointed else 1.0
     try:
-        need = cap.estimate(sc.model_shape(), sc.method_scenario(method, keep=keep, target="cpu")).peak_bytes
+        need = cap.estimate(sc.model_shape(), sc.method_scenario(method, keep=keep, target="cpu", parallel=cap.Parallel())).peak_bytes
     except ValueError:
         return "the CPU, or trace if the run would not fit in memory"
     free = free_ram_bytes()

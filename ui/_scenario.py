@@ -24,6 +24,7 @@ import streamlit as st
 
 import capacity as cap
 from capacity import scenario as cap_scenario
+from capacity import sharding as cap_sharding
 from ui._format import gb_text, params_text, plain
 
 CUSTOM = "Custom budget"
@@ -59,6 +60,7 @@ PARAMS: dict[str, Param] = {
     "model": Param("llama-2-7b", choices=_model_choices),      # the calculator's and the figures'
     "bp_model": Param("gpt2-medium", choices=cap.preset_names),  # the paper's small BP model
     "family": Param("Llama-2", choices=lambda: list(cap.families())),
+    "dn_models": Param("family", choices=lambda: ["family", "largest"]),   # What fits' devices-needed rows
     # the data
     "batch": Param(8, 1, 4096),
     "seq": Param(512, 1, 1 << 20),              # tokens per example; BoolQ examples fit in 512
@@ -79,6 +81,10 @@ PARAMS: dict[str, Param] = {
     "budget_gb": Param(17.0, 0.1, 10_000.0),
     "reserve_gb": Param(-1.0, -1.0, 10_000.0),  # -1: the device's own OS/runtime reserve
     "ctx": Param(False),                        # count the CUDA context against the budget
+    # several devices (capacity/sharding.py): every memory figure is then one device's
+    "devices": Param(1, 1, cap_scenario.MAX_DEVICES),
+    "sharding": Param("none", choices=lambda: list(cap.SHARDINGS)),
+    "offload": Param(False),                    # optimizer offload to the host (zero2, fsdp)
     # the time page
     "time_device": Param("A100 80GB", choices=cap.device_names),   # throughput with a custom budget
     "steps": Param(1000, 1, 10**9),             # BP-equivalent steps
@@ -324,7 +330,7 @@ def method_scenario(method: str, keep: float = 1.0, **changes) -> "cap.Scenario"
     s = scenario()
     fields = dict(method=method, optimizer=s["opt"], batch=int(s["batch"]), seq=int(s["seq"]),
                   dtype=s["dtype"], mixed_precision=bool(s["mixed"]) and s["dtype"] != "fp32",
-                  keep=float(keep), attention=s["attn"], target=s["target"], loop=loop())
+                  keep=float(keep), attention=s["attn"], target=s["target"], loop=loop(), parallel=parallel())
     fields.update(changes)
     return cap.Scenario(**fields)
 
@@ -367,6 +373,65 @@ def loop_text() -> str:
             f"through backward, {steps} per step)")
 
 
+# --- several devices ---------------------------------------------------------------------
+
+# How the pages name a sharding: in the sidebar's list, and in titles and captions.
+SHARDING_CHOICES = {
+    "none": "none (one device)",
+    "ddp": "DDP (replicated)",
+    "zero1": "ZeRO-1 (optimizer states sharded)",
+    "zero2": "ZeRO-2 / FSDP SHARD_GRAD_OP (and gradients)",
+    "fsdp": "FSDP full shard / ZeRO-3 (and parameters)",
+}
+SHARDING_NAMES = {"none": "no sharding", "ddp": "DDP", "zero1": "ZeRO-1", "zero2": "ZeRO-2 (FSDP SHARD_GRAD_OP)",
+                  "fsdp": "FSDP full shard"}
+OFFLOAD_SHARDINGS = ("zero2", "fsdp")        # FSDP2's CPUOffloadPolicy: what capacity models
+HOST_TERMS = cap_sharding.HOST_TERMS          # what optimizer offload keeps on the host
+
+
+def parallel() -> "cap.Parallel":
+    """The sidebar's devices and sharding; ValueError (capacity's message) for a combination
+    it refuses, e.g. several devices without a sharding."""
+    s = scenario()
+    return cap.Parallel(devices=int(s["devices"]), sharding=s["sharding"], offload_optimizer=bool(s["offload"]))
+
+
+def terms() -> tuple:
+    """The memory terms the pages show: one device's, or with the sharded run's own
+    (gathered weights, collective buffers, gradient buckets) when there are several."""
+    return cap_sharding.TERMS if sharded() else cap.TERMS
+
+
+def sharded() -> bool:
+    """Whether the figures are one device's of a sharded (or data-parallel) run."""
+    s = scenario()
+    return s["sharding"] != "none" or int(s["devices"]) > 1 or bool(s["offload"])
+
+
+def devices_text(with_offload: bool = True) -> str:
+    """'8 × A100 80GB, FSDP full shard, optimizer offloaded to the host', or '' for one
+    device without sharding."""
+    if not sharded():
+        return ""
+    s, dev = scenario(), device()
+    n = int(s["devices"])
+    kind = f"{n:,} × {dev.name}" if dev else f"{n:,} device{'s' if n > 1 else ''} of {gb_text(memory_bytes())}"
+    text = f"{kind}, {SHARDING_NAMES.get(s['sharding'], s['sharding'])}"
+    return text + (", optimizer offloaded to the host" if s["offload"] and with_offload else "")
+
+
+def per_device(text: str = "", with_offload: bool = True) -> str:
+    """'per device (8 × A100 80GB, FSDP full shard)' appended to text when the run is
+    sharded; text unchanged on one device (or a combination capacity refuses)."""
+    if not sharded():
+        return text
+    try:
+        parallel()
+    except ValueError:              # a combination capacity refuses: the page says so instead
+        return text
+    return f"{text} per device ({devices_text(with_offload)})".strip()
+
+
 # --- the memory budget --------------------------------------------------------------------
 
 def device():
@@ -398,9 +463,11 @@ def budget_bytes() -> int:
 
 
 def budget_label() -> str:
-    """'6.00 GB usable on Jetson Orin Nano 8GB' or '17.00 GB (custom budget)'."""
+    """'6.00 GB usable on Jetson Orin Nano 8GB' or '17.00 GB (custom budget)'; '… per
+    device' over several devices."""
     dev = device()
-    return f"{gb_text(budget_bytes())} " + (f"usable on {dev.name}" if dev else "(custom budget)")
+    each = " per device" if sharded() else ""
+    return f"{gb_text(budget_bytes())}{each} " + (f"usable on {dev.name}" if dev else "(custom budget)")
 
 
 def summary(with_model: bool = True, with_context: bool = True) -> str:
@@ -414,4 +481,7 @@ def summary(with_model: bool = True, with_context: bool = True) -> str:
     parts += [f"{s['dtype']}{' mixed precision' if s['mixed'] and s['dtype'] != 'fp32' else ''}",
               f"{s['opt']} (BP)", f"{s['attn']} attention", loop_text(), f"{s['target']} kernels",
               f"budget {budget_label()}"]
+    if sharded():
+        parts.insert(1 if with_model else 0, f"per device, {devices_text()}")
+        parts[parts.index(f"batch {s['batch']}")] = f"batch {s['batch']} per device"
     return " · ".join(parts)

@@ -30,8 +30,9 @@ def model_section(s: dict) -> None:
 
 
 def data_section(s: dict) -> None:
-    sc.control(st.number_input, "Batch size", "batch", min_value=1, max_value=int(sc.PARAMS["batch"].high), step=1,
-               help="Sequences per micro-batch.")
+    sc.control(st.number_input, "Batch size" + (" (per device)" if sc.sharded() else ""), "batch", min_value=1,
+               max_value=int(sc.PARAMS["batch"].high), step=1,
+               help="Sequences per micro-batch (on each device, over several devices).")
     sc.control(st.number_input, "Context length (tokens per example)", "seq",
                min_value=1, max_value=int(sc.PARAMS["seq"].high), step=64)
 
@@ -76,7 +77,7 @@ def training_section(s: dict) -> None:
 
 
 def budget_section(s: dict) -> None:
-    st.subheader("Memory budget")
+    st.subheader("Memory budget" + (" (per device)" if sc.sharded() else ""))
     sc.control(st.selectbox, "Device", "device", options=sc.PARAMS["device"].choices(), format_func=_device_label)
     dev = sc.device()
     if dev is None:
@@ -100,11 +101,53 @@ def budget_section(s: dict) -> None:
         parts.append(f"{gb_text(cap.CUDA_CONTEXT_BYTES)} CUDA context")
     usable = both_text(sc.budget_bytes())
     st.caption(f"Budget: **{usable}** usable" + (f" ({' − '.join(parts)})" if len(parts) > 1 else "") + ".")
-    st.button("Reset to the paper's setting", on_click=sc.set_scenario, kwargs=sc.DEFAULTS, width="stretch")
+
+
+def devices_section(s: dict) -> None:
+    """Data-parallel devices of the kind above, how the model is spread over them, and
+    optimizer offload (capacity/sharding.py, docs/sharding.md)."""
+    st.subheader("Devices")
+    sc.control(st.number_input, "Devices (data-parallel, of the kind above)", "devices", min_value=1,
+               max_value=int(sc.PARAMS["devices"].high), step=1,
+               help="Each device runs its own micro-batch (the batch above is per device); every memory "
+                    "figure is then one device's.")
+    sc.control(st.selectbox, "Sharding", "sharding", options=sc.PARAMS["sharding"].choices(),
+               format_func=lambda v: sc.SHARDING_CHOICES.get(v, v),
+               help="ddp: torch's DistributedDataParallel, everything replicated. zero1: optimizer states "
+                    "sharded (ZeroRedundancyOptimizer). zero2: and gradients (FSDP2 SHARD_GRAD_OP). fsdp: and "
+                    "parameters (FSDP2 FULL_SHARD as accelerate wraps a causal LM). See docs/sharding.md.")
+    offload_ok = s["sharding"] in sc.OFFLOAD_SHARDINGS
+    sc.control(st.checkbox, "Offload the optimizer to the host", "offload",
+               disabled=not offload_ok and not s["offload"],      # never locked on (a link may set it)
+               help="FSDP2's CPUOffloadPolicy (zero2, fsdp): sharded parameters, gradients, optimizer "
+                    "states and the optimizer step in host memory, reported separately.")
+    n = int(s["devices"])
+    problem = devices_problem(s)
+    if problem:
+        st.warning(problem)
+    elif n == 1 and s["sharding"] != "none":
+        st.info(f"One device with {sc.SHARDING_NAMES[s['sharding']]}: a one-rank group (the wrapper's own "
+                "buffers on one device). Raise the device count to shard.")
+    elif sc.sharded():
+        st.caption(f"Every memory figure is **per device** ({md(sc.devices_text())}); the global batch is "
+                   f"{n * int(s['batch']):,} sequences.")
+    else:
+        st.caption("One device: the figures are that device's.")
+
+
+def devices_problem(s: dict) -> str | None:
+    """The Devices section's settings that do not go together, in words (the pages then show
+    capacity's refusal with a way out)."""
+    if s["sharding"] == "none" and int(s["devices"]) > 1:
+        return f"{int(s['devices']):,} devices need a sharding: pick DDP, ZeRO-1, ZeRO-2 or FSDP, or use 1 device."
+    if s["offload"] and s["sharding"] not in sc.OFFLOAD_SHARDINGS:
+        return ("Optimizer offload is modelled with FSDP2's CPUOffloadPolicy: pick ZeRO-2 or FSDP full shard, "
+                "or turn offload off.")
+    return None
 
 
 # The sidebar, top to bottom. A new part of the scenario adds its section here.
-SECTIONS = [model_section, data_section, precision_section, training_section, budget_section]
+SECTIONS = [model_section, data_section, precision_section, training_section, budget_section, devices_section]
 
 
 def _loop_label(name: str) -> str:
@@ -147,6 +190,7 @@ def sidebar() -> None:
     with st.sidebar:
         for section in SECTIONS:
             section(s)
+        st.button("Reset to the paper's setting", on_click=sc.set_scenario, kwargs=sc.DEFAULTS, width="stretch")
 
 
 # --- how every page begins --------------------------------------------------------------
@@ -175,16 +219,36 @@ def stop_if_refused() -> None:
     """A message, not an error page, when capacity refuses the scenario (a loop or a context
     it does not model): the sidebar stays usable."""
     why = sc.refusal()
-    if why is None:
-        return
+    if why is not None:
+        refuse(why)
+
+
+def refuse(why: str) -> None:
+    """capacity's refusal as a message, with a button that changes the setting it names
+    where there is one; the page stops here."""
     st.warning(f"capacity cannot answer for these settings: {md(why)}.")
     s, limit = sc.scenario(), cap.longest_runnable_context(sc.model_shape())
-    if limit is not None and s["seq"] > limit:
-        st.button(f"Use a context of {limit:,} tokens (the model's last position)", on_click=sc.set_scenario,
-                  kwargs={"seq": limit})
-    elif why.startswith("loop"):
+    if why.startswith("loop"):
         st.button("Use the plain loop (modelled)", on_click=sc.set_scenario,
                   kwargs={"loop": "plain", "opt_impl": sc.AUTO, "hold": sc.AUTO, "accum": 1})
+    elif why.startswith("sharding"):             # several devices without a sharding
+        left, right = st.columns(2)
+        left.button(f"Shard over {int(s['devices']):,} devices with FSDP full shard", on_click=sc.set_scenario,
+                    kwargs={"sharding": "fsdp"})
+        right.button("Use one device", on_click=sc.set_scenario, kwargs={"devices": 1})
+    elif why.startswith("offload_optimizer"):
+        left, right = st.columns(2)
+        left.button("Turn optimizer offload off", on_click=sc.set_scenario, kwargs={"offload": False})
+        right.button("Use FSDP full shard (offload modelled)", on_click=sc.set_scenario, kwargs={"sharding": "fsdp"})
+    elif why.startswith("grad_accum"):           # not modelled over several devices yet
+        left, right = st.columns(2)
+        left.button("Use 1 micro-batch per step", on_click=sc.set_scenario, kwargs={"accum": 1})
+        right.button("Use one device", on_click=sc.set_scenario,
+                     kwargs={"devices": 1, "sharding": "none", "offload": False})
+    elif limit is not None and s["seq"] > limit:
+        st.button(f"Use a context of {limit:,} tokens (the model's last position)", on_click=sc.set_scenario,
+                  kwargs={"seq": limit})
     else:
         st.info("Change the setting it names in the sidebar.")
+    sc.write_url()                  # app.py's, after the page, does not reach the browser after st.stop()
     st.stop()

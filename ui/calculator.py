@@ -6,7 +6,7 @@ import streamlit as st
 import capacity as cap
 from ui import _accuracy, _export, _format as fmt, _scenario as sc, _sidebar
 
-_sidebar.start_page("Memory calculator")
+_sidebar.start_page(sc.per_device("Memory calculator", with_offload=False))
 
 shape = sc.model_shape()
 budget = sc.budget_bytes()
@@ -14,12 +14,22 @@ estimates = {label: cap.estimate(shape, method) for label, method in sc.methods(
 labels = list(estimates)
 unit = fmt.unit_for(max(est.peak_bytes for est in estimates.values()))
 s = sc.scenario()
-st.caption(f"{cap.parameter_count(shape):,} parameters · {fmt.md(sc.summary())}")
+st.caption(f"{cap.parameter_count(shape):,} parameters · {fmt.md(sc.summary(), fmt.SUMMARY_CHARS)}")
 
-# Peak memory per method, and whether it fits.
+# Peak memory per method (per device over several), and whether it fits.
+if sc.sharded():
+    st.markdown(f"**Peak memory per device** ({fmt.md(sc.devices_text())}), against "
+                f"{fmt.md(sc.budget_label())}:")
 for col, (label, est) in zip(st.columns(len(estimates)), estimates.items()):
     col.metric(label, fmt.size_text(est.peak_bytes, unit), **fmt.fit_delta(est.peak_bytes, budget),
-               help=f"{fmt.binary_text(est.peak_bytes, unit)}; the peak falls in the {est.phase} phase.")
+               help=f"{fmt.binary_text(est.peak_bytes, unit)}{' per device' if sc.sharded() else ''}; "
+                    f"the peak falls in the {est.phase} phase.")
+if s["offload"]:
+    # Optimizer offload: what each device's host keeps, beside the device's own peak.
+    st.markdown("**Host memory per device** (optimizer offload: sharded parameters, gradients, optimizer "
+                "states and the optimizer step on the host):")
+    for col, (label, est) in zip(st.columns(len(estimates)), estimates.items()):
+        col.metric(f"{label}: host", fmt.size_text(est.host_bytes), help=fmt.binary_text(est.host_bytes))
 
 mezo, bp, ckpt = (estimates[label].peak_bytes for label in labels[1:])
 r1, r2, _ = st.columns([1, 1, 2])
@@ -33,11 +43,11 @@ st.caption(_accuracy.statement(s["target"]))
 data = pd.DataFrame([
     {"method": label, "term": term, "bytes": est.breakdown.get(term, 0),
      **fmt.size_columns("memory", est.breakdown.get(term, 0), unit)}
-    for label, est in estimates.items() for term in cap.TERMS
+    for label, est in estimates.items() for term in sc.terms()
 ])
 binary = fmt.UNITS[unit][1]
 traces = []
-for term in cap.TERMS:
+for term in sc.terms():
     rows = data[data["term"] == term]
     if rows["bytes"].sum() == 0:
         continue
@@ -46,7 +56,8 @@ for term in cap.TERMS:
                    "marker": {"color": _export.TERM_COLOURS.get(term)},
                    "hovertemplate": f"%{{x}}<br>{fmt.term_label(term)}: %{{y:.3f}} {unit} "
                                     f"(%{{customdata:.3f}} {binary})<extra></extra>"})
-layout = {"barmode": "stack", "yaxis": {"title": {"text": "peak " + fmt.AXIS_TITLES[unit]}},
+peak_axis = ("peak per device " if sc.sharded() else "peak ") + fmt.AXIS_TITLES[unit]
+layout = {"barmode": "stack", "yaxis": {"title": {"text": peak_axis}},
           "xaxis": {"title": {"text": "method"}}}
 tallest = max(est.peak_bytes for est in estimates.values())
 if budget <= 2 * tallest:       # a line far above every bar would flatten them (the metrics say it all)
@@ -56,12 +67,18 @@ if budget <= 2 * tallest:       # a line far above every bar would flatten them 
     layout["annotations"] = [{"xref": "paper", "x": 0, "y": level, "xanchor": "left", "yanchor": "bottom",
                               "text": f"budget {fmt.size_text(budget, unit)}", "showarrow": False,
                               "font": {"color": "firebrick"}}]
-fig = _export.figure(traces, layout, f"Peak memory by term: {sc.model_name()}", sc.summary(with_model=False))
+fig = _export.figure(traces, layout, f"{sc.per_device('Peak memory by term')}: {sc.model_name()}",
+                     sc.summary(with_model=False))
 _export.show_figure(fig, f"memory-by-term-{sc.model_name()}", data)
 
-st.subheader("Terms at the peak")
-fmt.unit_tabs(fmt.terms_table({label: est.breakdown for label, est in estimates.items()}, cap.TERMS,
+st.subheader(sc.per_device("Terms at the peak", with_offload=False))
+fmt.unit_tabs(fmt.terms_table({label: est.breakdown for label, est in estimates.items()}, sc.terms(),
                               {label: est.peak_bytes for label, est in estimates.items()}, unit), unit)
+if s["offload"]:
+    st.subheader("Host memory per device (optimizer offload)")
+    host_terms = [t for t in sc.HOST_TERMS if any(t in est.host_breakdown for est in estimates.values())]
+    fmt.unit_tabs(fmt.terms_table({label: est.host_breakdown for label, est in estimates.items()}, host_terms,
+                                  {label: est.host_bytes for label, est in estimates.items()}), "GB")
 
 with st.expander("The textbook form (weights + gradients + optimizer states + Korthikanti activations)"):
     textbook = {label: est.textbook for label, est in estimates.items()}

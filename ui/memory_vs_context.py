@@ -28,10 +28,11 @@ def context_grid(longest: int) -> list[int]:
     return sorted(points | {longest})
 
 
-_sidebar.start_page("Memory vs context length", needs_estimate=False)
+_sidebar.start_page(sc.per_device("Memory vs context length", with_offload=False), needs_estimate=False)
 st.caption("The paper's memory figure for the sidebar's model and batch: total memory of BP "
            "(top: conventional, bottom: checkpointed at the chosen L'/L) and of MeZO, and the "
-           "MeZO/BP ratio on the right-hand axis.")
+           "MeZO/BP ratio on the right-hand axis" + (f"; every memory is one device's ({fmt.md(sc.devices_text())})."
+                                                      if sc.sharded() else "."))
 
 left, right = st.columns(2)
 ctx_max = sc.control(left.number_input, "Longest context shown (tokens)", "ctx_max",
@@ -46,6 +47,11 @@ keep = float(sc.scenario()["keep"])
 rows = [("Conventional BP", 1.0), (f"Checkpointed BP (L'/L={keep:g})", keep)]
 grid = context_grid(int(ctx_max))
 records, refused = [], {}
+try:                                             # the sidebar's settings themselves, at the shortest context
+    for method in ("bp", "mezo"):
+        cap.estimate(shape, sc.method_scenario(method, seq=min(grid)))
+except ValueError as err:
+    _sidebar.refuse(str(err))
 try:
     for row, row_keep in rows:
         for seq in grid:
@@ -77,6 +83,7 @@ colours = {"BP": "#1f77b4", "MeZO": "#ff7f0e", "ratio": "#2ca02c"}
 shown = list(data["context"].unique())
 axes = [("x", "y", "y2", [0.56, 1.0]), ("x2", "y3", "y4", [0.0, 0.44])]    # (context, memory, ratio, domain)
 traces, layout, titles = [], {}, []
+memory_title = ("total per device " if sc.sharded() else "total ") + fmt.GB_AXIS
 ratio_axis = _export.round_ticks(data["MeZO/BP"].max())
 for (row, _), (x, y_mem, y_ratio, domain) in zip(rows, axes):
     part = data[data["row"] == row]
@@ -94,14 +101,14 @@ for (row, _), (x, y_mem, y_ratio, domain) in zip(rows, axes):
          "mode": "lines", "line": {"color": colours["ratio"], "dash": "dash"}, "showlegend": first,
          "hovertemplate": "context %{x}<br>MeZO/BP: %{y:.3f}<extra></extra>"},
         {"type": "scatter", "xaxis": x, "yaxis": y_mem, "x": [min(shown), max(shown)], "y": [budget / cap.GB] * 2,
-         "name": f"budget {fmt.gb_text(budget)}", "mode": "lines", "line": {"color": "firebrick", "dash": "dot"},
+         "name": f"budget {fmt.gb_text(budget)}{' per device' if sc.sharded() else ''}", "mode": "lines", "line": {"color": "firebrick", "dash": "dot"},
          "showlegend": first, "hoverinfo": "skip"},
     ]
     memory_axis = _export.axis_scale(log_axes)
     if not log_axes:                    # clipped, so that MeZO and the budget stay readable
         top = max(LINEAR_CLIP * budget, 1.1 * part["mezo_bytes"].max(), 1.5 * part["bp_bytes"].min()) / cap.GB
         memory_axis.update(range=[0, min(top, 1.05 * part["BP [GB]"].max())])
-    layout["yaxis" + y_mem[1:]] = {"domain": domain, "anchor": x, "title": {"text": "total " + fmt.GB_AXIS},
+    layout["yaxis" + y_mem[1:]] = {"domain": domain, "anchor": x, "title": {"text": memory_title},
                                    **memory_axis}
     layout["yaxis" + y_ratio[1:]] = {"overlaying": y_mem, "side": "right", "anchor": x, "type": "linear",
                                      "showgrid": False, "title": {"text": "MeZO / BP"}, **ratio_axis}
@@ -124,7 +131,7 @@ if min(shown) <= limit <= int(ctx_max):
                    "y": axes[0][3][0], "xanchor": "right", "yanchor": "bottom", "showarrow": False,
                    "font": {"size": 11, "color": "#666"}})
 layout.update(height=860, annotations=titles, shapes=shapes, legend={"y": 1.06})
-fig = _export.figure(traces, layout, f"Total memory vs context: {sc.model_name()}",
+fig = _export.figure(traces, layout, f"{sc.per_device('Total memory')} vs context: {sc.model_name()}",
                      sc.summary(with_model=False, with_context=False), top_extra=30)
 _export.show_figure(fig, f"memory-vs-context-{sc.model_name()}", data)
 if not log_axes and data["bp_bytes"].max() > LINEAR_CLIP * budget:

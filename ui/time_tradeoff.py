@@ -70,7 +70,11 @@ steps = sc.control(steps_col.number_input, "BP-equivalent steps", "steps",
 st.caption(f"**{device.name}**: {device.peak_flops / 1e12:,.0f} TFLOP/s dense 16-bit, "
            f"{device.bandwidth_bytes_s / cap.GB:,.0f} GB/s memory bandwidth ({device.source}). "
            f"MeZO steps per BP step: default {cap.MEZO_STEPS_MULTIPLIER:g}, from {cap.MEZO_STEPS_SOURCE.rstrip('.')}.")
-st.caption(fmt.md(sc.summary()))
+st.caption(fmt.md(sc.summary(), fmt.SUMMARY_CHARS))
+if sc.sharded():
+    st.caption(f"Over several devices ({fmt.md(sc.devices_text())}) the memory is one device's and the time per "
+               "step one device's compute on its own micro-batch; the collectives of the sharding (all-gathers, "
+               "reduce-scatters, all-reduces) are not in the time.")
 
 # 1. The sidebar's model, every training method.
 st.subheader(f"{fmt.md(sc.model_name())}: per step and to {steps:,} BP-equivalent steps")

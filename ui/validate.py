@@ -54,7 +54,12 @@ if _runs.cap_applies(device):
                      + ": past it the run ends out of memory, the machine keeps the rest.")
 else:
     st.caption("A run that may use the GPU is not capped on the host (CUDA's mappings would count).")
-st.caption(fmt.md(sc.summary()))
+st.caption(fmt.md(sc.summary(), fmt.SUMMARY_CHARS))
+if sc.sharded():
+    s = sc.scenario()
+    st.info(f"A run here is one process on one device: the sidebar's devices ({fmt.md(sc.devices_text())}) are "
+            f"not run. `python -m capacity validate --devices {int(s['devices'])} --sharding {s['sharding']}` "
+            "traces rank 0 of that run with PyTorch's own FSDP/DDP under fake tensors.")
 
 busy = run is not None and run.running
 if st.button("Run", type="primary", disabled=busy or not available):

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 import capacity as cap
-from ui import _background, _export, _format as fmt, _scenario as sc, _sidebar
+from ui import _background, _devices, _export, _format as fmt, _scenario as sc, _sidebar
 
 POLL_S = 0.3
 
@@ -20,7 +20,7 @@ _sidebar.start_page("What fits a device")
 budget = sc.budget_bytes()
 methods = sc.methods()
 s = sc.scenario()
-st.caption(f"{fmt.md(sc.summary(with_model=False))}. Pick the device or a custom budget in the sidebar.")
+st.caption(f"{fmt.md(sc.summary(with_model=False), fmt.SUMMARY_CHARS)}. Pick the device or a custom budget in the sidebar.")
 
 # The largest preset of each family, per method, with its size and peak.
 st.subheader("Largest preset of each family")
@@ -49,7 +49,8 @@ def cell(row) -> str:
 fits["shown"] = fits.apply(cell, axis=1)
 table = fits.pivot(index="family", columns="method", values="shown")[[label for label, _ in methods]]
 st.dataframe(table, width="stretch")
-st.caption("Each cell: the largest preset that fits, its parameters and its peak memory.")
+st.caption("Each cell: the largest preset that fits, its parameters and its peak memory"
+           + (f" per device ({fmt.md(sc.devices_text())})." if sc.sharded() else "."))
 
 # The largest preset overall, per method.
 st.subheader("Largest preset overall")
@@ -64,6 +65,23 @@ for col, (label, _) in zip(st.columns(len(methods)), methods):
         col.metric(label, "none fits")
 st.download_button("Download the table (CSV)", fits.drop(columns=["shown"]).to_csv(index=False).encode(),
                    "largest-presets.csv", "text/csv", on_click="ignore")
+
+# How many devices of the chosen kind each model needs, by method.
+st.subheader("Devices needed")
+family_col, rows_col = st.columns(2)
+rows_choice = sc.control(rows_col.radio, "Models", "dn_models", options=sc.PARAMS["dn_models"].choices(),
+                         format_func=lambda v: "every preset of the family" if v == "family"
+                         else "the largest preset of each family", horizontal=True)
+family = sc.control(family_col.selectbox, "Family", "family", options=list(cap.families()),
+                    disabled=rows_choice != "family")
+models = _devices.models(rows_choice, family)
+table_methods = _devices.methods(s)
+dn_rows = _devices.rows(models, table_methods, budget)
+st.caption(_devices.caption(s, budget))
+st.dataframe(_devices.display(dn_rows, list(table_methods)), width="stretch")
+dn_data = _devices.data(dn_rows, list(table_methods))
+st.download_button("Download the devices-needed table (CSV)", dn_data.to_csv(index=False).encode(),
+                   "devices-needed.csv", "text/csv", on_click="ignore")
 
 # The continuous family of the sidebar's model (same depth-to-width ratio, any size): many
 # searches, computed in this session's background worker so that the page answers at once.
@@ -113,7 +131,7 @@ for column, name, line in (
                    "name": name, "mode": "lines+markers", "line": line, "customdata": list(curve["budget [GiB]"]),
                    "hovertemplate": "%{x:.1f} GB (%{customdata:.1f} GiB): %{y:.2f}x<extra>" + name + "</extra>"})
 top = max(fmt.finite(curve[c]).max() for c in ("P_MeZO/P_BP", "P_MeZO/P_BP checkpointed"))
-traces.append({"type": "scatter", "x": [budget / cap.GB] * 2, "y": [0, top], "name": f"this budget, {fmt.gb_text(budget)}",
+traces.append({"type": "scatter", "x": [budget / cap.GB] * 2, "y": [0, top], "name": f"this budget, {fmt.gb_text(budget)}{' per device' if sc.sharded() else ''}",
                "mode": "lines", "line": {"color": "firebrick", "dash": "dash"}, "hoverinfo": "skip"})
 layout = {"xaxis": {"type": "log", "title": {"text": "memory budget [GB = 10⁹ bytes], log scale"},
                     "tickvals": _export.LOG_TICKS, "tickformat": "~g", "tickangle": 0},
