@@ -65,7 +65,7 @@ if budget <= 2 * tallest:       # a line far above every bar would flatten them 
     layout["shapes"] = [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": level, "y1": level,
                          "line": {"dash": "dash", "color": "firebrick"}}]
     layout["annotations"] = [{"xref": "paper", "x": 0, "y": level, "xanchor": "left", "yanchor": "bottom",
-                              "text": f"budget {fmt.size_text(budget, unit)}", "showarrow": False,
+                              "text": f"budget {fmt.size_text(budget, unit)}{' per device' if sc.sharded() else ''}", "showarrow": False,
                               "font": {"color": "firebrick"}}]
 fig = _export.figure(traces, layout, f"{sc.per_device('Peak memory by term')}: {sc.model_name()}",
                      sc.summary(with_model=False))
