@@ -8,6 +8,14 @@ and free of c10's CPU allocator instead (c10/core/CPUAllocator.cpp, ProfiledCPUM
 whichever code makes it. Their running sum, from a start before the model is built (so that
 every block freed later was allocated while recording), is the allocator's live bytes.
 
+The profiler records the allocator's events and the region's marker only: it is enabled
+with the scope of record_function (USER_SCOPE) alone, so that no operator is recorded
+(torch.profiler.profile records every op, which the allocator's count never reads, at a
+cost in every measured step and at the end), without shapes, stacks or flops. The memory
+events come from the allocator itself whatever the scopes
+(torch/csrc/autograd/profiler_kineto.cpp, KinetoThreadLocalState::reportMemoryUsage, which
+records them whenever profile_memory is set), so the count is the same.
+
     with CpuAllocatorPeak() as alloc:
         ... build, run step 1 ...
         with alloc.region():
@@ -19,22 +27,27 @@ from __future__ import annotations
 
 import contextlib
 
-from torch.profiler import ProfilerActivity, profile, record_function
+from torch._C._profiler import RecordScope, _ExperimentalConfig
+from torch.autograd import (ProfilerActivity, ProfilerConfig, ProfilerState, _disable_profiler, _enable_profiler,
+                            _prepare_profiler)
+from torch.profiler import record_function
 
 _MARK = "capacity: measured region"
 
 
 class CpuAllocatorPeak:
     def __init__(self):
-        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-        self._events = None
+        self._config = ProfilerConfig(ProfilerState.KINETO, False, True, False, False, False,
+                                      _ExperimentalConfig())   # (shapes, memory, stack, flops, modules)
+        self._results = None
 
     def __enter__(self) -> "CpuAllocatorPeak":
-        self._prof.__enter__()
+        _prepare_profiler(self._config, {ProfilerActivity.CPU})
+        _enable_profiler(self._config, {ProfilerActivity.CPU}, {RecordScope.USER_SCOPE})
         return self
 
     def __exit__(self, *exc) -> None:
-        self._prof.__exit__(*exc)
+        self._results = _disable_profiler()
 
     @contextlib.contextmanager
     def region(self):
@@ -43,7 +56,7 @@ class CpuAllocatorPeak:
             yield
 
     def _timeline(self):
-        events = list(self._prof.profiler.kineto_results.events())
+        events = list(self._results.events())
         marks = [e for e in events if e.name() == _MARK]
         if len(marks) != 1:
             raise RuntimeError(f"allocator: expected one measured region, found {len(marks)}")
