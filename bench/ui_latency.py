@@ -19,7 +19,8 @@ the app adds over Streamlit itself.
 The validation step: the Validate page runs GPT-2 (batch 1, context 128, AdamW, bf16, the
 plain loop, the CPU) and the engine reports each step's seconds; the plain step is the same model and
 settings in a bare PyTorch loop (forward, backward, optimizer step) in a child process of
-this script, run before and after the app's run. Both take the fastest of the steps after
+this script, run before and after the app's run, in the environment the app gives the
+engine (OpenMP's idle threads asleep: capacity/validation/host.py, ENGINE_THREADS_ENV). Both take the fastest of the steps after
 the first: on a machine shared with other work a step's time swings several-fold with the
 others' load, and the fastest step is the one least disturbed.
 
@@ -43,6 +44,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from capacity.validation.host import engine_environment  # noqa: E402
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -104,10 +107,14 @@ class Server:
         self.port = free_port()
         self.url = f"http://localhost:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="ui-latency-", suffix=".log", delete=False)
+        # A run history of its own: the shared one (~/.cache/capacity) already shows a "Latest
+        # run", which the validation step would read before its own run has ended.
+        self.history = Path(tempfile.mkdtemp(prefix="ui-latency-")) / "validation-runs.jsonl"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(self.port),
              "--server.headless", "true", "--server.address", "localhost", "--browser.gatherUsageStats", "false"],
-            cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=dict(os.environ, CAPACITY_APP_HISTORY=str(self.history)))
         deadline = time.time() + START_TIMEOUT_S
         while time.time() < deadline:
             try:
@@ -224,7 +231,9 @@ def measure_trivial(browser, repeat: int) -> dict:
 
 def plain_step_seconds(steps: int) -> float:
     code = PLAIN_STEP.format(root=str(ROOT), steps=steps)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    # The environment the app gives the engine (host.ENGINE_THREADS_ENV), so both steps run alike.
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, cwd=ROOT,
+                          env=engine_environment(dict(os.environ)))
     if done.returncode:
         raise SystemExit(f"the plain step failed: {done.stderr[-1000:]}")
     return min(json.loads(done.stdout.strip().splitlines()[-1])[1:])

@@ -28,6 +28,8 @@ import time
 from collections import deque
 from pathlib import Path
 
+from capacity.validation.host import engine_environment
+
 ROOT = Path(__file__).resolve().parent.parent
 # The engine's two entry points: the `capacity` command's subcommand, and the validation
 # package run directly (the same parser); the first that answers --help is used.
@@ -89,7 +91,8 @@ class EngineRun:
         self._lock = threading.Lock()
         # The engine watches this pid and ends within a second if the app's server dies
         # without its exit handler (capacity/validation/host.py, CAPACITY_PARENT_PID).
-        env = dict(os.environ, PYTHONUNBUFFERED="1", CAPACITY_PARENT_PID=str(os.getpid()))
+        # Its OpenMP threads sleep when idle (host.ENGINE_THREADS_ENV): the server and browser share the cores.
+        env = engine_environment(dict(os.environ, PYTHONUNBUFFERED="1", CAPACITY_PARENT_PID=str(os.getpid())))
         try:
             self._proc = subprocess.Popen(self.command, cwd=ROOT, stdout=subprocess.PIPE,
                                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,

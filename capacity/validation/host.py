@@ -20,6 +20,19 @@ from pathlib import Path
 PARENT_ENV = "CAPACITY_PARENT_PID"   # set by runner.ValidationRun: the pid the child watches
 PARENT_POLL_SECONDS = 0.5
 
+# A run started from the app or runner.ValidationRun shares the machine with the app's server
+# and a browser. torch's CPU kernels run on OpenMP threads (as many as cores), and libgomp's
+# idle threads spin between parallel regions by default: beside any other busy process they
+# take the cores the next op needs (measured, GPT-2 BP on 2 shared cores: 4-18 s a step
+# against 1-2 s with sleeping threads). With OMP_WAIT_POLICY=PASSIVE they sleep instead. The
+# thread count, and so every kernel's per-thread buffers and the measured peak, is unchanged.
+ENGINE_THREADS_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def engine_environment(base: dict) -> dict:
+    """`base` (an environment) with ENGINE_THREADS_ENV's settings where it sets none."""
+    return {**ENGINE_THREADS_ENV, **base}
+
 
 def _meminfo_available() -> int | None:
     """MemAvailable of /proc/meminfo in bytes (free memory plus what the kernel can reclaim)."""

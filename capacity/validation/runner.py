@@ -22,7 +22,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .host import PARENT_ENV
+from .host import PARENT_ENV, engine_environment
 
 ROOT = Path(__file__).resolve().parent.parent.parent   # the repository (holds capacity/)
 GRACE_SECONDS = 3.0   # after SIGTERM, before SIGKILL
@@ -58,7 +58,7 @@ class ValidationRun:
         self._stdout: list[str] = []
         self._stderr: list[str] = []
         self._stopped_as: str | None = None
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = engine_environment(dict(os.environ, PYTHONUNBUFFERED="1"))
         env[PARENT_ENV] = str(os.getpid())   # the child ends when this process does
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(self.command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
