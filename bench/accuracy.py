@@ -14,6 +14,9 @@ capacity.accuracy.matrix_for); writes docs/accuracy.md and prints the summary.
                                                   # of 7B-70B models traced with torch's DDP and FSDP2 under
                                                   # a fake process group; writes the results section of
                                                   # docs/sharding.md
+    python bench/accuracy.py --variants           # accuracy models with one setting changed
+                                                  # (capacity.accuracy.VARIANTS: sliding windows
+                                                  # SDPA masks, ...): their section of the report
 """
 
 from __future__ import annotations
@@ -26,11 +29,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from capacity.accuracy import (accuracy_models, known_deviation, long_context_matrix,  # noqa: E402
-                               long_context_models, loop_matrix, matrix_for, sharding_matrix)
+from capacity.accuracy import (VARIANTS, accuracy_models, applies, known_deviation,  # noqa: E402
+                               long_context_matrix, long_context_models, loop_matrix, matrix_for,
+                               sharding_matrix, variant_config, variant_matrix)
 from capacity.validation import compare  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "accuracy.md"
+# The variants section of the report (run_variants), kept by a full run.
+VARIANTS_BEGIN, VARIANTS_END = "<!-- variants: begin -->", "<!-- variants: end -->"
 LOOPS_DOC = Path(__file__).resolve().parents[1] / "docs" / "loops.md"
 LOOPS_BEGIN, LOOPS_END = "<!-- bench/accuracy.py --loops: begin -->", "<!-- bench/accuracy.py --loops: end -->"
 SHARDING_DOC = Path(__file__).resolve().parents[1] / "docs" / "sharding.md"
@@ -54,7 +60,12 @@ def main() -> int:
                     help="trace ranks of sharded runs instead (capacity.accuracy.sharding_matrix); results go "
                          "to docs/sharding.md")
     ap.add_argument("--models", help="with --loops or --sharding: comma-separated model types (default: all; --sharding: presets)")
+    ap.add_argument("--variants", action="store_true",
+                    help="trace capacity.accuracy.VARIANTS instead (sliding windows that SDPA masks, one "
+                         "key/value head, Phi-3 without a window): replaces their section of --out")
     args = ap.parse_args()
+    if args.variants:
+        return run_variants(Path(args.out))
     if args.sharding:
         return run_sharding(args.models.split(",") if args.models else None)
     if args.loops:
@@ -84,6 +95,8 @@ def main() -> int:
     for name in [] if args.quick or args.no_long else long_models:
         source = long_context_models()[name]
         for sc in long_context_matrix():
+            if not applies(source, sc):
+                continue
             r = compare(dict(source) if isinstance(source, dict) else source, sc, steps=2, device="trace")
             rows.append(_row(name, sc, r))
         errs = [abs(r["error_pct"]) for r in rows if r["model"] == name and int(r["seq"]) >= 1024]
@@ -219,8 +232,12 @@ def write_report(rows, path: Path, seconds: float, note: str = "") -> None:
              "- Everything here is CPU kernel semantics (the trace cannot fake CUDA tensors "
              "without a GPU); the CUDA differences (1-byte dropout masks, fp32 LayerNorm "
              "statistics, Adam's `step` on the host) are modelled but not yet measured.",
-             "", "## Every case", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+             ""]
+    # The variants section (run_variants) is kept from the existing report.
+    old = path.read_text() if path.exists() else ""
+    if VARIANTS_BEGIN in old and VARIANTS_END in old:
+        lines += [VARIANTS_BEGIN + old.split(VARIANTS_BEGIN, 1)[1].split(VARIANTS_END, 1)[0] + VARIANTS_END, ""]
+    lines += ["## Every case", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         lines.append(f"| {r['model']} | {r['method']} | {r['optimizer']} | {r['keep']} | {r['dtype']} | "
                      f"{r['attention']} | {r['experts']} | {r['batch']} | {r['seq']} | {r['measured']:,} | "
@@ -259,6 +276,8 @@ def run_loops(models: list[str]) -> int:
     t0 = time.time()
     for mtype in models:
         for sc in loop_matrix():
+            if not applies(mtype, sc):
+                continue
             r = compare(dict(accuracy_models()[mtype]), sc, steps=2, device="trace")
             rows.append((mtype, sc, r["measured_peak_bytes"], r["predicted_peak_bytes"], r["error_pct"],
                          r.get("predicted_phase")))
@@ -289,6 +308,50 @@ def run_loops(models: list[str]) -> int:
     LOOPS_DOC.write_text(head + "\n".join(section) + tail)
     print("\n".join(summary))
     print(f"wrote the results section of {LOOPS_DOC}")
+    return 0
+
+
+def run_variants(path: Path) -> int:
+    """Trace the accuracy models with one setting changed (capacity.accuracy.VARIANTS) over
+    capacity.accuracy.variant_matrix(); replace the variants section of the report."""
+    rows, t0 = [], time.time()
+    for name in VARIANTS:
+        for sc in variant_matrix():
+            if not applies(variant_config(name), sc):
+                continue
+            r = compare(variant_config(name), sc, steps=2, device="trace")
+            rows.append(_row(name, sc, r))
+            print(f"{name:32s} {sc.method:9s} {sc.optimizer:5s} keep={sc.keep} {sc.dtype} {sc.attention:5s} "
+                  f"b={sc.batch} s={sc.seq}: {r['error_pct']:+.2f}% ({time.time() - t0:.0f} s)", flush=True)
+    lines = ["| variant | cases | median abs error | worst abs error | within 2% |", "|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["model"] for r in rows):
+        errs = [abs(r["error_pct"]) for r in rows if r["model"] == name]
+        lines.append(f"| {name} | {len(errs)} | {statistics.median(errs):.2f}% | {max(errs):.2f}% | "
+                     f"{sum(e <= 2 for e in errs)}/{len(errs)} |")
+    detail = ["| variant | method | optimizer | L'/L | dtype | attention | batch | seq | traced bytes | "
+              "predicted bytes | error | peak phase |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        detail.append(f"| {r['model']} | {r['method']} | {r['optimizer']} | {r['keep']} | {r['dtype']} | "
+                      f"{r['attention']} | {r['batch']} | {r['seq']} | {r['measured']:,} | {r['predicted']:,} | "
+                      f"{r['error_pct']:+.2f}% | {r['phase']} |")
+    section = [VARIANTS_BEGIN, "## Variants: sliding windows and other shapes", "",
+               "Accuracy models with one setting changed (`capacity.accuracy.VARIANTS`), at batch 1 and "
+               "context 512: past the windows of 256 tokens, so that SDPA builds the sliding-window mask "
+               f"(Mistral, Qwen2's sliding layers, Gemma 3, Phi-3). Produced by `python bench/accuracy.py "
+               f"--variants` ({len(rows)} traced steps in {time.time() - t0:.0f} s).", "", *lines, "", *detail,
+               VARIANTS_END]
+    text = path.read_text() if path.exists() else "# Accuracy: predicted against traced peak memory\n"
+    if VARIANTS_BEGIN in text and VARIANTS_END in text:
+        head, rest = text.split(VARIANTS_BEGIN, 1)
+        text = head + "\n".join(section) + rest.split(VARIANTS_END, 1)[1]
+    elif "## Every case" in text:    # before the table of every case, which read_rows reads to its end
+        head, rest = text.split("## Every case", 1)
+        text = head + "\n".join(section) + "\n\n## Every case" + rest
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
+    path.write_text(text)
+    print("\n".join(lines))
+    print(f"wrote the variants section of {path}")
     return 0
 
 

@@ -13,7 +13,7 @@ from .hf_config import from_hf_config, load_hf_config, parse_hf_config_text, sha
 from .inverse import (DEVICE_COUNTS, devices_needed_table, fewest_devices, largest_batch, largest_preset,
                       largest_preset_on_devices, largest_scaled_model, longest_context, on_devices,
                       relative_model_size)
-from .memory import CUDA_CONTEXT_BYTES, TERMS, estimate
+from .memory import CUDA_CONTEXT_BYTES, TERMS, attention_note, estimate, runnable_attention
 from .params import parameter_count
 from .presets import (Device, device_names, families, load_device, load_preset, preset_config,
                       preset_family, preset_names)

@@ -48,9 +48,14 @@ def full_matrix() -> list[Scenario]:
 # Contexts up to 4096 (bench/accuracy.py's long-context section): the small configs of the
 # model types added with issue 9 and the smallest published presets of their families.
 LONG_CONTEXTS = (1024, 2048, 4096)
-LONG_CONTEXT_CONFIGS = ("qwen3", "olmo2", "granite", "smollm3", "llama3")
+LONG_CONTEXT_CONFIGS = ("qwen3", "olmo2", "granite", "smollm3", "llama3", "gemma2", "gemma3_text", "phi3")
 LONG_CONTEXT_PRESETS = ("smollm2-135m", "qwen2.5-0.5b", "qwen3-0.6b", "llama-3.2-1b", "olmo-2-1b",
                         "granite-3.1-2b", "smollm3-3b")
+# The smallest presets of the sliding-window families, traced with the layers of one period
+# of their pattern of kinds (Gemma 2: sliding, full; Gemma 3: five sliding, one full; Phi-3:
+# every layer sliding) at full width, vocabulary (256k for Gemma) and window: the fast
+# trace's extrapolation needs identical layers, and a whole-depth trace at 4096 tokens is slow.
+LONG_CONTEXT_PERIODS = {"gemma-2-2b": 2, "gemma-3-1b": 6, "phi-3-mini-4k": 2}
 
 
 def long_context_matrix() -> list[Scenario]:
@@ -71,8 +76,11 @@ def long_context_matrix() -> list[Scenario]:
 
 def long_context_models() -> dict:
     """Name -> what the engine traces: a small config (dict) or a preset name (str)."""
+    from .presets import preset_config
     return {**{name: dict(accuracy_models()[name]) for name in LONG_CONTEXT_CONFIGS},
-            **{name: name for name in LONG_CONTEXT_PRESETS}}
+            **{name: name for name in LONG_CONTEXT_PRESETS},
+            **{f"{name} ({layers} layers)": {**preset_config(name), "num_hidden_layers": layers}
+               for name, layers in LONG_CONTEXT_PERIODS.items()}}
 
 
 def loop_matrix() -> list[Scenario]:
@@ -168,7 +176,52 @@ def matrix_for(model: str) -> list[Scenario]:
     experts' own cases."""
     from .hf_config import from_hf_config
     is_moe = from_hf_config(dict(accuracy_models()[model])).moe is not None
-    return full_matrix() + (moe_matrix() if is_moe else [])
+    return [sc for sc in full_matrix() + (moe_matrix() if is_moe else []) if applies(model, sc)]
+
+
+def applies(model: str | dict, sc: Scenario) -> bool:
+    """Whether a matrix case is traced for a model (an accuracy model, a preset, or a config):
+    transformers refuses attn_implementation="sdpa" for a model class without SDPA
+    (Gemma 2), so those cases are not run (capacity prices eager attention there:
+    memory.runnable_attention)."""
+    from .hf_config import from_hf_config
+    from .presets import preset_config
+    if isinstance(model, str):
+        model = accuracy_models()[model] if model in accuracy_models() else preset_config(model)
+    return sc.attention != "sdpa" or from_hf_config(dict(model)).arch.attention.sdpa
+
+
+# Variants of accuracy models that exercise a mechanism their default config does not:
+# sliding windows below the matrix's longest context (SDPA builds a mask from the window
+# on), one key/value head (Gemma-3-1B), multi-head Phi-3-mini, Phi-4 without a window.
+VARIANTS = {
+    "mistral (window 256)": ("mistral", {"sliding_window": 256}),
+    "qwen2 (window 256 from layer 2)": ("qwen2", {"use_sliding_window": True, "sliding_window": 256,
+                                                  "max_window_layers": 2}),
+    "gemma3_text (one kv head)": ("gemma3_text", {"num_key_value_heads": 1}),
+    "phi3 (multi-head)": ("phi3", {"num_key_value_heads": 8}),
+    "phi3 (no window)": ("phi3", {"sliding_window": None}),
+}
+
+
+def variant_config(name: str) -> dict:
+    """The config of a VARIANTS entry: its accuracy model with the overrides."""
+    base, overrides = VARIANTS[name]
+    return {**accuracy_models()[base], **overrides}
+
+
+def variant_matrix() -> list[Scenario]:
+    """A shorter matrix for the variants: BP (AdamW, SGD, SGD with every layer checkpointed,
+    AdamW with half) and MeZO, bf16 and fp32, eager and SDPA, at (1, 512) past the windows;
+    the plain loop."""
+    out = []
+    for method, opt, keep in [("bp", "adamw", 1.0), ("bp", "sgd", 1.0), ("bp", "sgd", 0.0),
+                              ("bp", "adamw", 0.5), ("mezo", "sgd", 1.0)]:
+        for dtype in ("bf16", "fp32"):
+            for attention in ("eager", "sdpa"):
+                out.append(Scenario(method=method, optimizer=opt, keep=keep, dtype=dtype, attention=attention,
+                                    batch=1, seq=512, target="cpu", loop=PLAIN))
+    return out
 
 
 def known_deviation(model_type: str, sc: Scenario) -> str | None:

@@ -118,12 +118,16 @@ def qk_norm_saved_bytes(s: ModelShape, sc: Scenario) -> int:
     return _norm_saved_bytes(s, sc, n, s.q_dim, p) + _norm_saved_bytes(s, sc, n, s.kv_dim, p)
 
 
+BRANCH_OUTPUT_NORMS = ("branch_out", "sandwich")
+
+
 def branch_output_norm_bytes(s: ModelShape, sc: Scenario) -> int:
     """One norm on a branch's output before its residual add (OLMo 2's
-    post_attention_layernorm and post_feedforward_layernorm: `x + norm(attn(x))`), what it
+    post_attention_layernorm and post_feedforward_layernorm: `x + norm(attn(x))`; Gemma 2/3's
+    post_attention_layernorm and post_feedforward_layernorm beside their pre-norms), what it
     keeps of the branch's output (16-bit under mixed precision); 0 where the placement has
     none. Its backward runs before the branch's own, so these bytes are freed by then."""
-    if s.arch.norm_placement != "branch_out":
+    if s.arch.norm_placement not in BRANCH_OUTPUT_NORMS:
         return 0
     return norm_saved_bytes(s, sc, input_bytes=_act_bytes(sc))
 
@@ -145,10 +149,10 @@ def norm_backward_extra_bytes(s: ModelShape, sc: Scenario, rows: int, width: int
 
 
 def branch_output_norm_backward_bytes(s: ModelShape, sc: Scenario) -> int:
-    """norm_backward_extra_bytes of one branch-output norm (OLMo 2). It runs first in its
-    branch's backward, with the branch's saved tensors all still live (recomputed, in a
-    checkpointed layer): a peak candidate of its own. 0 where the placement has none."""
-    if s.arch.norm_placement != "branch_out":
+    """norm_backward_extra_bytes of one branch-output norm (OLMo 2, Gemma 2/3). It runs first
+    in its branch's backward, with the branch's saved tensors all still live (recomputed, in
+    a checkpointed layer): a peak candidate of its own. 0 where the placement has none."""
+    if s.arch.norm_placement not in BRANCH_OUTPUT_NORMS:
         return 0
     return norm_backward_extra_bytes(s, sc, sc.tokens, s.hidden_size, _act_bytes(sc))
 
@@ -192,6 +196,21 @@ def dropout_noise_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = No
     return FP32 if qk_fp32_under_autocast(s, sc, kind) else _act_bytes(sc)
 
 
+def sdpa_mask_present(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> bool:
+    """Whether SDPA gets an explicit mask in a layer of `kind`: a sliding-window layer once the
+    context reaches the window (masking_utils._ignore_causal_mask_sdpa keeps is_causal only
+    while kv_length < the window); full causal attention without padding never does."""
+    kind = kind or s.layers[0]
+    return sc.attention == "sdpa" and kind.sliding_window > 0 and sc.seq >= kind.sliding_window
+
+
+def sdpa_repeats_kv(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> bool:
+    """Whether transformers' sdpa_attention_forward repeats grouped key/value heads
+    (repeat_kv) instead of passing enable_gqa: when a mask is passed, or the head dim is
+    over 256 (integrations/sdpa_attention.use_gqa_in_sdpa)."""
+    return s.num_kv_heads != s.num_heads and (sdpa_mask_present(s, sc, kind) or s.head_dim > 256)
+
+
 def attention_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
     """Attention, from its input (excluded) to the output projection's input.
 
@@ -200,22 +219,32 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = 
     family but GPT-2, whose softmax stays in dtype), the probabilities cast back to dtype
     (p·b·a·s², kept by the second matmul), attention dropout, and the output projection's
     input (pNA).
+    The scores' soft-cap (Gemma 2: cap·tanh(scores / cap)) keeps tanh's output (in dtype).
     SDPA (flash or CPU flash): q (pNA), k and v (pNK each: grouped-query heads are not
-    repeated), the output (pNA) and the log-sum-exp (fp32 4·b·a·s). The flash kernels lay
-    their output out as (b, s, a, d), so the output projection's input is the same tensor.
-    A fused qkv projection with rotary positions (NeoX) keeps more: v is a view into the
-    fused projection, which stays alive whole beside the rotated copies of q and k.
+    repeated, unless sdpa_repeats_kv: repeated_kv_bytes), the output (pNA) and the
+    log-sum-exp (fp32 4·b·a·s). The flash kernels lay their output out like q: (b, s, a, d)
+    after an elementwise rotation, so the output projection's input is the same tensor; after
+    a rotation by concatenation the `.transpose(1, 2).contiguous()` copies it
+    (_query_is_contiguous_by_head: pNA more). A sliding-window layer with a mask
+    (sdpa_mask_present): the boolean mask converted to a float one in the query's dtype,
+    (b, 1, s, s), which the kernel keeps for backward, one per layer.
+    A fused qkv projection with rotary positions (NeoX, Phi-3) keeps more: v is a view into
+    the fused projection, which stays alive whole beside the rotated copies of q and k.
     """
     b, seq, n, p = sc.batch, sc.seq, sc.tokens, _act_bytes(sc)
     a, qd, kvd = s.num_heads, s.q_dim, s.kv_dim
     scores = b * a * seq * seq
     dropout = s.attn_dropout > 0
     if sc.attention == "sdpa" and not (dropout and sc.target == "cpu"):
-        qkv = p * n * (qd + 2 * kvd)
-        if _v_is_view_of_fused_qkv(s):
-            qkv += p * n * (qd + kvd)
-        out_copy = p * n * qd if _query_is_contiguous_by_head(s) else 0
-        return qkv + p * n * qd + out_copy + FP32 * b * a * seq
+        if sdpa_repeats_kv(s, sc, kind):
+            qkv = p * n * qd + repeated_kv_bytes(s, sc, kind)
+        else:
+            qkv = p * n * (qd + 2 * kvd)
+            if _v_is_view_of_fused_qkv(s):
+                qkv += p * n * (qd + kvd)
+        out_copy = p * n * qd if _query_is_contiguous_by_head(s, kind) else 0
+        mask = p * b * seq * seq if sdpa_mask_present(s, sc, kind) else 0
+        return qkv + p * n * qd + out_copy + FP32 * b * a * seq + mask
     if sc.attention == "sdpa":
         # CPU math fallback (dropout): q, k, v, softmax, noise and dropped probs in fp32.
         return 2 * FP32 * n * qd + math_v_bytes(s, sc) + 3 * FP32 * scores + p * n * qd
@@ -236,17 +265,20 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = 
             probs += noise * scores + p * scores
         elif p != FP32:
             probs += p * scores                  # .to(dtype) copy kept by the second matmul
-    return qkv + probs + p * n * qd
+    softcap = p * scores if s.arch.attention.logit_softcap else 0   # tanh output, kept by its backward
+    return qkv + softcap + probs + p * n * qd
 
 
-def _query_is_contiguous_by_head(s: ModelShape) -> bool:
-    """The query SDPA gets is laid out (b, a, s, d) in memory: a partial rotation ends with
-    `torch.cat((q_rot, q_pass), dim=-1)` (NeoX, Phi), a new contiguous tensor. The CPU flash
+def _query_is_contiguous_by_head(s: ModelShape, kind: LayerKind | None = None) -> bool:
+    """The query SDPA gets is laid out (b, a, s, d) in memory: a rotation by concatenation
+    (Architecture.rotary_by_concat) ends with `torch.cat((q_rot, q_pass), dim=-1)` (NeoX,
+    Phi, Phi-3 even with the whole head rotated), a new contiguous tensor. The CPU flash
     kernel lays its output out like the query, so the output projection's input
     (`attn_output.transpose(1, 2).reshape(...)`) is a copy, kept beside the output. A
     query rotated elementwise on the transposed view of its projection (Llama) or a view of
     it (GPT-2) is laid out (b, s, a, d): the output projection reads the output itself."""
-    return s.arch.positions == "rope" and s.arch.rotary_fraction < 1
+    kind = kind or s.layers[0]
+    return s.arch.positions == "rope" and bool(kind.rope) and s.arch.rotary_by_concat
 
 
 def _v_is_view_of_fused_qkv(s: ModelShape) -> bool:
@@ -269,14 +301,16 @@ def attention_backward_extra_bytes(s: ModelShape, sc: Scenario, kind: LayerKind 
       cast back, in dtype for GPT-2's dtype softmax) and its result (fp32 on the copy path,
       see below).
     SDPA with dropout on the CPU runs the math path (no fused kernel), all of it in fp32.
-    SDPA otherwise: the gradients of q, k and v (less the output projection's input when it
-    is a copy: _query_is_contiguous_by_head)."""
+    SDPA otherwise: the gradients of q, k and v (of every head where k and v were repeated:
+    sdpa_repeats_kv), less the output projection's input when it is a copy
+    (_query_is_contiguous_by_head)."""
     b, seq, n, p = sc.batch, sc.seq, sc.tokens, _act_bytes(sc)
     a, qd, kvd = s.num_heads, s.q_dim, s.kv_dim
     dropout = s.attn_dropout > 0
     if sc.attention == "sdpa" and not (dropout and sc.target == "cpu"):
         # The output projection's input, when it is a copy of the output, is freed by then.
-        return p * n * (qd + 2 * kvd) - (p * n * qd if _query_is_contiguous_by_head(s) else 0)
+        grads = p * n * 3 * qd if sdpa_repeats_kv(s, sc, kind) else p * n * (qd + 2 * kvd)
+        return grads - (p * n * qd if _query_is_contiguous_by_head(s, kind) else 0)
     math = sc.attention == "sdpa"
     scores = b * a * seq * seq
     fp32_softmax = s.arch.attention.softmax_fp32
@@ -384,8 +418,9 @@ def mlp_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) 
 def layer_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> dict[str, int]:
     """Bytes one decoder layer (of `kind`: the model's first by default) keeps for
     backward, by part (attention part, MLP part). A mixture-of-experts kind keeps its
-    sparse block in place of the dense MLP's set; sliding windows are priced as full
-    attention (LayerKind); a layer without RoPE keeps the same bytes."""
+    sparse block in place of the dense MLP's set; a sliding-window layer keeps what full
+    attention keeps, and under SDPA past its window its own float mask and repeated key/value
+    heads (attention_saved_bytes); a layer without RoPE keeps the same bytes."""
     n, h = sc.tokens, s.hidden_size
     resid_mask = _mask_bytes(sc) * n * h if s.resid_dropout > 0 else 0
     norm_in = norm_saved_bytes(s, sc)
@@ -399,6 +434,12 @@ def layer_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None
         out_norm = branch_output_norm_bytes(s, sc)
         attn_part = attn_in + attn + out_norm + resid_mask
         mlp_part = mlp_in + mlp + out_norm + resid_mask
+    elif s.arch.norm_placement == "sandwich":
+        # Gemma 2/3: Llama's pre-norms, and each branch's output normalised before its
+        # residual add.
+        out_norm = branch_output_norm_bytes(s, sc)
+        attn_part = norm_in + attn_in + attn + out_norm + resid_mask
+        mlp_part = norm_saved_bytes(s, sc) + mlp_in + mlp + out_norm + resid_mask
     elif s.arch.parallel_residual and s.arch.shared_norm:
         # Phi: one LayerNorm feeds both branches; its output is kept once (or cast per linear).
         attn_part = norm_in + projection_inputs_bytes(s, sc, _attention_readers(s) + _mlp_readers(s)) \
@@ -419,13 +460,36 @@ def layer_activation_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None =
     return sum(layer_saved_bytes(s, sc, kind).values())
 
 
+def mask_kind(kind: LayerKind) -> str:
+    """The mask a layer of `kind` reads: "sliding" (a sliding-window layer) or "full"."""
+    return "sliding" if kind.sliding_window else "full"
+
+
+def attention_masks(s: ModelShape, sc: Scenario) -> dict[str, int]:
+    """The masks the model's forward builds once and holds through its layer loop, by the
+    attention they serve ("full", "sliding"): one per kind of attention its layers use, and
+    those it builds whatever its layers are (Architecture.masks_always_built). Eager
+    (masking_utils.eager_mask): an additive (b, 1, s, s) mask in the embedding output's
+    dtype (`dtype=inputs_embeds.dtype`: fp32 under mixed precision). SDPA without padding
+    (sdpa_mask): none for full attention (is_causal); for a sliding window, none while the
+    context is shorter than the window, then a boolean (1, 1, s, s) mask expanded to the
+    batch (s² bytes)."""
+    kinds = sorted({mask_kind(k) for k in s.layer_counts()} | set(s.arch.masks_always_built))
+    windows = [k.sliding_window for k in s.layer_counts() if k.sliding_window]
+    out = {}
+    for m in kinds:
+        if sc.attention == "eager":
+            out[m] = stream_bytes(sc) * sc.batch * sc.seq * sc.seq
+        elif m == "sliding" and windows and sc.seq >= min(windows):
+            out[m] = sc.seq * sc.seq
+        else:
+            out[m] = 0
+    return out
+
+
 def causal_mask_bytes(s: ModelShape, sc: Scenario) -> int:
-    """The additive causal mask the eager path builds once per forward: (b, 1, s, s) in the
-    embedding output's dtype (masking_utils: `dtype=inputs_embeds.dtype`), so fp32 under
-    mixed precision. SDPA without padding passes no mask (is_causal)."""
-    if sc.attention == "sdpa":
-        return 0
-    return stream_bytes(sc) * sc.batch * sc.seq * sc.seq
+    """Every mask the model's forward builds, held through a forward pass (attention_masks)."""
+    return sum(attention_masks(s, sc).values())
 
 
 def rotary_table_bytes(s: ModelShape, sc: Scenario) -> int:
@@ -435,15 +499,21 @@ def rotary_table_bytes(s: ModelShape, sc: Scenario) -> int:
     return FP32 if s.arch.rotary_fp32 else stream_bytes(sc)
 
 
-def rotary_bytes(s: ModelShape, sc: Scenario) -> int:
-    """cos and sin tables for the rotated share of the head dim: 2 · s · d_rot values, for
-    each distinct rotary table the layers use (LayerKind.rope), made once per forward by
-    the model (which makes its global table even when no layer applies it: SmolLM3Model)."""
+def rotary_tables(s: ModelShape, sc: Scenario) -> dict[str, int]:
+    """The cos and sin tables for the rotated share of the head dim, by table: 2 · s · d_rot
+    values each, for each distinct rotary table the layers use (LayerKind.rope: Gemma 3's
+    sliding layers have their own, "local"), made once per forward by the model (which
+    makes its global table even when no layer applies it: SmolLM3Model)."""
     if s.arch.positions != "rope":
-        return 0
+        return {}
     tables = {kind.rope for kind in s.layer_counts() if kind.rope} or {"global"}
     rot = int(s.head_dim * s.arch.rotary_fraction)
-    return len(tables) * 2 * rotary_table_bytes(s, sc) * sc.seq * rot
+    return {name: 2 * rotary_table_bytes(s, sc) * sc.seq * rot for name in sorted(tables)}
+
+
+def rotary_bytes(s: ModelShape, sc: Scenario) -> int:
+    """Every rotary table's cos and sin (rotary_tables)."""
+    return sum(rotary_tables(s, sc).values())
 
 
 def norm_keeps_layer_input(s: ModelShape, sc: Scenario) -> bool:
@@ -467,10 +537,11 @@ def checkpoint_saved_bytes(s: ModelShape, sc: Scenario) -> int:
 
 def embedding_saved_bytes(s: ModelShape, sc: Scenario) -> int:
     """Before the first layer: the token ids the embedding keeps (int64), the embedding
-    dropout, OPT-350m's project_in input. (Gemma's scaling by sqrt(h) multiplies by a
-    constant, which keeps nothing.)"""
+    dropout, OPT-350m's project_in input, and Gemma's scale sqrt(h), a 0-d tensor in the
+    stream's dtype that the product keeps (GemmaModel's `normalizer`;
+    Gemma2TextScaledWordEmbedding: `* self.embed_scale.to(self.weight.dtype)`)."""
     n, h, p = sc.tokens, s.hidden_size, _act_bytes(sc)
-    total = INT64 * n
+    total = INT64 * n + (stream_bytes(sc) if s.arch.embedding_scale else 0)
     if s.embd_dropout > 0:
         total += _mask_bytes(sc) * n * h
     if s.embed_dim != s.hidden_size:
@@ -479,14 +550,20 @@ def embedding_saved_bytes(s: ModelShape, sc: Scenario) -> int:
 
 
 def head_saved_bytes(s: ModelShape, sc: Scenario) -> int:
-    """After the last layer: the final norm and the LM head's input (pNh, or pNe through
-    OPT-350m's project_out)."""
+    """After the last layer: the final norm, the LM head's input (pNh, or pNe through
+    OPT-350m's project_out) and the final soft-cap's tanh output (final_logit_softcap_bytes)."""
     n, h, p = sc.tokens, s.hidden_size, _act_bytes(sc)
     total = norm_saved_bytes(s, sc) if s.arch.final_norm else 0
     total += p * n * h
     if s.embed_dim != s.hidden_size:
         total += p * n * s.embed_dim
-    return total
+    return total + final_logit_softcap_bytes(s, sc)
+
+
+def final_logit_softcap_bytes(s: ModelShape, sc: Scenario) -> int:
+    """The final logits' soft-cap (Gemma2ForCausalLM: logits / cap, tanh, · cap): tanh keeps
+    its output for backward, pNV in the logits' dtype; the scalar products keep nothing."""
+    return _act_bytes(sc) * sc.tokens * s.vocab_size if s.arch.final_logit_softcap else 0
 
 
 def logits_bytes(s: ModelShape, sc: Scenario) -> int:

@@ -14,11 +14,10 @@ never asks which family it is. Each field names one mechanism and the code it st
                           full attention, RoPE or not, dense or mixture-of-experts MLP)
     Moe                   a mixture-of-experts MLP: its sizes and its router
 
-Some fields describe mechanisms of families that are coming (norms before and after each
-branch, soft-capping, fused gate/up projections, shared experts). The memory model does
-not price them yet: `unmodelled_features` lists the ones a description uses, and a shape
-that uses any is refused (shape.validate_shape), so no estimate silently ignores a
-mechanism. Whoever models one removes it from that list.
+Some fields describe mechanisms of families that are coming (shared experts). The memory
+model does not price them yet: `unmodelled_features` lists the ones a description uses,
+and a shape that uses any is refused (shape.validate_shape), so no estimate silently
+ignores a mechanism. Whoever models one removes it from that list.
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ NORM_PLACEMENTS = ("pre", "post", "sandwich", "branch_out")
 QK_NORMS = ("", "head", "projection")
 POSITIONS = ("rope", "learned")
 POSITION_OUTPUTS = ("", "seq", "tokens")
+MASK_KINDS = ("full", "sliding")
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,14 @@ class Attention:
       (GPT-2's `nn.functional.softmax(attn_weights, dim=-1)`).
     qk_norm: RMSNorm of q and k before RoPE, of the family's `Norm`: "head" (per head, over
       d, applied to the (b, s, heads, d) view of the projection: Qwen3's and Gemma 3's
-      q_norm/k_norm of width head_dim) or "projection" (over the whole projection, a·d and
-      a_kv·d: OLMo 2's q_norm/k_norm of width num_heads·head_dim); "" none.
-    logit_softcap: cap·tanh(scores / cap) before the softmax (Gemma 2); 0: none.
-      [not modelled yet]
+      q_norm/k_norm of width head_dim: a Gemma3RMSNorm) or "projection" (over the whole
+      projection, a·d and a_kv·d: OLMo 2's q_norm/k_norm of width num_heads·head_dim); ""
+      none.
+    logit_softcap: cap·tanh(scores / cap) before the softmax (Gemma 2's
+      eager_attention_forward); 0: none.
+    sdpa: the model class runs attention through torch's scaled_dot_product_attention when
+      asked (`_supports_sdpa`). False (Gemma 2: its soft-capping): transformers refuses
+      attn_implementation="sdpa" and from_pretrained's default falls back to eager.
     """
 
     qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
@@ -80,6 +84,7 @@ class Attention:
     softmax_fp32: bool = True
     qk_norm: str = ""
     logit_softcap: float = 0.0
+    sdpa: bool = True
 
     @property
     def fused_qkv(self) -> bool:
@@ -92,7 +97,8 @@ class Mlp:
 
     inputs: the module names of the projections reading the MLP's input: gated
       ("gate_proj", "up_proj"), or one fused gate/up projection of width 2·I (Phi-3's
-      gate_up_proj) [not modelled yet]; plain ("fc1",). out: the down projection's name.
+      gate_up_proj, whose output is chunked into two views); plain ("fc1",). out: the down
+      projection's name.
     gated: down(act(gate(x)) * up(x)) instead of down(act(up(x))).
     """
 
@@ -164,10 +170,11 @@ class LayerKind:
     fourth layer, a mixture-of-experts model may keep some dense layers.
 
     sliding_window: each token attends to the last `sliding_window` tokens; 0: full causal
-      attention. Priced as full attention: the same tensors under eager attention, and
-      under SDPA while the context is shorter than the window (transformers then skips
-      the mask, masking_utils._ignore_causal_mask_sdpa); from the window on, SDPA gets an
-      explicit mask, which is not modelled yet.
+      attention. Eager attention keeps the same tensors either way (its mask is another
+      (b, 1, s, s) mask). SDPA skips the mask while the context is shorter than the window
+      (masking_utils._ignore_causal_mask_sdpa); from the window on it gets a boolean mask,
+      which each sliding layer's SDPA call converts to a float mask of its own, and grouped
+      key/value heads are repeated (integrations/sdpa_attention.use_gqa_in_sdpa).
     rope: the rotary table the layer uses, when the model has rotary positions: the
       model's "global" one, or another ("local": Gemma 3's sliding layers use their own
       base frequency); each distinct table is computed once per forward and held through
@@ -195,7 +202,7 @@ class Architecture:
       norm_placement: "pre" (each branch normalises its input: Llama, GPT-2), "post" (the
         residual sum is normalised: OPT with do_layer_norm_before=false; priced like "pre",
         each norm keeping one N·h input, and not traced separately), "sandwich" (pre, and each branch's output before
-        its residual add: Gemma 2/3) [not modelled yet], "branch_out" (only each branch's
+        its residual add: Gemma 2/3's four norms per layer), "branch_out" (only each branch's
         output, before its residual add: OLMo 2's post_attention_layernorm and
         post_feedforward_layernorm; the projections read the layer input and the residual
         sum themselves).
@@ -211,10 +218,20 @@ class Architecture:
         `q_embed.to(q_type), k_embed.to(k_type)`). False: the tables take the dtype of the
         embedding output (LlamaRotaryEmbedding: `cos.to(dtype=x.dtype)`), and q, k leave
         the rotation in the promoted dtype.
-      embedding_scale: the embedding output is multiplied by sqrt(h) (Gemma's normalizer;
-        a product with a constant keeps nothing for backward).
+      rotary_by_concat: apply_rotary_pos_emb rebuilds q and k with torch.cat (the rotated
+        part beside the passed-through one: NeoX, Phi, Phi-3), so the rotated q is contiguous
+        in (b, a, s, d); an elementwise rotation of the transposed projection (Llama) keeps
+        its (b, s, a, d) layout. The CPU flash kernel lays its output out like q, so after a
+        concatenation the `.transpose(1, 2).contiguous()` before the output projection copies.
+      embedding_scale: the embedding output is multiplied by sqrt(h) (Gemma's normalizer, a
+        0-d tensor the product keeps for backward).
       lm_head_bias: the LM head has a bias (Phi).
-      final_logit_softcap: cap·tanh(logits / cap) (Gemma 2) [not modelled yet].
+      final_logit_softcap: cap·tanh(logits / cap) after the LM head (Gemma 2): its tanh output
+        is kept for backward beside the logits the output holds.
+      masks_always_built: the masks ("full", "sliding") the model's forward builds whatever
+        kinds its layers are, and holds through the layer loop: Gemma 2/3 both (their
+        causal_mask_mapping), Qwen2 the full one; besides these, one per kind of attention
+        its layers use (Mistral and Phi-3 build only the mask of their window).
       multipliers: Granite's (Multipliers).
     What a forward without autograd keeps referenced (MeZO and inference), beyond the
     layer input, its normalised copy and the embedding output:
@@ -248,9 +265,11 @@ class Architecture:
     position_offset: int = 0
     rotary_fraction: float = 1.0
     rotary_fp32: bool = False
+    rotary_by_concat: bool = False
     embedding_scale: bool = False
     lm_head_bias: bool = False
     final_logit_softcap: float = 0.0
+    masks_always_built: tuple[str, ...] = ()
     multipliers: Multipliers = field(default_factory=Multipliers)
     forward_keeps_position_output: str = ""
     forward_keeps_attention_output: bool = False
@@ -270,14 +289,6 @@ class Architecture:
 def unmodelled_features(arch: Architecture, layers: tuple[LayerKind, ...], moe: Moe | None) -> list[str]:
     """The mechanisms a description uses that the memory model does not price yet."""
     out = []
-    if arch.attention.logit_softcap:
-        out.append("attention logit soft-capping")
-    if arch.final_logit_softcap:
-        out.append("final logit soft-capping")
-    if arch.norm_placement == "sandwich":
-        out.append(f"norms on the branch outputs ({arch.norm_placement})")
-    if arch.mlp.fused_gate_up:
-        out.append("a fused gate/up projection")
     if moe is not None and moe.shared_expert_size:
         out.append("a shared expert")
     return out
@@ -310,6 +321,14 @@ def validate_architecture(arch: Architecture) -> None:
     for name in ("logit_softcap",):
         if not _number(getattr(arch.attention, name)) or getattr(arch.attention, name) < 0:
             raise ValueError(f"attention.{name}: must be a number >= 0")
+    if not isinstance(arch.masks_always_built, tuple) or not all(m in MASK_KINDS for m in arch.masks_always_built):
+        raise ValueError(f"masks_always_built: a tuple of {', '.join(repr(m) for m in MASK_KINDS)}, "
+                         f"got {arch.masks_always_built!r}")
+    for name in ("sdpa",):
+        if not isinstance(getattr(arch.attention, name), bool):
+            raise ValueError(f"attention.{name}: expected true or false")
+    if not isinstance(arch.rotary_by_concat, bool):
+        raise ValueError("rotary_by_concat: expected true or false")
     if not _number(arch.final_logit_softcap) or arch.final_logit_softcap < 0:
         raise ValueError("final_logit_softcap: must be a number >= 0")
     for name in ("embedding", "residual", "attention", "logits"):

@@ -15,7 +15,7 @@ import sys
 from dataclasses import replace
 
 from . import (ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, CUDA_CONTEXT_BYTES, GB, GiB,
-               Parallel, Scenario, context_note, estimate, families, largest_batch, largest_preset,
+               Parallel, Scenario, attention_note, context_note, estimate, families, largest_batch, largest_preset,
                largest_scaled_model, load_hf_config, load_preset, longest_context, parameter_count,
                parse_bytes, preset_family, relative_model_size)
 from .loop_args import add_loop_arguments, loop_from_args
@@ -101,13 +101,15 @@ def cmd_estimate(args) -> int:
     est = estimate(shape, sc)
     note = context_note(shape, sc.seq)
     pl = sc.parallel
+    attn_note = attention_note(shape, sc)
     if args.json:
         print(_strict_json({"model": shape.name, "params": est.params, "active_params": est.active_params,
                             "moe_note": est.moe_note or None, "peak_bytes": est.peak_bytes,
                             "phase": est.phase, "breakdown": est.breakdown, "phases": est.phases,
                             "textbook": est.textbook, "host_bytes": est.host_bytes,
                             "host_breakdown": est.host_breakdown, "cuda_context_bytes": CUDA_CONTEXT_BYTES,
-                            "context_note": note, "loop": resolved_loop(shape, sc), "scenario": sc.to_dict()}))
+                            "context_note": note, "attention_note": attn_note, "loop": resolved_loop(shape, sc),
+                            "scenario": sc.to_dict()}))
         return 0
     print(f"{shape.name}: {est.params:,} parameters; {sc.method}, batch {sc.batch}, seq {sc.seq}, "
           f"{sc.dtype}{' mixed' if sc.mixed_precision else ''}, L'/L={sc.keep}, {sc.attention}")
@@ -120,8 +122,9 @@ def cmd_estimate(args) -> int:
         print(f"Active parameters per token: {est.active_params:,} (mixture of experts: its top-k experts)")
     if est.moe_note:
         print(f"Mixture of experts, {est.moe_note}.")
-    if note:
-        print(f"Note: {note}.")
+    for n in (note, attn_note):
+        if n:
+            print(f"Note: {n}.")
     print(f"Peak at '{est.phase}' (live tensors; CUDA context of about "
           f"{CUDA_CONTEXT_BYTES / GiB:.2f} GiB not included):")
     for term, n in est.breakdown.items():

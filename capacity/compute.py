@@ -6,7 +6,7 @@ is a lower bound: real steps reach a fraction of peak (the `efficiency` argument
 
 from __future__ import annotations
 
-from .memory import kept_layers, optimizer_state_bytes
+from .memory import kept_layers, optimizer_state_bytes, runnable_attention
 from .params import active_experts_params, layer_linears, parameter_count
 from .presets import Device
 from .scenario import Scenario
@@ -37,7 +37,7 @@ def forward_flops(s: ModelShape, sc: Scenario) -> float:
     computes the full square, SDPA's causal kernels about half)."""
     n = sc.tokens
     attn = 4 * sc.batch * sc.seq * sc.seq * s.q_dim * s.num_layers
-    if sc.attention == "sdpa":
+    if runnable_attention(s, sc) == "sdpa":
         attn /= 2
     return 2.0 * n * matmul_params(s) + attn
 

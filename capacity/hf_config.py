@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .families import FAMILIES, MODEL_TYPES, ConfigReader, family
+from .families import FAMILIES, MODEL_TYPES, ConfigReader, family, supported_text, text_model_config
 from .families.config import show
 from .shape import ModelShape, ShapeError
 
@@ -33,21 +33,30 @@ def from_hf_config(cfg: dict, name: str = "") -> ModelShape:
     """
     if not isinstance(cfg, dict):
         raise ValueError("config.json: expected a JSON object at the top level")
+    given = cfg.get("_name_or_path")
+    if cfg.get("quantization_config") is not None:
+        _refuse_quantized()
+    cfg, prefix = text_model_config(cfg)     # a multimodal config: its text model
     model_type = cfg.get("model_type")
     if not isinstance(model_type, str) or model_type not in FAMILIES:
         raise ValueError(f"config.json: model_type: {show(model_type)} is not supported; "
-                         f"supported: {', '.join(MODEL_TYPES)}")
+                         f"supported: {supported_text()}")
     fam = FAMILIES[model_type]
     if cfg.get("quantization_config") is not None:
-        raise ValueError("config.json: quantization_config: quantized base weights are not modelled by "
-                         "the calculator yet (it would price them as 16-bit); remove the key to price the "
-                         "unquantized model")
-    given = cfg.get("_name_or_path")
+        _refuse_quantized()
     name = name or (given[:200] if isinstance(given, str) and given else fam.model_type)
+    if prefix:
+        name = f"{name} (text model)"
     try:
-        return fam.read(ConfigReader(cfg, fam.defaults), name)
+        return fam.read(ConfigReader(cfg, fam.defaults, prefix=prefix), name)
     except ShapeError as err:
-        raise ValueError(f"config.json: {err.named(fam.keys)}") from None
+        raise ValueError(f"config.json: {prefix}{err.named(fam.keys)}") from None
+
+
+def _refuse_quantized():
+    raise ValueError("config.json: quantization_config: quantized base weights are not modelled by "
+                     "the calculator yet (it would price them as 16-bit); remove the key to price the "
+                     "unquantized model")
 
 
 def shape_to_hf_config(s: ModelShape) -> dict:

@@ -223,7 +223,8 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
         "optimizer_states": optimizer_state_bytes(s, sc),
     }
     c_layer = act.checkpoint_saved_bytes(s, sc)
-    shared = act.rotary_bytes(s, sc) + (act.causal_mask_bytes(s, sc) if ckpt else 0)
+    # At the end of the forward every layer is below: every shared tensor a layer holds is live.
+    shared = _SharedTensors(s, sc, ckpt).held(L)
     outside = act.embedding_saved_bytes(s, sc) + act.head_saved_bytes(s, sc) + shared
     # Layers 0..ckpt-1 keep only their input, the rest everything.
     saved = layers.saved(ckpt, L) + ckpt * c_layer + outside
@@ -304,6 +305,31 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
 # one position in the repeating pattern of kinds, each of these terms is affine in i. So
 # the largest total over a run is at one of its two ends: the peak is the largest of at
 # most 4 totals per position in the pattern, whatever L is.
+
+
+class _SharedTensors:
+    """Tensors made once per forward and held by the layers that use them (rotary tables,
+    masks), during the backward pass: through layer i, a shared tensor is live while a layer
+    at or below i still holds it. Every layer's rotation keeps its table's cos and sin; only
+    a checkpointed layer keeps its mask (as an input to its recomputation: the masked sum
+    keeps nothing, and a float mask an SDPA layer converts is its own). A tensor's first
+    holder is in the first period of the pattern of kinds, so the live set is the same for
+    every layer past it."""
+
+    def __init__(self, s: ModelShape, sc: Scenario, ckpt: int):
+        first = {}
+        for i, kind in enumerate(s.layers[:s.num_layers]):
+            first.setdefault(("rope", kind.rope), i)
+            if i < ckpt:
+                first.setdefault(("mask", act.mask_kind(kind)), i)
+        tables = act.rotary_tables(s, sc)
+        masks = act.attention_masks(s, sc)
+        self.items = [(i, tables[name] if what == "rope" else masks.get(name, 0))
+                      for (what, name), i in first.items() if what == "mask" or name in tables]
+
+    def held(self, i: int) -> int:
+        """Bytes of the shared tensors live in the backward through layer i."""
+        return sum(size for first, size in self.items if first <= i)
 
 
 @dataclass(frozen=True)
@@ -429,8 +455,9 @@ class BackwardThroughLayers:
         self.s, self.sc, self.layers = s, sc, layers
         self.ckpt = s.num_layers - kept_layers(s, sc)
         self.c_layer = act.checkpoint_saved_bytes(s, sc)
-        shared = act.rotary_bytes(s, sc) + (act.causal_mask_bytes(s, sc) if self.ckpt else 0)
-        self.embed_saved = act.embedding_saved_bytes(s, sc) + shared
+        # The rotary tables and masks the layers at or below a layer hold (_SharedTensors).
+        self.shared = _SharedTensors(s, sc, self.ckpt)
+        self.embed_saved = act.embedding_saved_bytes(s, sc)
         # The gradient flowing down the residual stream, in the stream's dtype (fp32 under
         # mixed precision).
         self.grad_flow = act.stream_bytes(sc) * sc.tokens * s.hidden_size
@@ -442,7 +469,8 @@ class BackwardThroughLayers:
         """What layers 0..i-1 (and the embedding) keep: the first `ckpt` only their input,
         the rest everything."""
         ckpt = self.ckpt
-        return self.embed_saved + min(i, ckpt) * self.c_layer + self.layers.saved(ckpt, max(i, ckpt))
+        return self.embed_saved + self.shared.held(i) + min(i, ckpt) * self.c_layer \
+            + self.layers.saved(ckpt, max(i, ckpt))
 
     def within(self, i: int, live_gradients: bool = False) -> int:
         """The highest point inside layer i's backward, beyond the layers below: its own
@@ -559,6 +587,10 @@ def _candidate_layers(num_layers: int, ckpt: int, period: int) -> list[int]:
             lo = first + r
             out.add(lo)
             out.add(lo + (last - lo) // period * period)
+            # The shared tensors live (_SharedTensors) may change within the first period only:
+            # past it, the run is affine from its second layer on.
+            if lo + period <= last:
+                out.add(lo + period)
     return sorted(out, reverse=True)
 
 
@@ -694,12 +726,12 @@ def _forward_layer_peak(s: ModelShape, sc: Scenario, kind: LayerKind, held: int,
     if arch.forward_keeps_unrotated_qk:
         qkv += p * n * (s.q_dim + s.kv_dim)  # the rotated copies, beside the originals
     scores = b * a * seq * seq
+    # repeat_kv's copies of k and v (eager, or SDPA given a mask); with one key/value head its
+    # expand and reshape stay a view at any batch (the size-1 head dim merges at stride 0),
+    # and the matmul's own copy of k is freed before the softmax.
+    repeats = 2 * p * n * s.q_dim if 1 < s.num_kv_heads < s.num_heads else 0
     if sc.attention == "eager":
-        if 1 < s.num_kv_heads < s.num_heads:
-            # repeat_kv's copies of k and v; with one key/value head its expand and reshape
-            # stay a view at any batch (the size-1 head dim merges at stride 0), and the
-            # matmul's own copy of k is freed before the softmax.
-            qkv += 2 * p * n * s.q_dim
+        qkv += repeats
         if not arch.attention.softmax_fp32:
             score_bytes = 2 * p
         else:
@@ -707,8 +739,18 @@ def _forward_layer_peak(s: ModelShape, sc: Scenario, kind: LayerKind, held: int,
             score_bytes = p + copy + FP32
         attn_peak = qkv + score_bytes * scores
     else:
-        attn_peak = qkv + p * n * s.q_dim + FP32 * b * a * seq
-    widest = 3 if arch.mlp.gated else {"gelu_new": 4}.get(arch.mlp.activation, 2)
+        if act.sdpa_repeats_kv(s, sc, kind):
+            qkv += repeats
+        # With a mask (a sliding window reached): SDPA's float copy of it, for this call.
+        mask = p * b * seq * seq if act.sdpa_mask_present(s, sc, kind) else 0
+        attn_peak = qkv + mask + p * n * s.q_dim + FP32 * b * a * seq
+        if arch.rotary_by_concat and arch.positions == "rope" and kind.rope:
+            # The output, laid out like the contiguous q, and its (b, s, a, d) copy.
+            attn_peak = max(attn_peak, qkv + 2 * p * n * s.q_dim)
+    # Gated: the activation's output, up's output and their product; a fused gate/up
+    # projection's output stays whole while either chunk (a view) lives.
+    mlp = arch.mlp
+    widest = (4 if mlp.fused_gate_up else 3) if mlp.gated else {"gelu_new": 4}.get(mlp.activation, 2)
     mlp_peak = widest * p * n * s.intermediate_size
     if kind.moe:
         mlp_peak = moe.nograd_peak_bytes(s, sc)
@@ -827,6 +869,24 @@ def textbook_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
             "activations": acts}
 
 
+def runnable_attention(s: ModelShape, sc: Scenario) -> str:
+    """The attention implementation the model runs for a requested one: SDPA falls back to
+    eager for a model class that does not support it (Attention.sdpa False: Gemma 2), as
+    transformers' from_pretrained does by default (PreTrainedModel.get_correct_attn_implementation;
+    an explicit attn_implementation="sdpa" raises there instead)."""
+    return "eager" if sc.attention == "sdpa" and not s.arch.attention.sdpa else sc.attention
+
+
+def attention_note(s: ModelShape, sc: Scenario) -> str | None:
+    """A note when the attention priced is not the one requested (runnable_attention); else None."""
+    if runnable_attention(s, sc) == sc.attention:
+        return None
+    return (f"{s.name or 'this model'} does not support attention through "
+            "torch.nn.functional.scaled_dot_product_attention (transformers refuses "
+            'attn_implementation="sdpa" for it; from_pretrained\'s default falls back to eager): '
+            "priced with eager attention")
+
+
 def _check_modelled(sc: Scenario) -> None:
     """Refuse, by name, the settings whose mechanism is not modelled (yet)."""
     if sc.peft.method != "none" or sc.peft.weights_bits != 16:
@@ -844,6 +904,8 @@ def estimate(s: ModelShape, sc: Scenario) -> Estimate:
     table (capacity.context)."""
     _check_modelled(sc)
     check_context(s, sc.seq)
+    if runnable_attention(s, sc) != sc.attention:
+        sc = replace(sc, attention=runnable_attention(s, sc))   # attention_note says so
     if sc.parallel.sharding != "none":
         from .sharding import estimate_sharded
         return estimate_sharded(s, sc)

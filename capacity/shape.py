@@ -56,6 +56,16 @@ class _Names(dict):
         return self.keys_.get(field, field)
 
 
+def _nearest_divisor(n: int, target: float) -> int:
+    """The divisor of n nearest to target (the smaller on a tie), at least 1."""
+    best = max(1, min(n, round(target)))
+    for delta in range(n):
+        for k in (best - delta, best + delta):
+            if 1 <= k <= n and n % k == 0:
+                return k
+    return 1
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """A decoder-only Transformer of one family (`model_type`, see capacity.families)."""
@@ -125,9 +135,10 @@ class ModelShape:
     def scaled(self, num_layers: int, hidden_size: int, name: str = "") -> "ModelShape":
         """The same family at another depth and width: heads keep their head dim, the MLP
         (and the experts) keep their ratio I/h, the key/value heads keep their ratio a/a_kv, the query width
-        keeps its ratio a·d/h (Qwen3-0.6B: 2), the layers keep their pattern of kinds (the
-        first num_layers of it, when fewer)."""
-        heads = max(1, round(self.num_heads * hidden_size / self.hidden_size))
+        keeps its ratio a·d/h (Qwen3-0.6B: 2) as nearly as a head count that divides h allows
+        (transformers' configs refuse another: LlamaConfig, Gemma2Config.validate_architecture),
+        the layers keep their pattern of kinds (the first num_layers of it, when fewer)."""
+        heads = _nearest_divisor(hidden_size, self.num_heads * hidden_size / self.hidden_size)
         group = max(1, self.num_heads // self.num_kv_heads)
         kv = max(1, heads // group)
         while heads % kv:

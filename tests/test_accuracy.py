@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from capacity import Scenario, from_hf_config, loop_preset  # noqa: E402
-from capacity.accuracy import accuracy_models, known_deviation  # noqa: E402
+from capacity.accuracy import accuracy_models, applies, known_deviation, variant_config  # noqa: E402
 from capacity.validation import compare  # noqa: E402
 
 TOLERANCE_PCT = 2.0
@@ -41,10 +41,14 @@ MOE_SCENARIOS = [
 
 
 def scenarios_for(model: str) -> list:
+    """The slice a model is traced over, less the cases its class cannot run (SDPA for Gemma 2:
+    capacity.accuracy.applies)."""
     cfg = accuracy_models()[model]
     if model != cfg["model_type"]:
-        return SCENARIOS[::3]
-    return SCENARIOS + (MOE_SCENARIOS if from_hf_config(dict(cfg)).moe is not None else [])
+        out = SCENARIOS[::3]
+    else:
+        out = SCENARIOS + (MOE_SCENARIOS if from_hf_config(dict(cfg)).moe is not None else [])
+    return [sc for sc in out if applies(model, sc)]
 
 
 CASES = []
@@ -112,6 +116,11 @@ LONG = [
     ("granite", Scenario(method="bp", optimizer="sgd", keep=0.0, dtype="bf16", attention="sdpa", batch=1, seq=1024, target="cpu", loop=PLAIN)),
     ("smollm3", Scenario(method="mezo", dtype="bf16", attention="sdpa", batch=1, seq=4096, target="cpu", loop=PLAIN)),
     ("qwen3", Scenario(method="bp", optimizer="sgd", keep=0.0, dtype="bf16", mixed_precision=True, attention="eager", batch=1, seq=1024, target="cpu", loop=PLAIN)),
+    # Past the windows (256) of the sliding-window types: SDPA's mask per sliding layer.
+    ("gemma3_text", Scenario(method="bp", optimizer="sgd", keep=0.0, dtype="bf16", attention="sdpa", batch=1, seq=4096, target="cpu", loop=PLAIN)),
+    ("gemma2", Scenario(method="bp", optimizer="adamw", keep=1.0, dtype="bf16", attention="eager", batch=1, seq=2048, target="cpu", loop=PLAIN)),
+    ("phi3", Scenario(method="mezo", dtype="bf16", attention="sdpa", batch=1, seq=4096, target="cpu", loop=PLAIN)),
+    ("phi3", Scenario(method="bp", optimizer="adamw", keep=1.0, dtype="bf16", mixed_precision=True, attention="sdpa", batch=1, seq=1024, target="cpu", loop=PLAIN)),
 ]
 
 
@@ -134,3 +143,21 @@ def test_llama3_rope_scaling_costs_no_memory():
     traced = [compare(c, sc, steps=2, device="trace")["measured_peak_bytes"] for c in (cfg, plain)]
     assert traced[0] == traced[1]
     assert estimate(from_hf_config(cfg), sc).peak_bytes == estimate(from_hf_config(plain), sc).peak_bytes
+
+
+# Sliding windows that SDPA masks (the window, 256, is below the context: a float mask per
+# sliding layer, repeated key/value heads), Gemma 3 with one key/value head: a slice of
+# bench/accuracy.py --variants, each case within 2% of its trace.
+WINDOWED = [
+    Scenario(method="bp", optimizer="adamw", keep=1.0, dtype="bf16", attention="sdpa", batch=1, seq=512, target="cpu", loop=PLAIN),
+    Scenario(method="bp", optimizer="sgd", keep=0.0, dtype="fp32", attention="sdpa", batch=1, seq=512, target="cpu", loop=PLAIN),
+    Scenario(method="mezo", dtype="bf16", attention="sdpa", batch=2, seq=384, target="cpu", loop=PLAIN),
+]
+
+
+@pytest.mark.parametrize("variant", ["mistral (window 256)", "qwen2 (window 256 from layer 2)",
+                                     "gemma3_text (one kv head)"])
+@pytest.mark.parametrize("sc", WINDOWED, ids=lambda sc: f"{sc.method}-k{sc.keep}-{sc.dtype}-b{sc.batch}s{sc.seq}")
+def test_sliding_windows_under_sdpa_within_two_percent(variant, sc):
+    result = compare(variant_config(variant), sc, steps=2, device="trace")
+    assert abs(result["error_pct"]) <= 2.0, result["error_pct"]

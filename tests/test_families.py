@@ -47,6 +47,17 @@ def test_scaled_shapes_round_trip_and_keep_their_description():
 
 # ------------------------------------------------------------------ the closed form in L
 
+def shared_held(s, sc, ckpt, i):
+    """The shared tensors live in the backward through layer i, by definition: a rotary
+    table while a layer at or below i uses it, a mask while a checkpointed layer at or below
+    i reads it (a loop over the layers themselves)."""
+    tables, masks = act.rotary_tables(s, sc), act.attention_masks(s, sc)
+    kinds = [s.layer_kind(j) for j in range(i + 1)]
+    held = sum(size for name, size in tables.items() if any(k.rope == name for k in kinds))
+    return held + sum(size for name, size in masks.items()
+                      if any(act.mask_kind(k) == name for k in kinds[:ckpt]))
+
+
 def layer_by_layer(s, sc):
     """The backward pass through the layers visited one layer at a time, top to bottom, each
     sum taken over the layers themselves: the reference for the closed form."""
@@ -59,17 +70,15 @@ def layer_by_layer(s, sc):
              "master_weights": memory.weights_bytes(s, sc) if sc.mixed_precision else 0,
              "optimizer_states": memory.optimizer_state_bytes(s, sc)}
     c_layer = act.checkpoint_saved_bytes(s, sc)
-    shared = act.rotary_bytes(s, sc) + (act.causal_mask_bytes(s, sc) if ckpt else 0)
     tied = gp * s.vocab_size * s.embed_dim if s.tie_embeddings else 0
     ckpt_input = 0 if act.norm_keeps_layer_input(s, sc) else c_layer
     flow = act.stream_bytes(sc) * sc.tokens * s.hidden_size
     worst = None
     for i in range(L - 1, -1, -1):
-        is_ckpt = i < ckpt
-        below = act.embedding_saved_bytes(s, sc) + shared + sum(
+        is_ckpt, c = i < ckpt, cost[i]
+        below = act.embedding_saved_bytes(s, sc) + shared_held(s, sc, ckpt, i) + sum(
             c_layer if j < ckpt else cost[j].saved for j in range(i))
         kept_input = ckpt_input if is_ckpt else 0
-        c = cost[i]
         points = [(c.saved - c.out_norm + kept_input + flow + c.mlp_backward + c.gradients_mlp_out, c.copies_mlp_out),
                   (c.saved_attention - c.out_norm + kept_input + c.gradients_mlp + c.gradients_attn_out + flow
                    + c.attention_backward, c.copies_mlp + c.copies_attn_out),
@@ -209,18 +218,14 @@ def test_a_rope_answer_beyond_max_position_embeddings_carries_a_note():
 
 # ------------------------------------------------------------------ descriptions of what is coming
 
-@pytest.mark.parametrize("change", [
-    lambda a: replace(a, attention=replace(a.attention, logit_softcap=50.0)),
-    lambda a: replace(a, final_logit_softcap=30.0),
-    lambda a: replace(a, norm_placement="sandwich"),
-    lambda a: replace(a, mlp=replace(a.mlp, inputs=("gate_up_proj",))),
-])
-def test_a_described_but_unpriced_mechanism_is_refused(change):
-    base = cap.load_preset("tiny-llama")
-    arch = change(base.arch)
-    assert unmodelled_features(arch, base.layers, None)
+def test_a_described_but_unpriced_mechanism_is_refused():
+    """A shared expert (Qwen2-MoE's) is described but not priced: a shape using it is refused
+    by name rather than priced without it."""
+    base = cap.load_preset("mixtral-8x7b")
+    moe = replace(base.moe, shared_expert_size=1024)
+    assert unmodelled_features(base.arch, base.layers, moe)
     with pytest.raises(ValueError, match="does not price"):
-        replace(base, arch=arch)
+        replace(base, moe=moe)
 
 
 def test_layers_of_kinds_are_counted_in_closed_form():
@@ -229,9 +234,12 @@ def test_layers_of_kinds_are_counted_in_closed_form():
     assert s.layer_counts() == {LayerKind(sliding_window=512): 22, LayerKind(): 4}
     deep = replace(s, num_layers=2**24)
     assert sum(deep.layer_counts().values()) == 2**24
-    # A sliding window is priced as full attention: the same tensors (LayerKind's docstring).
-    sc = cap.Scenario(seq=256)
-    assert cap.estimate(s, sc).peak_bytes == cap.estimate(replace(s, layers=(LayerKind(),)), sc).peak_bytes
+    # Below the window, SDPA runs a sliding layer as a full one (no mask: LayerKind's
+    # docstring); from the window on, each sliding layer keeps a float mask of its own.
+    full = replace(s, layers=(LayerKind(),))
+    below, at = (cap.Scenario(seq=q, attention="sdpa") for q in (256, 512))
+    assert cap.estimate(s, below).peak_bytes == cap.estimate(full, below).peak_bytes
+    assert cap.estimate(s, at).peak_bytes > cap.estimate(full, at).peak_bytes
     assert cap.parameter_count(s) == embedding_params(s) + 26 * layer_params(s) + head_params(s)
 
 

@@ -205,6 +205,15 @@ def test_gemma_activation_is_the_one_transformers_runs(cfg):
      "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]},
     {"model_type": "smollm3", "num_hidden_layers": 6, "use_sliding_window": True, "sliding_window": 64},
     {"model_type": "smollm3", "num_hidden_layers": 6, "sliding_window": 64},
+    {"model_type": "gemma2", "num_hidden_layers": 5},
+    {"model_type": "gemma2", "num_hidden_layers": 1, "sliding_window": 64},
+    {"model_type": "gemma2", "num_hidden_layers": 3,
+     "layer_types": ["full_attention", "full_attention", "sliding_attention"]},
+    {"model_type": "gemma3_text", "num_hidden_layers": 26, "sliding_window": 512},
+    {"model_type": "gemma3_text", "num_hidden_layers": 9, "sliding_window_pattern": 4},
+    {"model_type": "gemma3_text", "num_hidden_layers": 4, "sliding_window_pattern": 1},
+    {"model_type": "phi3", "num_hidden_layers": 3},
+    {"model_type": "phi3", "num_hidden_layers": 3, "sliding_window": 2047},
 ])
 def test_sliding_windows_are_read_layer_by_layer_as_transformers_reads_them(cfg):
     shape = from_hf_config(cfg)
@@ -257,3 +266,83 @@ def test_granite_multipliers_are_read_as_transformers_reads_them():
 def test_new_family_keys_are_named_when_wrong(cfg, key):
     with pytest.raises(ValueError, match=f"config.json: {key}"):
         from_hf_config(cfg)
+
+
+@pytest.mark.parametrize("cfg", [
+    {"model_type": "gemma3_text", "num_hidden_layers": 13},
+    {"model_type": "gemma3_text", "num_hidden_layers": 7, "sliding_window_pattern": 3},
+    {"model_type": "gemma3_text", "num_hidden_layers": 4,
+     "layer_types": ["full_attention", "sliding_attention", "sliding_attention", "full_attention"]},
+])
+def test_gemma3_layers_use_the_rotary_table_of_their_type(cfg):
+    """Gemma3RotaryEmbedding keeps one table per layer type: sliding layers the local one."""
+    conf = transformers.AutoConfig.for_model("gemma3_text", **{k: v for k, v in cfg.items() if k != "model_type"})
+    shape = from_hf_config(cfg)
+    for i, t in enumerate(conf.layer_types):
+        kind = shape.layer_kind(i)
+        assert (kind.rope, kind.sliding_window) == (("local", conf.sliding_window) if t == "sliding_attention"
+                                                    else ("global", 0))
+
+
+@pytest.mark.parametrize("text", [
+    {},
+    {"hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34, "num_attention_heads": 8,
+     "num_key_value_heads": 4, "sliding_window": 1024, "rope_scaling": {"factor": 8.0, "rope_type": "linear"}},
+])
+def test_a_multimodal_gemma3_config_is_read_as_its_text_model(text):
+    """Published Gemma-3 4B/12B/27B configs are `gemma3` with a `text_config` holding only the
+    keys that differ from Gemma3TextConfig's defaults: capacity prices that text model."""
+    wrapped = {"model_type": "gemma3", "text_config": text, "vision_config": {"hidden_size": 1152}}
+    conf = transformers.AutoConfig.for_model("gemma3", **{k: v for k, v in wrapped.items() if k != "model_type"})
+    theirs = {k: v for k, v in conf.text_config.to_dict().items() if v is not None or k == "head_dim"}
+    shape = from_hf_config(wrapped)
+    assert shape == from_hf_config({**theirs, "model_type": "gemma3_text"}, name=shape.name)
+    assert shape.model_type == "gemma3_text" and "text model" in shape.name
+    with pytest.raises(ValueError, match="config.json: text_config.hidden_size"):
+        from_hf_config({**wrapped, "text_config": {**text, "hidden_size": "big"}})
+
+
+@pytest.mark.parametrize("cfg", [
+    {"model_type": "gemma2"},
+    {"model_type": "gemma2", "attn_logit_softcapping": None, "final_logit_softcapping": None},
+    {"model_type": "gemma2", "attn_logit_softcapping": 20.0},
+    {"model_type": "gemma3_text"},
+    {"model_type": "gemma3_text", "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0},
+])
+def test_soft_capping_is_read_as_the_model_applies_it(cfg):
+    """An explicit null switches soft-capping off (the class default applies only to an
+    absent key); Gemma 3 reads attn_logit_softcapping but never passes it to attention."""
+    conf = transformers.AutoConfig.for_model(cfg["model_type"], **{k: v for k, v in cfg.items() if k != "model_type"})
+    arch = from_hf_config(cfg).arch
+    applied = conf.attn_logit_softcapping if cfg["model_type"] == "gemma2" else None
+    assert arch.attention.logit_softcap == (applied or 0.0)
+    assert arch.final_logit_softcap == (conf.final_logit_softcapping or 0.0)
+
+
+@pytest.mark.parametrize("cfg", [
+    {"model_type": "gemma2", "hidden_act": "relu"},
+    {"model_type": "gemma2", "hidden_activation": "gelu"},
+    {"model_type": "gemma3_text", "hidden_act": "silu", "hidden_activation": "gelu_pytorch_tanh"},
+])
+def test_gemma2_and_3_activation_is_hidden_activation(cfg):
+    conf = transformers.AutoConfig.for_model(cfg["model_type"], **{k: v for k, v in cfg.items() if k != "model_type"})
+    assert from_hf_config(cfg).arch.mlp.activation == {"gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}[
+        conf.hidden_activation]
+
+
+def test_phi3_head_dim_and_pad_token_are_read_as_transformers_builds_them():
+    with torch_meta():
+        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(
+            "phi3", hidden_size=256, num_attention_heads=8, head_dim=64, num_key_value_heads=2,
+            num_hidden_layers=1, intermediate_size=128, vocab_size=500, pad_token_id=None))
+    shape = from_hf_config({"model_type": "phi3", "hidden_size": 256, "num_attention_heads": 8, "head_dim": 64,
+                            "num_key_value_heads": 2, "num_hidden_layers": 1, "intermediate_size": 128,
+                            "vocab_size": 500, "pad_token_id": None})
+    assert model.model.layers[0].self_attn.qkv_proj.out_features == shape.q_dim + 2 * shape.kv_dim == 768
+    with pytest.raises(ValueError, match="config.json: pad_token_id: 32000 must be below vocab_size"):
+        from_hf_config({"model_type": "phi3", "vocab_size": 500})
+
+
+def torch_meta():
+    import torch
+    return torch.device("meta")

@@ -123,6 +123,19 @@ class ConfigReader:
             self.fail(key, f"must be in [{low:g}, {high:g}{')' if high_open else ']'}, got {show(value)}")
         return value
 
+    def is_null(self, key: str) -> bool:
+        """Whether the config sets `key` to null. For the keys where transformers keeps an
+        explicit null (no sliding window, no soft-capping), null is not the default."""
+        return key in self.cfg and self.cfg[key] is None
+
+    def nullable_number(self, key: str, low: float, high: float) -> float | None:
+        """None when the config sets `key` to null (or it is absent with a null default), else
+        a number in [low, high]: an explicit null keeps its meaning (transformers' fields whose
+        None switches a mechanism off)."""
+        if self.is_null(key) or self.value(key) is None:
+            return None
+        return self.number(key, low, high)
+
     def probability(self, key: str) -> float:
         """A dropout probability, in [0, 1)."""
         return self.number(key, 0.0, 1.0, high_open=True)

@@ -30,7 +30,7 @@ def architecture(activation: str, attention_bias: bool, parallel: bool, rotary_f
         attention=Attention(qkv=("query_key_value",), out="dense", qkv_bias=attention_bias, out_bias=attention_bias),
         mlp=Mlp(inputs=("dense_h_to_4h",), out="dense_4h_to_h", gated=False, activation=activation, bias=True),
         parallel_residual=parallel,
-        positions="rope", rotary_fraction=rotary_fraction,
+        positions="rope", rotary_fraction=rotary_fraction, rotary_by_concat=True,
         # v stays a view of the fused projection (which holds q and k) beside the rotated q, k.
         forward_keeps_unrotated_qk=True,
     )

@@ -30,7 +30,7 @@ def architecture(activation: str, rotary_fraction: float) -> Architecture:
         attention=Attention(qkv=("q_proj", "k_proj", "v_proj"), out="dense", qkv_bias=True, out_bias=True),
         mlp=Mlp(inputs=("fc1",), out="fc2", gated=False, activation=activation, bias=True),
         parallel_residual=True, shared_norm=True,
-        positions="rope", rotary_fraction=rotary_fraction,
+        positions="rope", rotary_fraction=rotary_fraction, rotary_by_concat=True,
         lm_head_bias=True,
         # PhiAttention keeps query_pass and key_pass, views of q and k, through the attention.
         forward_keeps_unrotated_qk=0 < rotary_fraction < 1,

@@ -3,6 +3,8 @@ with biases on q, k and v only; sliding-window layers only with use_sliding_wind
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..shape import MAX_LAYER_PATTERN, ModelShape
 from . import llama
 from .config import ConfigReader, Family, windows_from_layer_types
@@ -37,7 +39,8 @@ def windows(c: ConfigReader, layers: int) -> list[int]:
 
 
 def read(c: ConfigReader, name: str) -> ModelShape:
-    arch = llama.architecture(c.activation("hidden_act"), qkv_bias=True)
+    # Qwen2Model builds the full causal mask whatever its layers are (causal_mask_mapping).
+    arch = replace(llama.architecture(c.activation("hidden_act"), qkv_bias=True), masks_always_built=("full",))
     layers = c.integer("num_hidden_layers")
     return llama.read_llama_like(c, name, MODEL_TYPE, arch, windows=windows(c, layers))
 

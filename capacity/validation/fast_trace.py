@@ -419,6 +419,11 @@ def run_into(result: dict, shape, cfg: dict, scenario, ids_cpu: list, fake_mode,
     if configured != L:
         result["trace_fallback"] = f"layer count unclear (shape {L}, config {configured})"
         return False
+    if len(set(shape.layers)) > 1:
+        # Sliding-window and full layers (Gemma 2/3) keep different tensors: a model of 3-4
+        # layers is not the whole model with fewer copies of one middle layer.
+        result["trace_fallback"] = "layers of more than one kind (the extrapolation needs identical layers)"
+        return False
     c = num_checkpointed_layers(L, scenario.keep) if scenario.method == "bp" else 0
     if len(plan(L, c)) == 1 or (trace_mode == "auto" and not worthwhile(L, c)):
         return False

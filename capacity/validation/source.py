@@ -32,7 +32,7 @@ def resolve_model(source) -> tuple[ModelShape, dict]:
             return source, preset_config(source.name)
         return source, shape_to_hf_config(source)
     if isinstance(source, dict):
-        return from_hf_config(source), dict(source)
+        return from_hf_config(source), _text_model(source)
     if isinstance(source, (str, Path)) and str(source) in preset_names():
         cfg = preset_config(str(source))
         return from_hf_config(cfg, name=str(source)), cfg
@@ -41,8 +41,15 @@ def resolve_model(source) -> tuple[ModelShape, dict]:
         cfg = read_config_file(path)
         # Named as load_hf_config names it: a config.json by its folder, any other file by its stem.
         name = (path.parent.name if path.name == "config.json" else "") or path.stem
-        return from_hf_config(cfg, name=name), cfg
+        return from_hf_config(cfg, name=name), _text_model(cfg)
     raise ValueError(f"model: expected a ModelShape, a preset name, a config dict or a path, got {type(source).__name__}")
+
+
+def _text_model(cfg: dict) -> dict:
+    """The config the engine builds: a multimodal config's text model (the calculator
+    prices that one: families.TEXT_CONFIG_WRAPPERS), else the config itself."""
+    from ..families import text_model_config
+    return dict(text_model_config(cfg)[0])
 
 
 def read_config_file(path: Path) -> dict:
