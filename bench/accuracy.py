@@ -17,6 +17,10 @@ capacity.accuracy.matrix_for); writes docs/accuracy.md and prints the summary.
     python bench/accuracy.py --variants           # accuracy models with one setting changed
                                                   # (capacity.accuracy.VARIANTS: sliding windows
                                                   # SDPA masks, ...): their section of the report
+    python bench/accuracy.py --peft               # what is trained (capacity.accuracy.peft_matrix, traced;
+                                                  # quantized_matrix, real CPU runs): writes the results
+                                                  # section of docs/peft.md and the PEFT rows of
+                                                  # docs/accuracy.md's summary
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from capacity.accuracy import (VARIANTS, accuracy_models, applies, known_deviation,  # noqa: E402
-                               long_context_matrix, long_context_models, loop_matrix, matrix_for,
-                               sharding_matrix, variant_config, variant_matrix)
+from capacity.accuracy import (QUANTIZED_MODELS, VARIANTS, accuracy_models, applies, known_deviation,  # noqa: E402
+                               long_context_matrix, long_context_models, loop_matrix, matrix_for, peft_matrix,
+                               peft_models, quantized_matrix, sharding_matrix, variant_config, variant_matrix)
 from capacity.validation import compare  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "accuracy.md"
@@ -45,6 +49,11 @@ SHARDING_BEGIN, SHARDING_END = ("<!-- bench/accuracy.py --sharding: begin -->",
 
 COLUMNS = ("model type", "method", "optimizer", "L'/L", "dtype", "attention", "experts", "batch", "seq",
            "traced bytes", "predicted bytes", "error", "peak phase", "known deviation")
+PEFT_DOC = Path(__file__).resolve().parents[1] / "docs" / "peft.md"
+PEFT_BEGIN, PEFT_END = "<!-- bench/accuracy.py --peft: begin -->", "<!-- bench/accuracy.py --peft: end -->"
+PEFT_ROWS_BEGIN, PEFT_ROWS_END = "<!-- bench/accuracy.py --peft: summary begin -->", "<!-- bench/accuracy.py --peft: summary end -->"
+# Targets (issue 10): traced cases within 2%, quantized ones (real CPU runs) within 3%.
+PEFT_TRACE_TARGET, PEFT_CPU_TARGET = 2.0, 3.0
 
 
 def main() -> int:
@@ -59,7 +68,10 @@ def main() -> int:
     ap.add_argument("--sharding", action="store_true",
                     help="trace ranks of sharded runs instead (capacity.accuracy.sharding_matrix); results go "
                          "to docs/sharding.md")
-    ap.add_argument("--models", help="with --loops or --sharding: comma-separated model types (default: all; --sharding: presets)")
+    ap.add_argument("--peft", action="store_true",
+                    help="what is trained (capacity.accuracy.peft_matrix, quantized_matrix); results go to docs/peft.md")
+    ap.add_argument("--models", help="with --loops, --sharding or --peft: comma-separated model types "
+                                     "(default: all; --sharding: presets)")
     ap.add_argument("--variants", action="store_true",
                     help="trace capacity.accuracy.VARIANTS instead (sliding windows that SDPA masks, one "
                          "key/value head, Phi-3 without a window): replaces their section of --out")
@@ -70,6 +82,8 @@ def main() -> int:
         return run_sharding(args.models.split(",") if args.models else None)
     if args.loops:
         return run_loops(args.models.split(",") if args.models else list(accuracy_models()))
+    if args.peft:
+        return run_peft(args.models.split(",") if args.models else peft_models())
     models = list(accuracy_models())
     long_models = list(long_context_models())
     if args.only:
@@ -194,7 +208,7 @@ def write_report(rows, path: Path, seconds: float, note: str = "") -> None:
              "`torch.distributed._tools.mem_tracker.MemTracker` (the step semantics of "
              "docs/step_semantics.md) and sets the peak of the second step beside "
              "`capacity.estimate(..., target='cpu')`. Error = (predicted - traced) / traced.",
-             "", "## Summary", ""] + _summary(rows) + [
+             "", "## Summary", ""] + _summary(rows) + ["", _kept_block(path, PEFT_ROWS_BEGIN, PEFT_ROWS_END)] + [
              "", "## By model", "",
              "One row per accuracy model (capacity/data/accuracy_models.json); a mixture of experts also "
              "per experts implementation and routing: `grouped_mm` (transformers' default, whose memory does "
@@ -355,6 +369,15 @@ def run_variants(path: Path) -> int:
     return 0
 
 
+def _kept_block(path: Path, begin: str, end: str) -> str:
+    """The block between two markers of a file written before (another run's), or the
+    empty block."""
+    text = path.read_text() if path.exists() else ""
+    if begin in text and end in text:
+        return begin + text.split(begin, 1)[1].split(end, 1)[0] + end
+    return f"{begin}\n{end}"
+
+
 def _replace_section(path: Path, begin: str, end: str, section: list[str], title: str) -> None:
     text = path.read_text() if path.exists() else f"# {title}\n\n{begin}\n{end}\n"
     if begin not in text or end not in text:
@@ -403,6 +426,92 @@ def run_sharding(presets: list[str] | None) -> int:
     _replace_section(SHARDING_DOC, SHARDING_BEGIN, SHARDING_END, section, "Many devices")
     print("\n".join(summary))
     print(f"wrote the results section of {SHARDING_DOC}")
+    return 0
+
+
+def peft_label(sc) -> str:
+    """What a PEFT case varies, in a few words."""
+    pf = sc.peft
+    if pf.method == "lora":
+        what = f"LoRA r{pf.lora_rank} {'all-linear' if pf.lora_targets == ('all-linear',) else 'attention'}"
+        if pf.lora_dropout:
+            what += f" dropout {pf.lora_dropout:g}"
+    elif pf.method == "prefix":
+        what = f"prefix {pf.prefix_tokens}"
+    else:
+        what = f"top {pf.trainable_layers} layer{'s' if pf.trainable_layers > 1 else ''}"
+    if pf.weights_bits == 4:
+        what += f", 4-bit {pf.quant}{' dq' if pf.double_quant else ''}"
+    elif pf.weights_bits == 8:
+        what += ", 8-bit"
+    parts = [("MeZO " if sc.method == "mezo" else "BP ") + what]
+    if sc.keep < 1:
+        parts.append(f"L'/L = {sc.keep:g}")
+    if sc.loop.name != "plain":
+        parts.append(sc.loop.name)
+    if sc.dtype != "bf16":
+        parts.append(sc.dtype)
+    if sc.attention != "eager":
+        parts.append(sc.attention)
+    if (sc.batch, sc.seq) not in ((2, 128), (2, 64)):
+        parts.append(f"{sc.batch} x {sc.seq}")
+    return ", ".join(parts)
+
+
+def run_peft(models: list[str]) -> int:
+    """Trace every model type over the PEFT matrix, and run the quantized cases on the CPU;
+    replace the results section of docs/peft.md and the PEFT rows of docs/accuracy.md."""
+    rows = []
+    t0 = time.time()
+    jobs = [(m, sc, "trace") for m in models for sc in peft_matrix(m)]
+    jobs += [(m, sc, "cpu") for m in models if m in QUANTIZED_MODELS for sc in quantized_matrix(m)]
+    for i, (mtype, sc, device) in enumerate(jobs):
+        r = compare(dict(accuracy_models()[mtype]), sc, steps=2, device=device)
+        if r.get("error_pct") is None:
+            raise SystemExit(f"{mtype} {peft_label(sc)}: no comparison ({r.get('message') or r.get('prediction_unavailable')})")
+        rows.append((mtype, sc, device, r["measured_peak_bytes"], r["predicted_peak_bytes"], r["error_pct"],
+                     r.get("predicted_phase"), r.get("trainable_params")))
+        if i + 1 == len(jobs) or jobs[i + 1][0] != mtype or jobs[i + 1][2] != device:
+            errs = [abs(x[5]) for x in rows if x[0] == mtype and x[2] == device]
+            print(f"{mtype:9s} {device:5s} median |error| {statistics.median(errs):6.3f}%  worst {max(errs):6.3f}%  "
+                  f"({len(errs)} cases, {time.time() - t0:.0f} s)", flush=True)
+    seconds = time.time() - t0
+
+    def line(label, errs, target):
+        return (f"| {label} | {len(errs)} | {statistics.median(errs):.3f}% | {max(errs):.3f}% | "
+                f"{sum(e <= target for e in errs)}/{len(errs)} within {target:g}% |")
+    head = ["| what is trained | cases | median abs error | worst abs error | target |", "|---|---|---|---|---|"]
+    summary = list(head)
+    for device, target in (("trace", PEFT_TRACE_TARGET), ("cpu", PEFT_CPU_TARGET)):
+        labels = dict.fromkeys(peft_label(x[1]) for x in rows if x[2] == device)
+        for label in labels:
+            summary.append(line(label + (" (CPU runs)" if device == "cpu" else ""),
+                                [abs(x[5]) for x in rows if x[2] == device and peft_label(x[1]) == label], target))
+    traced = [abs(x[5]) for x in rows if x[2] == "trace"]
+    cpu = [abs(x[5]) for x in rows if x[2] == "cpu"]
+    totals = []
+    if traced:
+        totals.append(line("PEFT, traced (every family)", traced, PEFT_TRACE_TARGET))
+    if cpu:
+        totals.append(line("PEFT, quantized bases (real CPU runs)", cpu, PEFT_CPU_TARGET))
+    summary += totals
+    detail = ["| model type | case | measured on | trainable | measured bytes | predicted bytes | error | peak phase |",
+              "|---|---|---|---|---|---|---|---|"]
+    for mtype, sc, device, meas, pred, err, phase, tp in rows:
+        detail.append(f"| {mtype} | {peft_label(sc)} | {'trace' if device == 'trace' else 'CPU run'} | {tp:,} | "
+                      f"{meas:,} | {pred:,} | {err:+.3f}% | {phase} |")
+    section = ["", f"Produced by `python bench/accuracy.py --peft` ({len(rows)} steps of {len(models)} model "
+               f"types in {seconds:.0f} s on 2 shared cores: traced with fake tensors, the quantized bases "
+               "run on real CPU tensors). Error = (predicted − measured) / measured; the peak of the "
+               "steps after the first, as for the model matrix.", "", "### Summary", ""] + summary + \
+              ["", "### Every case", ""] + detail + [""]
+    _replace_section(PEFT_DOC, PEFT_BEGIN, PEFT_END, [PEFT_BEGIN, *section, PEFT_END],
+                     "Parameter-efficient and quantized fine-tuning")
+    _replace_section(OUT, PEFT_ROWS_BEGIN, PEFT_ROWS_END,
+                     [PEFT_ROWS_BEGIN, "", "What is trained (`python bench/accuracy.py --peft`, docs/peft.md):", ""]
+                     + head + totals + ["", PEFT_ROWS_END], "Accuracy")
+    print("\n".join(summary))
+    print(f"wrote the results section of {PEFT_DOC} and the PEFT rows of {OUT}")
     return 0
 
 

@@ -10,7 +10,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from .scenario import Scenario, loop_preset
+from .scenario import Peft, Scenario, loop_preset
 
 _DATA = Path(__file__).parent / "data" / "accuracy_models.json"
 
@@ -222,6 +222,87 @@ def variant_matrix() -> list[Scenario]:
                 out.append(Scenario(method=method, optimizer=opt, keep=keep, dtype=dtype, attention=attention,
                                     batch=1, seq=512, target="cpu", loop=PLAIN))
     return out
+
+
+def peft_models() -> list[str]:
+    """The accuracy models the PEFT matrices cover: every one capacity prices PEFT for (not a
+    mixture of experts, nor OLMo 2's norms on the branch outputs: trainable.check_peft)."""
+    from .hf_config import from_hf_config
+    from .trainable import check_peft
+    out = []
+    for m, cfg in accuracy_models().items():
+        try:
+            check_peft(from_hf_config(dict(cfg)), Scenario(method="bp", peft=Peft(method="lora", lora_targets=("all-linear",))))
+        except ValueError:
+            continue
+        out.append(m)
+    return out
+
+
+def _attention_targets(model_type: str) -> tuple:
+    """LoRA targets for the attention-only cases: peft's default for the model type, or the
+    family's q, k, v projections where peft has none (it then asks for target_modules)."""
+    from .families import family
+    from .hf_config import from_hf_config
+    fam = family(model_type)
+    if fam.lora_targets is not None:
+        return ()
+    return from_hf_config(dict(accuracy_models()[model_type])).arch.attention.qkv
+
+
+def peft_matrix(model_type: str) -> list[Scenario]:
+    """What is trained (docs/peft.md), traced (fake tensors) for one model type, target cpu,
+    bf16 at batch 2 and context 128 unless said: LoRA rank 8 on the attention (peft's
+    default targets) and rank 64 on every linear, with and without checkpointing every
+    layer, with dropout, with SDPA at 1 x 512, in fp32; prefix tuning (16 tokens, eager and
+    SDPA); the top layer(s) only; MeZO with LoRA and with a prefix; and the trainer loop.
+    The plain loop unless said."""
+    attn = _attention_targets(model_type)
+
+    def sc(pf: dict, loop="plain", method="bp", dtype="bf16", attention="eager", batch=2, seq=128, keep=1.0):
+        return Scenario(method=method, optimizer="adamw", batch=batch, seq=seq, dtype=dtype, keep=keep,
+                        attention=attention, target="cpu", loop=loop_preset(loop), peft=Peft(**pf))
+    lora8 = dict(method="lora", lora_rank=8, lora_targets=attn)
+    lora64 = dict(method="lora", lora_rank=64, lora_targets=("all-linear",))
+    lora8_all_dropout = dict(lora8, lora_targets=("all-linear",), lora_dropout=0.1)
+    prefix = dict(method="prefix", prefix_tokens=16)
+    return [
+        sc(lora8), sc(lora8, keep=0.0),
+        sc(lora64), sc(lora64, keep=0.0),
+        sc(lora8_all_dropout, keep=0.0),
+        sc(lora8, attention="sdpa", batch=1, seq=512),
+        sc(lora64, dtype="fp32", keep=0.0),
+        sc(prefix), sc(prefix, attention="sdpa"),
+        sc(dict(method="freeze", trainable_layers=1)), sc(dict(method="freeze", trainable_layers=2), keep=0.0),
+        sc(lora8, method="mezo"), sc(lora64, method="mezo"), sc(prefix, method="mezo"),
+        sc(lora8, loop="trainer"),
+        sc(dict(lora8_all_dropout, lora_dropout=0.05), loop="trainer", keep=0.0),
+    ]
+
+
+# The quantized-base cases run on real CPU tensors (bitsandbytes' parameters cannot hold fake
+# tensors), for a few families (the accuracy models' small configs).
+QUANTIZED_MODELS = ("llama", "gpt2", "qwen2", "opt")
+
+
+def quantized_matrix(model_type: str) -> list[Scenario]:
+    """Quantized bases (bitsandbytes, the GPU's code path on the CPU: docs/peft.md), real CPU
+    runs: QLoRA (4-bit NF4 with and without double quantization, FP4) with and without
+    checkpointing, all-linear with dropout; an 8-bit base; MeZO with LoRA on 4- and 8-bit
+    bases. bf16, batch 2, context 64, the plain loop."""
+    attn = _attention_targets(model_type)
+
+    def sc(method="bp", keep=1.0, **peft):
+        return Scenario(method=method, optimizer="adamw", batch=2, seq=64, dtype="bf16", keep=keep,
+                        attention="eager", target="cpu", loop=loop_preset("plain"),
+                        peft=Peft(**{"method": "lora", "lora_targets": attn, **peft}))
+    return [
+        sc(weights_bits=4), sc(keep=0.0, weights_bits=4),
+        sc(weights_bits=4, double_quant=True), sc(keep=0.0, weights_bits=4, quant="fp4", double_quant=True),
+        sc(keep=0.0, weights_bits=4, double_quant=True, lora_targets=("all-linear",), lora_dropout=0.1),
+        sc(weights_bits=8), sc(keep=0.0, weights_bits=8),
+        sc(method="mezo", weights_bits=4, double_quant=True), sc(method="mezo", weights_bits=8),
+    ]
 
 
 def known_deviation(model_type: str, sc: Scenario) -> str | None:

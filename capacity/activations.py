@@ -17,10 +17,14 @@ Kernel differences that change what is kept (`Scenario.target`):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from . import moe
 from .architecture import LayerKind
+from .params import Linear, attention_linears, mlp_linears
 from .scenario import Scenario
 from .shape import ModelShape
+from .trainable import ADAPTER_BYTES, FULL, LayerGrads
 
 FP32 = 4
 INT64 = 8
@@ -43,10 +47,13 @@ def stream_bytes(sc: Scenario) -> int:
     return FP32 if sc.mixed_precision else _act_bytes(sc)
 
 
-def projection_inputs_bytes(s: ModelShape, sc: Scenario, readers: int) -> int:
-    """What the linears reading one normalised tensor keep of it: the tensor once (pNh), or
-    under mixed precision each linear's own 16-bit cast of it (autocast caches casts of
-    weights only), readers · 2Nh."""
+def projection_inputs_bytes(s: ModelShape, sc: Scenario, readers: int, trained: bool = True) -> int:
+    """What the linears reading one normalised tensor keep of it for their weights'
+    gradients: the tensor once (pNh), or under mixed precision each linear's own 16-bit
+    cast of it (autocast caches casts of weights only), readers · 2Nh. Frozen linears keep
+    nothing (a linear saves its input only for its weight's gradient)."""
+    if not trained:
+        return 0
     n, h = sc.tokens, s.hidden_size
     return readers * _act_bytes(sc) * n * h if sc.mixed_precision else _act_bytes(sc) * n * h
 
@@ -66,7 +73,8 @@ def _stat_bytes(sc: Scenario) -> int:
     return FP32 if sc.target == "cuda" else _act_bytes(sc)
 
 
-def norm_saved_bytes(s: ModelShape, sc: Scenario, with_input: bool = True, input_bytes: int | None = None) -> int:
+def norm_saved_bytes(s: ModelShape, sc: Scenario, with_input: bool = True, input_bytes: int | None = None,
+                     input_grad: bool = True, weight_grad: bool = True) -> int:
     """One normalisation of the N·h residual stream, excluding its output (the next linear
     keeps that). `input_bytes`: bytes per value of its input, the stream's by default (a
     norm on a branch output reads the branch's 16-bit output under mixed precision).
@@ -76,12 +84,15 @@ def norm_saved_bytes(s: ModelShape, sc: Scenario, with_input: bool = True, input
     RMSNorm scaled in fp32 (Gemma, OLMo 2): x in fp32 (4Nh), 1/rms (4N), the normalised x
     in fp32 (4Nh), and with a weight offset, (1 + weight) in fp32 (4h).
     LayerNorm: its input (pNh) and two statistics per token.
+    input_grad / weight_grad (a frozen base): whether the norm's input requires grad, whether
+    its weight is trained (autograd saves a tensor only for a gradient that is needed).
     """
     p = stream_bytes(sc) if input_bytes is None else input_bytes
-    return _norm_saved_bytes(s, sc, sc.tokens, s.hidden_size, p, with_input)
+    return _norm_saved_bytes(s, sc, sc.tokens, s.hidden_size, p, with_input, input_grad, weight_grad)
 
 
-def _norm_saved_bytes(s: ModelShape, sc: Scenario, rows: int, width: int, p: int, with_input: bool = True) -> int:
+def _norm_saved_bytes(s: ModelShape, sc: Scenario, rows: int, width: int, p: int, with_input: bool = True,
+                      input_grad: bool = True, weight_grad: bool = True) -> int:
     """The family's norm (s.arch.norm) over `rows` rows of `width` values of p bytes each.
 
     LlamaRMSNorm.forward: `x.to(float32)` (4·rows·width, kept by pow and mul; the input
@@ -91,31 +102,41 @@ def _norm_saved_bytes(s: ModelShape, sc: Scenario, rows: int, width: int, p: int
     `(self.weight * x).to(input_dtype)`): the scale keeps the normalised x in fp32, and
     (1 + weight) in fp32 (4·width) with a weight offset.
     LayerNorm: its input, and mean and rstd per row (fp32 under autocast and on CUDA).
+    With a frozen base: the fp32 x and 1/rms (and 1 + weight) are kept for the input's
+    gradient, the normalised x for the weight's; LayerNorm keeps its input and statistics
+    when either is needed (native_layer_norm saves them for both).
     """
     norm = s.arch.norm
     if norm.kind == "rmsnorm":
         if norm.scale_in_fp32:
-            return 2 * FP32 * rows * width + FP32 * rows + (FP32 * width if norm.weight_offset else 0)
-        return FP32 * rows * width + FP32 * rows + p * rows * width
+            for_input = FP32 * rows * width + FP32 * rows + (FP32 * width if norm.weight_offset else 0)
+            return (for_input if input_grad else 0) + (FP32 * rows * width if weight_grad else 0)
+        return (FP32 * rows * width + FP32 * rows if input_grad else 0) + (p * rows * width if weight_grad else 0)
+    if not (input_grad or weight_grad):
+        return 0
     stats = FP32 if sc.mixed_precision else _stat_bytes(sc)   # autocast runs layer_norm in fp32
     return (p * rows * width if with_input else 0) + 2 * stats * rows
 
 
-def qk_norm_saved_bytes(s: ModelShape, sc: Scenario) -> int:
+def qk_norm_saved_bytes(s: ModelShape, sc: Scenario, g: LayerGrads = FULL) -> int:
     """The q and k norms (Attention.qk_norm), each the family's norm applied to the
     projection's 16-bit (or fp32) output: per head (Qwen3Attention:
     `self.q_norm(self.q_proj(x).view(b, s, a, d))`), N·a rows of d for q and N·a_kv rows
     for k; over the projection (Olmo2Attention: `self.q_norm(self.q_proj(x))`), N rows of
     a·d and of a_kv·d. Nothing else of them is kept: the rotation's products keep cos and
-    sin, the matmuls (or SDPA) the rotated copies as before."""
+    sin, the matmuls (or SDPA) the rotated copies as before. With a frozen base (g), as any
+    norm: what its input's gradient needs when q (k) requires grad, the normalised input
+    when its weight is trained."""
     qk = s.arch.attention.qk_norm
     if not qk:
         return 0
+    f = layer_flow(s, g)
     n, p = sc.tokens, _act_bytes(sc)
     if qk == "head":
-        return (_norm_saved_bytes(s, sc, n * s.num_heads, s.head_dim, p)
-                + _norm_saved_bytes(s, sc, n * s.num_kv_heads, s.head_dim, p))
-    return _norm_saved_bytes(s, sc, n, s.q_dim, p) + _norm_saved_bytes(s, sc, n, s.kv_dim, p)
+        return (_norm_saved_bytes(s, sc, n * s.num_heads, s.head_dim, p, True, f.q, g.weights)
+                + _norm_saved_bytes(s, sc, n * s.num_kv_heads, s.head_dim, p, True, f.k, g.weights))
+    return _norm_saved_bytes(s, sc, n, s.q_dim, p, True, f.q, g.weights) \
+        + _norm_saved_bytes(s, sc, n, s.kv_dim, p, True, f.k, g.weights)
 
 
 BRANCH_OUTPUT_NORMS = ("branch_out", "sandwich")
@@ -178,22 +199,24 @@ def repeated_kv_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None
     expands the a_kv heads to a and reshapes, which copies (pNA each) unless the result is
     still a view: with one key/value head and batch 1 the expanded heads merge with stride 0
     (pNK each). Under mixed precision autocast's cast to 16 bits of such a view makes a
-    full-size tensor when the source is fp32 (k, when qk_fp32_under_autocast), 2NA."""
-    n, p = sc.tokens, _act_bytes(sc)
+    full-size tensor when the source is fp32 (k, when qk_fp32_under_autocast), 2NA.
+    Over b·keys rows (key_length: P + s after a prefix)."""
+    return sum(repeated_kv_parts(s, sc, kind))
+
+
+def repeated_kv_parts(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> tuple[int, int]:
+    """repeated_kv_bytes as (k, v)."""
+    rows, p = sc.batch * key_length(s, sc), _act_bytes(sc)
     if s.num_kv_heads == 1 and sc.batch == 1:
-        k = p * n * (s.q_dim if qk_fp32_under_autocast(s, sc, kind) else s.kv_dim)
-        return k + p * n * s.kv_dim
-    return 2 * p * n * s.q_dim
+        k = p * rows * (s.q_dim if qk_fp32_under_autocast(s, sc, kind) else s.kv_dim)
+        return k, p * rows * s.kv_dim
+    return p * rows * s.q_dim, p * rows * s.q_dim
 
 
-def dropout_noise_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
-    """Bytes per element of what attention dropout keeps: CUDA's fused kernel a bool mask;
-    the CPU a noise tensor in the dtype of the probabilities, which is the query's
-    (`softmax(..., dtype=float32).to(query.dtype)`): fp32 under mixed precision when q
-    reaches the attention in fp32."""
-    if sc.target == "cuda":
-        return 1
-    return FP32 if qk_fp32_under_autocast(s, sc, kind) else _act_bytes(sc)
+def key_length(s: ModelShape, sc: Scenario) -> int:
+    """Keys each query attends over: the context, plus the prefix's virtual tokens under
+    prefix tuning (peft passes them as past key/values)."""
+    return sc.seq + (sc.peft.prefix_tokens if sc.peft.method == "prefix" else 0)
 
 
 def sdpa_mask_present(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> bool:
@@ -211,7 +234,65 @@ def sdpa_repeats_kv(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) 
     return s.num_kv_heads != s.num_heads and (sdpa_mask_present(s, sc, kind) or s.head_dim > 256)
 
 
-def attention_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
+@dataclass(frozen=True)
+class _Flow:
+    """Which tensors of one decoder layer require grad, front to back (from LayerGrads)."""
+
+    norm1_out: bool          # the (first) norm's output, read by q, k, v
+    q: bool
+    k: bool
+    v: bool
+    attn_out: bool           # the output projection's output
+    norm2_in: bool           # the MLP's norm's input
+    norm2_out: bool          # the MLP's input
+    mlp_in: dict             # MLP input projection name -> its output requires grad
+    product: bool            # the down projection's input
+    mlp_out: bool
+
+    @property
+    def probs(self) -> bool:
+        return self.q or self.k
+
+    @property
+    def attn_ctx(self) -> bool:
+        """The attention's output (the output projection's input)."""
+        return self.probs or self.v
+
+
+def layer_flow(s: ModelShape, g: LayerGrads) -> _Flow:
+    """Which tensors of a decoder layer require grad, given what is trained in it."""
+    arch = s.arch
+    att, mlp = arch.attention, arch.mlp
+    norm1_out = g.input or g.weights
+    q, k, v = (g.output_grad(name, norm1_out) for name in (att.qkv * 3 if att.fused_qkv else att.qkv))
+    if g.prefix:
+        k = v = True          # torch.cat with the trainable prefix
+    ctx = q or k or v
+    attn_out = g.output_grad(att.out, ctx)
+    if arch.parallel_residual and arch.shared_norm:
+        norm2_in, norm2_out = g.input, norm1_out
+    elif arch.parallel_residual:
+        norm2_in, norm2_out = g.input, g.input or g.weights
+    else:
+        norm2_in = g.input or attn_out
+        norm2_out = norm2_in or g.weights
+    mlp_in = {name: g.output_grad(name, norm2_out) for name in mlp.inputs}
+    product = any(mlp_in.values())
+    return _Flow(norm1_out, q, k, v, attn_out, norm2_in, norm2_out, mlp_in, product,
+                 g.output_grad(mlp.out, product))
+
+
+def dropout_noise_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
+    """Bytes per element of what attention dropout keeps: CUDA's fused kernel a bool mask;
+    the CPU a noise tensor in the dtype of the probabilities, which is the query's
+    (`softmax(..., dtype=float32).to(query.dtype)`): fp32 under mixed precision when q
+    reaches the attention in fp32."""
+    if sc.target == "cuda":
+        return 1
+    return FP32 if qk_fp32_under_autocast(s, sc, kind) else _act_bytes(sc)
+
+
+def attention_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None, g: LayerGrads = FULL) -> int:
     """Attention, from its input (excluded) to the output projection's input.
 
     Eager: q, k and v as the two matmuls keep them (each pNA: k and v repeated to all
@@ -230,43 +311,85 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = 
     (b, 1, s, s), which the kernel keeps for backward, one per layer.
     A fused qkv projection with rotary positions (NeoX, Phi-3) keeps more: v is a view into
     the fused projection, which stays alive whole beside the rotated copies of q and k.
+    With a frozen base (g) each is kept only for a gradient that is needed: QK^T keeps q for
+    k's gradient and k for q's, PV keeps the probabilities for v's gradient and v for the
+    probabilities', the softmax its output when the scores need a gradient, the output
+    projection its input only when its weight is trained; SDPA keeps all it saves when any
+    of q, k, v needs a gradient. After a prefix the keys are P + s long (key_length).
     """
+    f = layer_flow(s, g)
     b, seq, n, p = sc.batch, sc.seq, sc.tokens, _act_bytes(sc)
     a, qd, kvd = s.num_heads, s.q_dim, s.kv_dim
-    scores = b * a * seq * seq
+    keys = key_length(s, sc)
+    scores = b * a * seq * keys
     dropout = s.attn_dropout > 0
+    out_input = p * n * qd if g.weights else 0
+    prefix = keys != seq
+    # With a prefix, k and v are the cache's torch.cat copies, P + s long (the KV cache:
+    # memory.bp_kv_cache_bytes counts what it holds beyond what attention keeps).
+    k_kept, v_kept = repeated_kv_parts(s, sc, kind)
+    # v stays a view of a fused projection (NeoX) unless the cache's cat copied it.
+    v_view = _v_is_view_of_fused_qkv(s) and not prefix
     if sc.attention == "sdpa" and not (dropout and sc.target == "cpu"):
-        if sdpa_repeats_kv(s, sc, kind):
+        if not f.attn_ctx:
+            return out_input
+        if prefix:
+            # An explicit mask (the prefix breaks is_causal): transformers then repeats the
+            # key/value heads itself (use_gqa_in_sdpa: repeat_kv copies them, unless there is
+            # one, whose expanded view the kernel takes as it is), and the mask, made per
+            # layer as a float tensor, is kept by the kernel.
+            sdpa_kv = k_kept + v_kept if kv_repeat_copies(s, sc) else 2 * p * b * keys * kvd
+            qkv = p * n * qd + sdpa_kv + p * b * seq * keys
+        elif sdpa_repeats_kv(s, sc, kind):
             qkv = p * n * qd + repeated_kv_bytes(s, sc, kind)
         else:
             qkv = p * n * (qd + 2 * kvd)
-            if _v_is_view_of_fused_qkv(s):
-                qkv += p * n * (qd + kvd)
+        if v_view and not sdpa_repeats_kv(s, sc, kind):
+            qkv += p * n * (qd + kvd)
         out_copy = p * n * qd if _query_is_contiguous_by_head(s, kind) else 0
-        mask = p * b * seq * seq if sdpa_mask_present(s, sc, kind) else 0
+        mask = p * b * seq * seq if sdpa_mask_present(s, sc, kind) and not prefix else 0
         return qkv + p * n * qd + out_copy + FP32 * b * a * seq + mask
     if sc.attention == "sdpa":
         # CPU math fallback (dropout): q, k, v, softmax, noise and dropped probs in fp32.
-        return 2 * FP32 * n * qd + math_v_bytes(s, sc) + 3 * FP32 * scores + p * n * qd
-    qkv = p * n * qd + repeated_kv_bytes(s, sc, kind)
-    if _v_is_view_of_fused_qkv(s) and sc.batch == 1 and s.num_kv_heads == s.num_heads:
+        return (2 * FP32 * n * qd + math_v_bytes(s, sc) + 3 * FP32 * scores if f.attn_ctx else 0) + out_input
+    q_kept = p * n * qd
+    if prefix and s.arch.attention.fused_qkv and s.arch.positions != "rope" and sc.batch == 1:
+        q_kept = p * n * (qd + 2 * kvd)   # q, a view of GPT-2's c_attn output, keeps all of it
+    qkv = (q_kept if f.k else 0) + (k_kept if f.q else 0) + (v_kept if f.probs else 0)
+    if v_view and sc.batch == 1 and s.num_kv_heads == s.num_heads and f.probs:
         # v is a strided view into the fused qkv projection; at batch 1 (and with no
         # repeat_kv copy) the matmul's reshape of it is still a view, so the whole projection
         # (3·pNA) is kept instead of a copy of v.
         qkv += 2 * p * n * qd
-    noise = dropout_noise_bytes(s, sc, kind)
+    noise = dropout_noise_bytes(s, sc, kind) * scores if dropout and f.probs else 0
     if not s.arch.attention.softmax_fp32 and not sc.mixed_precision:
-        probs = p * scores                       # softmax output in dtype, kept by softmax and matmul
+        # softmax output in dtype, kept by the softmax and (without dropout) by PV
+        probs = p * scores if (f.probs or (f.v and not dropout)) else 0
         if dropout:
-            probs += noise * scores + p * scores
+            probs += noise + (p * scores if f.v else 0)
     else:
-        probs = FP32 * scores                    # softmax(dtype=float32) output
+        probs = FP32 * scores if (f.probs or (f.v and not dropout and p == FP32)) else 0   # softmax(dtype=float32)
         if dropout:
-            probs += noise * scores + p * scores
+            probs += noise + (p * scores if f.v else 0)
         elif p != FP32:
-            probs += p * scores                  # .to(dtype) copy kept by the second matmul
-    softcap = p * scores if s.arch.attention.logit_softcap else 0   # tanh output, kept by its backward
-    return qkv + softcap + probs + p * n * qd
+            probs += p * scores if f.v else 0     # .to(dtype) copy kept by the second matmul
+    # The soft-cap's tanh output, kept by its backward when the scores need a gradient.
+    softcap = p * scores if s.arch.attention.logit_softcap and f.probs else 0
+    return qkv + softcap + probs + out_input
+
+
+def kv_repeat_copies(s: ModelShape, sc: Scenario) -> bool:
+    """Whether the k and v attention keeps are repeat_kv copies of the projected (or cached)
+    ones rather than those tensors themselves: grouped-query heads are repeated (eager,
+    except one key/value head at batch 1, a view; SDPA only with an explicit mask, except
+    one key/value head)."""
+    if s.num_kv_heads == s.num_heads:
+        return False
+    if sc.attention == "sdpa":
+        # SDPA gets an explicit mask only after a prefix; then one key/value head expands to
+        # a view (the size-1 head dimension merges), more heads are copied.
+        return key_length(s, sc) != sc.seq and s.num_kv_heads > 1
+    return repeated_kv_bytes(s, sc) != 2 * _act_bytes(sc) * sc.batch * key_length(s, sc) * s.kv_dim
 
 
 def _query_is_contiguous_by_head(s: ModelShape, kind: LayerKind | None = None) -> bool:
@@ -288,7 +411,8 @@ def _v_is_view_of_fused_qkv(s: ModelShape) -> bool:
     return s.arch.attention.fused_qkv and s.arch.positions == "rope"
 
 
-def attention_backward_extra_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
+def attention_backward_extra_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None,
+                                   g: LayerGrads = FULL, v_held: bool = False) -> int:
     """Eager attention's backward, beyond the tensors the layer keeps, at the larger of two
     moments. The output projection's backward has run first: its input (p·N·A) is freed.
     - The second matmul's backward (probabilities @ v), its two gradients made: the
@@ -303,16 +427,21 @@ def attention_backward_extra_bytes(s: ModelShape, sc: Scenario, kind: LayerKind 
     SDPA with dropout on the CPU runs the math path (no fused kernel), all of it in fp32.
     SDPA otherwise: the gradients of q, k and v (of every head where k and v were repeated:
     sdpa_repeats_kv), less the output projection's input when it is a copy
-    (_query_is_contiguous_by_head)."""
+    (_query_is_contiguous_by_head).
+    With a frozen base (g) only what was kept is freed: the output projection's input when
+    its weight is trained, v when the probabilities need a gradient, unless a held KV cache
+    still references it (v_held); over P + s keys after a prefix."""
+    f = layer_flow(s, g)
     b, seq, n, p = sc.batch, sc.seq, sc.tokens, _act_bytes(sc)
     a, qd, kvd = s.num_heads, s.q_dim, s.kv_dim
     dropout = s.attn_dropout > 0
     if sc.attention == "sdpa" and not (dropout and sc.target == "cpu"):
         # The output projection's input, when it is a copy of the output, is freed by then.
         grads = p * n * 3 * qd if sdpa_repeats_kv(s, sc, kind) else p * n * (qd + 2 * kvd)
-        return grads - (p * n * qd if _query_is_contiguous_by_head(s, kind) else 0)
+        return grads - (p * n * qd if _query_is_contiguous_by_head(s, kind) and g.weights else 0)
     math = sc.attention == "sdpa"
-    scores = b * a * seq * seq
+    keys = key_length(s, sc)
+    scores = b * a * seq * keys
     fp32_softmax = s.arch.attention.softmax_fp32
     pm = FP32 if math else p                    # the second matmul's operands and gradients
     grad = FP32 if fp32_softmax or math else p
@@ -323,8 +452,15 @@ def attention_backward_extra_bytes(s: ModelShape, sc: Scenario, kind: LayerKind 
     result = FP32 if copy_path else p
     kept_by_matmul_freed = pm if (dropout or (fp32_softmax and p != FP32)) else 0
     noise_freed = (FP32 if math else dropout_noise_bytes(s, sc, kind)) if dropout else 0
-    v_grad, out_proj_input = pm * n * qd, p * n * qd
-    v_freed = math_v_bytes(s, sc) if math else v_freed_bytes(s, sc, kind)
+    v_grad, out_proj_input = pm * n * qd, (p * n * qd if g.weights else 0)
+    if not f.probs or v_held:
+        v_freed = 0
+    elif math:
+        v_freed = math_v_bytes(s, sc)
+    elif keys != seq:
+        v_freed = repeated_kv_parts(s, sc, kind)[1]   # the cache's cat copy of v, repeated
+    else:
+        v_freed = v_freed_bytes(s, sc, kind)
     at_second_matmul = pm * n * qd + pm * scores + v_grad - out_proj_input
     at_softmax = (grad + result - kept_by_matmul_freed - noise_freed) * scores + v_grad - out_proj_input - v_freed
     return max(at_second_matmul, at_softmax)
@@ -370,7 +506,7 @@ def attention_forward_extra_bytes(s: ModelShape, sc: Scenario) -> int:
     if sc.attention == "sdpa" or not s.arch.attention.softmax_fp32:
         return 0
     copy = 0 if (p == FP32 or (sc.target == "cuda" and sc.dtype == "fp16")) else FP32
-    return copy * b * s.num_heads * seq * seq - p * n * s.q_dim
+    return copy * b * s.num_heads * seq * key_length(s, sc) - p * n * s.q_dim
 
 
 def returned_probabilities_extra_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
@@ -395,7 +531,14 @@ def recompute_end_extra_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | Non
     return returned_probabilities_extra_bytes(s, sc, kind) + mlp_input
 
 
-def mlp_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
+# What an activation keeps of its input for the input's gradient, in MLP widths (its output
+# apart): silu, gelu and gelu_tanh their input; relu nothing (its backward reads its
+# output); gelu_new, a Python composite 0.5·x·(1 + tanh(c·(x + 0.044715·x³))), x, tanh(...),
+# 0.5·x and 1 + tanh(...).
+_ACTIVATION_KEEPS = {"silu": 1, "gelu": 1, "gelu_tanh": 1, "relu": 0, "gelu_new": 4}
+
+
+def mlp_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None, g: LayerGrads = FULL) -> int:
     """MLP, from its input (excluded) to the down projection's input (included).
     A mixture-of-experts layer keeps its sparse block's set (capacity/moe.py).
 
@@ -405,59 +548,173 @@ def mlp_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) 
     GELU exact (NeoX) or tanh: input and output: 2·pNI.
     gelu_new (GPT-2, Phi), a Python composite 0.5·x·(1 + tanh(c·(x + 0.044715·x³))):
     x, tanh(...), 0.5·x, 1 + tanh(...) and the output: 5·pNI.
+    With a frozen base (g): the activation keeps what its input's gradient needs when that
+    input requires grad; the product keeps each factor for the other's gradient; the down
+    projection keeps its input only when its weight is trained.
     """
     if (kind or s.layers[0]).moe:
         return moe.saved_bytes(s, sc)
+    f = layer_flow(s, g)
     n, inter, p = sc.tokens, s.intermediate_size, _act_bytes(sc)
-    if s.arch.mlp.gated:
-        return 4 * p * n * inter
-    per_act = {"relu": 1, "gelu": 2, "gelu_tanh": 2, "silu": 2, "gelu_new": 5}[s.arch.mlp.activation]
-    return per_act * p * n * inter
+    mlp = s.arch.mlp
+    width = p * n * inter
+    down_input = width if g.weights else 0
+    if mlp.gated:
+        gate, up = (f.mlp_in[name] for name in mlp.inputs)
+        # act(gate) keeps gate's output; gate·up keeps act(gate) for up's gradient and up
+        # for act(gate)'s.
+        return (width if gate else 0) + (width if up else 0) + (width if gate else 0) + down_input
+    up = f.mlp_in[mlp.inputs[0]]
+    kept = _ACTIVATION_KEEPS[mlp.activation] * width if up else 0
+    if mlp.activation == "relu":
+        return kept + (width if (up or g.weights) else 0)   # relu's output, kept by relu and fc2
+    return kept + down_input
 
 
-def layer_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> dict[str, int]:
+def _lora_mask_bytes(sc: Scenario) -> int:
+    """LoRA dropout of the adapter's fp32 input: CUDA keeps a bool mask, the CPU an fp32 noise."""
+    return 1 if sc.target == "cuda" else ADAPTER_BYTES
+
+
+def lora_saved_bytes(s: ModelShape, sc: Scenario, linears: list[Linear], input_grad: bool,
+                     shared_input: bool = False) -> int:
+    """What the LoRA adapters of `linears`, all reading one tensor, keep for backward
+    (peft/tuners/lora/layer.py Linear.forward: `x = self._cast_input_dtype(x, fp32)`;
+    `result + lora_B(lora_A(dropout(x))) * scaling`).
+
+    Each adapter: lora_A keeps its input (the fp32 cast of x, 4·N·in: under a 16-bit base
+    every adapter makes its own cast; under an fp32 one the cast is x itself, one tensor for
+    all adapters reading it, and none when `shared_input` says the base keeps it already),
+    lora_B keeps lora_A's output (4·N·r). With dropout > 0, lora_A keeps the dropout's output
+    instead (4·N·in per adapter) and the dropout its mask (CUDA) or noise (CPU) when x
+    requires grad."""
+    if not linears:
+        return 0
+    n, r = sc.tokens, sc.peft.lora_rank
+    total = sum(ADAPTER_BYTES * n * r for _ in linears)
+    if sc.peft.lora_dropout > 0:
+        m = _lora_mask_bytes(sc) if input_grad else 0
+        return total + sum((ADAPTER_BYTES + m) * n * lin.fan_in for lin in linears)
+    if sc.bytes_per_value == ADAPTER_BYTES:
+        return total + (0 if shared_input else ADAPTER_BYTES * n * linears[0].fan_in)
+    return total + sum(ADAPTER_BYTES * n * lin.fan_in for lin in linears)
+
+
+def quantized_inputs_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None,
+                           g: LayerGrads = FULL) -> dict[str, int]:
+    """An 8-bit base keeps the input of each of its linears (MatMul8bitLt's ctx.tensors)
+    whenever that input requires grad, once for the linears reading one tensor (q, k, v;
+    gate and up): the attention's and the MLP's norm outputs, the attention output, the
+    product the down projection reads. A 4-bit base keeps none. By part, as
+    layer_saved_bytes. These escape checkpointing's saved-tensor hooks."""
+    if sc.peft.weights_bits != 8:
+        return {"attention": 0, "mlp": 0}
+    f = layer_flow(s, g)
+    n, p = sc.tokens, _act_bytes(sc)
+    arch = s.arch
+    out_kept = sc.attention == "sdpa" and f.attn_ctx and not (s.attn_dropout > 0 and sc.target == "cpu")
+    attn = (p * n * s.hidden_size if f.norm1_out else 0) + (p * n * s.q_dim if f.attn_ctx and not out_kept else 0)
+    mlp = p * n * s.intermediate_size if f.product else 0
+    if not (arch.parallel_residual and arch.shared_norm):
+        mlp += p * n * s.hidden_size if f.norm2_out else 0
+    return {"attention": attn, "mlp": mlp}
+
+
+def mlp_freed_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None, g: LayerGrads = FULL) -> int:
+    """What the MLP part keeps that is released before its activation's backward: the
+    output projection's backward has run, freeing its kept input (the product, kept for its
+    weight's gradient, unless the activation keeps that same tensor: ReLU's output) and its
+    adapter's tensors."""
+    f = layer_flow(s, g)
+    down = mlp_linears(s, kind)[-1]
+    adapter = lora_saved_bytes(s, sc, [down] if down.name in g.lora else [], f.product)
+    relu_shares = not s.arch.mlp.gated and s.arch.mlp.activation == "relu"
+    product = _act_bytes(sc) * sc.tokens * s.intermediate_size if g.weights and not relu_shares else 0
+    return adapter + product
+
+
+def attention_freed_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None, g: LayerGrads = FULL) -> int:
+    """What the attention part keeps that is released before its softmax's backward beyond
+    what attention_backward_extra_bytes nets out (the output projection's input, v): the
+    output projection's LoRA adapter's tensors (its backward has run)."""
+    f = layer_flow(s, g)
+    o_proj = attention_linears(s, kind)[-1]
+    if o_proj.name not in g.lora:
+        return 0
+    out_kept = sc.attention == "sdpa" and f.attn_ctx and not (s.attn_dropout > 0 and sc.target == "cpu")
+    return lora_saved_bytes(s, sc, [o_proj], f.attn_ctx, shared_input=out_kept)
+
+
+def layer_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None,
+                      g: LayerGrads = FULL) -> dict[str, int]:
     """Bytes one decoder layer (of `kind`: the model's first by default) keeps for
-    backward, by part (attention part, MLP part). A mixture-of-experts kind keeps its
-    sparse block in place of the dense MLP's set; a sliding-window layer keeps what full
+    backward, by part (attention part, MLP part), given what needs a gradient in it (g;
+    full fine-tuning by default). A mixture-of-experts kind keeps its sparse block in place
+    of the dense MLP's set (full fine-tuning only); a sliding-window layer keeps what full
     attention keeps, and under SDPA past its window its own float mask and repeated key/value
-    heads (attention_saved_bytes); a layer without RoPE keeps the same bytes."""
+    heads (attention_saved_bytes); a layer without RoPE keeps the same bytes. Gemma 2/3's
+    norms on the branch outputs beside the pre-norms (full fine-tuning only:
+    trainable.check_peft) keep what branch_output_norm_bytes says, in each part."""
     n, h = sc.tokens, s.hidden_size
-    resid_mask = _mask_bytes(sc) * n * h if s.resid_dropout > 0 else 0
-    norm_in = norm_saved_bytes(s, sc)
-    attn = attention_saved_bytes(s, sc, kind) + qk_norm_saved_bytes(s, sc)
-    mlp = mlp_saved_bytes(s, sc, kind)
-    attn_in = projection_inputs_bytes(s, sc, _attention_readers(s))
-    mlp_in = projection_inputs_bytes(s, sc, _mlp_readers(s, kind))
-    if s.arch.norm_placement == "branch_out":
+    arch = s.arch
+    f = layer_flow(s, g)
+    mask = _mask_bytes(sc) * n * h if s.resid_dropout > 0 else 0
+    attn_mask, mlp_mask = (mask if f.attn_out else 0), (mask if f.mlp_out else 0)
+    attn = attention_saved_bytes(s, sc, kind, g) + qk_norm_saved_bytes(s, sc, g)
+    mlp = mlp_saved_bytes(s, sc, kind, g)
+    attn_in = projection_inputs_bytes(s, sc, _attention_readers(s), g.weights)
+    mlp_in = projection_inputs_bytes(s, sc, _mlp_readers(s, kind), g.weights)
+    if arch.norm_placement == "branch_out":
         # OLMo 2: q, k, v read the layer input and the MLP the residual sum themselves; each
-        # branch's output is normalised before its residual add.
+        # branch's output is normalised before its residual add. (Full fine-tuning only:
+        # trainable.check_peft.)
         out_norm = branch_output_norm_bytes(s, sc)
-        attn_part = attn_in + attn + out_norm + resid_mask
-        mlp_part = mlp_in + mlp + out_norm + resid_mask
-    elif s.arch.norm_placement == "sandwich":
+        return {"attention": attn_in + attn + out_norm + attn_mask, "mlp": mlp_in + mlp + out_norm + mlp_mask}
+    qkv, (o_proj,) = attention_linears(s, kind)[:-1], attention_linears(s, kind)[-1:]
+    mlp_lin = mlp_linears(s, kind)
+    ins, down = mlp_lin[:-1], mlp_lin[-1]
+
+    def adapted(linears):
+        return [lin for lin in linears if lin.name in g.lora]
+
+    # The output projection's input is sdpa's saved output (the same tensor) when attention
+    # keeps its tensors: an fp32 adapter or an 8-bit base keeping it adds nothing.
+    out_kept = sc.attention == "sdpa" and f.attn_ctx and not (s.attn_dropout > 0 and sc.target == "cpu")
+    o_extra = lora_saved_bytes(s, sc, adapted([o_proj]), f.attn_ctx, shared_input=out_kept)
+    down_extra = lora_saved_bytes(s, sc, adapted([down]), f.product)
+    quantized = quantized_inputs_bytes(s, sc, kind, g)
+    norm_in = norm_saved_bytes(s, sc, input_grad=g.input, weight_grad=g.weights)
+    if arch.parallel_residual and arch.shared_norm:
+        # Phi: one LayerNorm feeds both branches; its output is kept once (or cast per linear).
+        readers = qkv + ins
+        attn_part = norm_in + projection_inputs_bytes(s, sc, len(readers), g.weights) \
+            + lora_saved_bytes(s, sc, adapted(readers), f.norm1_out) + attn + o_extra + attn_mask
+        mlp_part = mlp + down_extra + mlp_mask
+    else:
+        attn_part = norm_in + attn_in + lora_saved_bytes(s, sc, adapted(qkv), f.norm1_out) + attn + o_extra + attn_mask
+        # NeoX: both LayerNorms read the layer input, kept once.
+        norm2 = norm_saved_bytes(s, sc, with_input=not arch.parallel_residual,
+                                 input_grad=f.norm2_in, weight_grad=g.weights)
+        mlp_part = norm2 + mlp_in + lora_saved_bytes(s, sc, adapted(ins), f.norm2_out) + mlp + down_extra + mlp_mask
+    attn_part += quantized["attention"]
+    mlp_part += quantized["mlp"]
+    if arch.norm_placement == "sandwich":
         # Gemma 2/3: Llama's pre-norms, and each branch's output normalised before its
         # residual add.
         out_norm = branch_output_norm_bytes(s, sc)
-        attn_part = norm_in + attn_in + attn + out_norm + resid_mask
-        mlp_part = norm_saved_bytes(s, sc) + mlp_in + mlp + out_norm + resid_mask
-    elif s.arch.parallel_residual and s.arch.shared_norm:
-        # Phi: one LayerNorm feeds both branches; its output is kept once (or cast per linear).
-        attn_part = norm_in + projection_inputs_bytes(s, sc, _attention_readers(s) + _mlp_readers(s)) \
-            + attn + resid_mask
-        mlp_part = mlp + resid_mask
-    elif s.arch.parallel_residual:
-        # NeoX: both LayerNorms read the layer input, kept once; each output is kept.
-        attn_part = norm_in + attn_in + attn + resid_mask
-        mlp_part = norm_saved_bytes(s, sc, with_input=False) + mlp_in + mlp + resid_mask
-    else:
-        attn_part = norm_in + attn_in + attn + resid_mask
-        mlp_part = norm_saved_bytes(s, sc) + mlp_in + mlp + resid_mask
+        attn_part += out_norm
+        mlp_part += out_norm
+    if quantized["mlp"] and not arch.mlp.gated and arch.mlp.activation == "relu" and f.product:
+        # ReLU keeps its output (mlp_saved_bytes), the tensor the down projection reads:
+        # an 8-bit base keeping that input keeps the same tensor.
+        mlp_part -= _act_bytes(sc) * n * s.intermediate_size
     return {"attention": attn_part, "mlp": mlp_part}
 
 
-def layer_activation_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
+def layer_activation_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None,
+                           g: LayerGrads = FULL) -> int:
     """A_layer: total bytes one decoder layer keeps for backward."""
-    return sum(layer_saved_bytes(s, sc, kind).values())
+    return sum(layer_saved_bytes(s, sc, kind, g).values())
 
 
 def mask_kind(kind: LayerKind) -> str:
@@ -470,16 +727,16 @@ def attention_masks(s: ModelShape, sc: Scenario) -> dict[str, int]:
     attention they serve ("full", "sliding"): one per kind of attention its layers use, and
     those it builds whatever its layers are (Architecture.masks_always_built). Eager
     (masking_utils.eager_mask): an additive (b, 1, s, s) mask in the embedding output's
-    dtype (`dtype=inputs_embeds.dtype`: fp32 under mixed precision). SDPA without padding
-    (sdpa_mask): none for full attention (is_causal); for a sliding window, none while the
-    context is shorter than the window, then a boolean (1, 1, s, s) mask expanded to the
-    batch (s² bytes)."""
+    dtype (`dtype=inputs_embeds.dtype`: fp32 under mixed precision), (b, 1, s, P + s) after
+    a prefix (key_length). SDPA without padding (sdpa_mask): none for full attention
+    (is_causal); for a sliding window, none while the context is shorter than the window,
+    then a boolean (1, 1, s, s) mask expanded to the batch (s² bytes)."""
     kinds = sorted({mask_kind(k) for k in s.layer_counts()} | set(s.arch.masks_always_built))
     windows = [k.sliding_window for k in s.layer_counts() if k.sliding_window]
     out = {}
     for m in kinds:
         if sc.attention == "eager":
-            out[m] = stream_bytes(sc) * sc.batch * sc.seq * sc.seq
+            out[m] = stream_bytes(sc) * sc.batch * sc.seq * key_length(s, sc)
         elif m == "sliding" and windows and sc.seq >= min(windows):
             out[m] = sc.seq * sc.seq
         else:
@@ -531,32 +788,37 @@ def norm_keeps_layer_input(s: ModelShape, sc: Scenario) -> bool:
 def checkpoint_saved_bytes(s: ModelShape, sc: Scenario) -> int:
     """A checkpointed layer keeps only its input hidden states, in the residual stream's
     dtype (pNh; fp32 under mixed precision); the mask and the rotary tables it also keeps
-    are shared by all layers and counted once."""
+    are shared by all layers and counted once. (An 8-bit base keeps more:
+    quantized_inputs_bytes.)"""
     return stream_bytes(sc) * sc.tokens * s.hidden_size
 
 
-def embedding_saved_bytes(s: ModelShape, sc: Scenario) -> int:
-    """Before the first layer: the token ids the embedding keeps (int64), the embedding
-    dropout, OPT-350m's project_in input, and Gemma's scale sqrt(h), a 0-d tensor in the
-    stream's dtype that the product keeps (GemmaModel's `normalizer`;
-    Gemma2TextScaledWordEmbedding: `* self.embed_scale.to(self.weight.dtype)`)."""
+def embedding_saved_bytes(s: ModelShape, sc: Scenario, output_grad: bool = True, trained: bool = True) -> int:
+    """Before the first layer: the token ids (int64, kept by a trained embedding and held by
+    the step anyway), the embedding dropout's mask when the embedding's output requires
+    grad, OPT-350m's project_in input when it is trained, and Gemma's scale sqrt(h), a 0-d
+    tensor in the stream's dtype that the product keeps for the trained table's gradient
+    (GemmaModel's `normalizer`; Gemma2TextScaledWordEmbedding:
+    `* self.embed_scale.to(self.weight.dtype)`)."""
     n, h, p = sc.tokens, s.hidden_size, _act_bytes(sc)
-    total = INT64 * n + (stream_bytes(sc) if s.arch.embedding_scale else 0)
-    if s.embd_dropout > 0:
+    total = INT64 * n + (stream_bytes(sc) if s.arch.embedding_scale and trained else 0)
+    if s.embd_dropout > 0 and output_grad:
         total += _mask_bytes(sc) * n * h
-    if s.embed_dim != s.hidden_size:
+    if s.embed_dim != s.hidden_size and trained:
         total += p * n * s.embed_dim
     return total
 
 
-def head_saved_bytes(s: ModelShape, sc: Scenario) -> int:
-    """After the last layer: the final norm, the LM head's input (pNh, or pNe through
-    OPT-350m's project_out) and the final soft-cap's tanh output (final_logit_softcap_bytes)."""
+def head_saved_bytes(s: ModelShape, sc: Scenario, input_grad: bool = True, trained: bool = True) -> int:
+    """After the last layer: the final norm and, when the head is trained, the LM head's
+    input (pNh, or pNe through OPT-350m's project_out); the final soft-cap's tanh output
+    (final_logit_softcap_bytes). input_grad: the last layer's output requires grad."""
     n, h, p = sc.tokens, s.hidden_size, _act_bytes(sc)
-    total = norm_saved_bytes(s, sc) if s.arch.final_norm else 0
-    total += p * n * h
-    if s.embed_dim != s.hidden_size:
-        total += p * n * s.embed_dim
+    total = norm_saved_bytes(s, sc, input_grad=input_grad, weight_grad=trained) if s.arch.final_norm else 0
+    if trained:
+        total += p * n * h
+        if s.embed_dim != s.hidden_size:
+            total += p * n * s.embed_dim
     return total + final_logit_softcap_bytes(s, sc)
 
 

@@ -18,12 +18,14 @@ from . import (ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, CUDA_CONTEXT_BYTES, GB, 
                Parallel, Scenario, attention_note, context_note, estimate, families, largest_batch, largest_preset,
                largest_scaled_model, load_hf_config, load_preset, longest_context, parameter_count,
                parse_bytes, preset_family, relative_model_size)
+from .inverse import fits_table
 from .loop_args import add_loop_arguments, loop_from_args
 from .memory import describe_loop, resolved_loop
 from .presets import find_family
 from .inverse import DEVICE_COUNTS, fewest_devices, on_devices
 from .parallel_args import add_parallel_arguments, parallel_from_args
 from .scenario import EXPERTS, ROUTINGS
+from .peft_args import add_peft_arguments, describe_peft, peft_from_args
 from .shape import ModelShape
 
 
@@ -66,6 +68,7 @@ def _add_scenario_args(p: argparse.ArgumentParser, method_required: bool = True)
                    help="kernels to model: cuda (default) or cpu")
     _add_experts_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_peft_arguments(p)
     add_loop_arguments(p)
     add_parallel_arguments(p)
 
@@ -88,7 +91,7 @@ def _scenario(args, method: str | None = None) -> Scenario:
     return Scenario(method=method or args.method, optimizer=args.optimizer, batch=args.batch,
                     seq=args.seq, dtype=args.dtype, mixed_precision=args.mixed_precision,
                     keep=args.keep, attention=args.attention, target=args.target,
-                    loop=loop_from_args(args), parallel=parallel_from_args(args),
+                    peft=peft_from_args(args), loop=loop_from_args(args), parallel=parallel_from_args(args),
                     experts=args.experts, routing=args.routing)
 
 
@@ -104,6 +107,7 @@ def cmd_estimate(args) -> int:
     attn_note = attention_note(shape, sc)
     if args.json:
         print(_strict_json({"model": shape.name, "params": est.params, "active_params": est.active_params,
+                            "trainable_params": est.trainable_params,
                             "moe_note": est.moe_note or None, "peak_bytes": est.peak_bytes,
                             "phase": est.phase, "breakdown": est.breakdown, "phases": est.phases,
                             "textbook": est.textbook, "host_bytes": est.host_bytes,
@@ -113,6 +117,7 @@ def cmd_estimate(args) -> int:
         return 0
     print(f"{shape.name}: {est.params:,} parameters; {sc.method}, batch {sc.batch}, seq {sc.seq}, "
           f"{sc.dtype}{' mixed' if sc.mixed_precision else ''}, L'/L={sc.keep}, {sc.attention}")
+    print(f"Trained: {describe_peft(sc.peft)}; {est.trainable_params:,} trainable parameters")
     print(f"Loop: {describe_loop(shape, sc)}")
     if pl.sharding != "none":
         print(f"{pl.devices} devices, sharding {pl.sharding}"
@@ -197,13 +202,17 @@ def cmd_fit(args) -> int:
     if shape is not None:
         out["relative_model_size_mezo_over_bp"] = relative_model_size(
             shape, budget, _scenario(args, "bp"), _scenario(args, "mezo"))
+    # Every way of fine-tuning side by side (full, LoRA, QLoRA by BP; MeZO full, LoRA on a
+    # 16-, 8- and 4-bit base), with the LoRA settings given.
+    out["variants"] = fits_table(budget, _scenario(args, "bp"), shape=shape, family=family)
     if args.json:
         print(_strict_json(out))
         return 0
     pl = _scenario(args, methods[0]).parallel
     per = (f" per device, {pl.devices} device{'s' if pl.devices > 1 else ''}, sharding {pl.sharding}"
            if pl.sharding != "none" else "")
-    print(f"Budget {budget / GB:,.2f} GB ({budget / GiB:,.2f} GiB), read from {args.budget!r}{per}; loop {args.loop}")
+    print(f"Budget {budget / GB:,.2f} GB ({budget / GiB:,.2f} GiB), read from {args.budget!r}{per}; loop {args.loop}; "
+          f"trained: {describe_peft(_scenario(args, 'bp').peft)}")
     for m in methods:
         print(f"{m}:")
         for k, v in out[m].items():
@@ -221,7 +230,26 @@ def cmd_fit(args) -> int:
                 print(f"  {k:<26s} {v if not isinstance(v, int) or v < 10**6 else f'{v:,}'}")
     if "relative_model_size_mezo_over_bp" in out:
         print(f"P_MeZO / P_BP = {out['relative_model_size_mezo_over_bp']:.2f}")
+    _print_variants(out["variants"])
     return 0
+
+
+def _print_variants(table: dict) -> None:
+    print("Largest model that fits, by way of fine-tuning (LoRA settings as given; QLoRA: 4-bit NF4, double quant):")
+    for row in table["rows"]:
+        if "error" in row:
+            print(f"  {row['variant']:<17s} cannot run: {row['error']}")
+            continue
+        parts = []
+        if "largest_preset" in row:
+            parts.append(f"preset {row['largest_preset'] or 'none'}")
+        if "largest_scaled_params" in row:
+            parts.append(f"scaled {row['largest_scaled_params'] / 1e9:,.2f}B parameters")
+        print(f"  {row['variant']:<17s} {'; '.join(parts)}")
+    if table["ratios"]:
+        print("P_MeZO / P_BP (scaled models):")
+        for r in table["ratios"]:
+            print(f"  {r['mezo']:<17s} / {r['bp']:<8s} {r['ratio']:.2f}")
 
 
 def _strict_json(obj) -> str:

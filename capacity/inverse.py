@@ -185,3 +185,66 @@ def devices_needed_table(models: dict[str, ModelShape], methods: dict[str, Scena
                 "sharding": on_devices(sc, n).parallel.sharding}
         rows.append(row)
     return rows
+# ---------------------------------------------------------------- method variants side by side
+
+# The ways to fine-tune that the What fits table compares (issue 10): each a method and what
+# it trains. QLoRA is LoRA on a 4-bit NF4 base with double quantization, as the QLoRA paper
+# (Dettmers et al. 2023) runs it. The LoRA settings (rank, targets, dropout) come from the
+# caller's Peft; the method and the base weights from the variant.
+VARIANTS = {
+    "BP full": ("bp", dict(method="none", weights_bits=16)),
+    "BP LoRA": ("bp", dict(method="lora", weights_bits=16)),
+    "QLoRA": ("bp", dict(method="lora", weights_bits=4, quant="nf4", double_quant=True)),
+    "MeZO full": ("mezo", dict(method="none", weights_bits=16)),
+    "MeZO LoRA": ("mezo", dict(method="lora", weights_bits=16)),
+    "MeZO LoRA 8-bit": ("mezo", dict(method="lora", weights_bits=8)),
+    "MeZO LoRA 4-bit": ("mezo", dict(method="lora", weights_bits=4, quant="nf4", double_quant=True)),
+}
+# P_MeZO / P_BP for each pairing of a MeZO variant with a BP variant.
+PAIRINGS = [(m, b) for m, (mm, _) in VARIANTS.items() if mm == "mezo" for b, (bm, _) in VARIANTS.items() if bm == "bp"]
+
+
+def variant_scenario(name: str, sc: Scenario) -> Scenario:
+    """`sc` run as the named variant (VARIANTS): its method and what it trains, the LoRA
+    settings and everything else from `sc`."""
+    if name not in VARIANTS:
+        raise ValueError(f"variant: unknown {name!r}; known: {', '.join(VARIANTS)}")
+    method, peft = VARIANTS[name]
+    return replace(sc, method=method, peft=replace(sc.peft, **peft))
+
+
+def fits_table(budget: int, sc: Scenario, shape: ModelShape | None = None, family: str | None = None,
+               variants: list[str] | None = None) -> dict:
+    """What fits `budget` by each way of fine-tuning (VARIANTS), for the What fits page and
+    the Calculator's side-by-side variants: one row per variant with the largest preset of
+    `family` (name, parameters, peak) and the largest member of `shape`'s continuous family
+    (parameters), and P_MeZO / P_BP for each pairing (PAIRINGS) of the scaled models.
+
+    A variant the model cannot run (e.g. LoRA with no default targets for its type) gets
+    "error" instead of numbers. Returns {"budget_bytes", "rows": [...], "ratios": [...]}."""
+    _check_budget(budget)
+    names = list(VARIANTS) if variants is None else variants
+    rows, scaled = [], {}
+    for name in names:
+        row: dict = {"variant": name}
+        try:
+            vsc = variant_scenario(name, sc)
+            row.update(method=vsc.method, peft=vsc.to_dict()["peft"])
+            if family is not None:
+                preset, est = largest_preset(family, budget, vsc)
+                row.update(largest_preset=preset, largest_preset_params=est.params if est else 0,
+                           largest_preset_peak_bytes=est.peak_bytes if est else None)
+            if shape is not None:
+                big, params = largest_scaled_model(shape, budget, vsc)
+                row.update(largest_scaled_params=params, largest_scaled_name=big.name if big else None)
+                scaled[name] = params
+        except ValueError as err:
+            row["error"] = str(err)
+        rows.append(row)
+    ratios = []
+    for mezo, bp in PAIRINGS:
+        if mezo in scaled and bp in scaled:
+            p_mezo, p_bp = scaled[mezo], scaled[bp]
+            ratio = 0.0 if p_mezo == 0 else (p_mezo / p_bp if p_bp else float("inf"))
+            ratios.append({"mezo": mezo, "bp": bp, "ratio": ratio})
+    return {"budget_bytes": budget, "rows": rows, "ratios": ratios}

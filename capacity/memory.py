@@ -27,16 +27,17 @@ from . import moe
 from .architecture import LayerKind
 from .context import check_context
 from . import optimizers as optim
-from .params import (active_parameter_count, attention_linears, head_params, largest_tensor_params, layer_linear_params,
-                     layer_params, linear_params, mlp_linears, mlp_params, parameter_count, parameter_tensor_count)
+from . import quantization, trainable
+from .params import (active_parameter_count, attention_linears, largest_tensor_params, layer_linear_params,
+                     layer_params, linear_params, mlp_linears, parameter_count)
 from .scenario import Estimate, Scenario
 from .shape import ModelShape, repeating_pattern
 
 FP32 = 4
 
 # Breakdown terms, in display order.
-TERMS = ("weights", "master_weights", "gradients", "optimizer_states", "activations",
-         "logits_and_loss", "temporaries")
+TERMS = ("weights", "master_weights", "trainable_weights", "gradients", "optimizer_states",
+         "activations", "logits_and_loss", "temporaries")
 
 # MeZO regenerates z in chunks (capacity.validation.mezo), so its only temporary is one
 # chunk, not a copy of the largest weight: at most 2**20 values and at most 1/1024 of the
@@ -58,6 +59,10 @@ CUDA_CONTEXT_BYTES = 500 * 2**20
 
 
 # ---------------------------------------------------------------- model state terms
+#
+# What is trained and how each parameter is stored comes from one place, trainable.py:
+# full fine-tuning trains every parameter in its dtype; a PEFT method trains a part (LoRA
+# adapters, a prefix, the top layers) over a frozen base that may be quantized.
 
 def _state_bytes_per_value(sc: Scenario) -> int:
     """Bytes per value of parameters, gradients and optimizer states: the dtype, or fp32
@@ -66,9 +71,20 @@ def _state_bytes_per_value(sc: Scenario) -> int:
 
 
 def weights_bytes(s: ModelShape, sc: Scenario) -> int:
-    """Parameters in the dtype they are held in: P·p (fp32 under mixed precision: those
-    are the master weights, see master_weights_bytes)."""
-    return parameter_count(s) * _state_bytes_per_value(sc)
+    """The base model's weights as stored, less what trainable_weights_bytes counts apart:
+    P·p in full fine-tuning (fp32 under mixed precision: those are the master weights, see
+    master_weights_bytes); the frozen base under a PEFT method (quantized linears in
+    bitsandbytes' format with weights_bits 8 or 4)."""
+    if sc.peft.method == "none":
+        return trainable.base_weight_bytes(s, sc)
+    return trainable.frozen_weight_bytes(s, sc)
+
+
+def trainable_weights_bytes(s: ModelShape, sc: Scenario) -> int:
+    """Under a PEFT method, the weights it trains: LoRA's adapters and the prefix table (new
+    parameters, fp32), or the top layers (in the dtype). 0 in full fine-tuning, where
+    `weights` are all trained."""
+    return 0 if sc.peft.method == "none" else trainable.trainable_weight_bytes(s, sc)
 
 
 def compute_copy_bytes(s: ModelShape, sc: Scenario) -> int:
@@ -99,31 +115,30 @@ def _layer_copy_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None
 
 
 def gradients_bytes(s: ModelShape, sc: Scenario) -> int:
-    """Gradients take the parameters' dtype: P·p (P·4 under mixed precision)."""
-    return weights_bytes(s, sc)
+    """Gradients of the trained parameters, in their dtype: P·p in full fine-tuning (P·4
+    under mixed precision), fp32 for LoRA adapters and a prefix."""
+    return trainable.trainable_value_bytes(s, sc)
 
 
 def optimizer_state_bytes(s: ModelShape, sc: Scenario) -> int:
     """SGD: none. Momentum: one buffer. Adam/AdamW: exp_avg and exp_avg_sq, each in the
-    parameters' dtype, plus one fp32 `step` per parameter tensor, which PyTorch keeps on
-    the CPU (counted for target='cpu' only)."""
-    if sc.method != "bp":
+    trained parameters' dtype, plus one fp32 `step` per trained parameter tensor, which
+    PyTorch keeps on the CPU (counted for target='cpu' only) unless the step is fused."""
+    if sc.method != "bp" or sc.optimizer == "sgd":
         return 0
-    per_param = _state_bytes_per_value(sc)
-    p = parameter_count(s)
-    if sc.optimizer == "sgd":
-        return 0
+    values = trainable.trainable_value_bytes(s, sc)
     if sc.optimizer == "momentum":
-        return p * per_param
-    steps = FP32 * parameter_tensor_count(s) if optim.adam_steps_on_device(sc) else 0
-    return 2 * p * per_param + steps
+        return values
+    steps = FP32 * trainable.trainable_tensor_count(s, sc) if optim.adam_steps_on_device(sc) else 0
+    return 2 * values + steps
 
 
 def optimizer_step_temp_bytes(s: ModelShape, sc: Scenario) -> int:
     """What the optimizer step allocates beyond its states, by implementation
-    (capacity/optimizers.py): Adam forloop 2 × the largest tensor, foreach the largest
-    parameter group, fused none; SGD and momentum none."""
+    (capacity/optimizers.py), over the trained parameters: Adam forloop 2 × the largest
+    tensor, foreach the largest parameter group, fused none; SGD and momentum none."""
     return optim.optimizer_step_temp_bytes(s, sc, _state_bytes_per_value(sc))
+
 
 
 # ---------------------------------------------------------------- the loop's own terms
@@ -139,15 +154,19 @@ def input_bytes(s: ModelShape, sc: Scenario) -> int:
 
 def kv_cache_bytes(s: ModelShape, sc: Scenario) -> int:
     """One layer's entry of transformers' KV cache (cache_utils.DynamicLayer.update:
-    torch.cat copies of the rotated keys and the values): 2·p·N·K."""
-    return 2 * sc.bytes_per_value * sc.tokens * s.kv_dim
+    torch.cat copies of the rotated keys and the values): 2·p·b·keys·K, keys = s, or P + s
+    after a prefix (activations.key_length)."""
+    return 2 * sc.bytes_per_value * sc.batch * act.key_length(s, sc) * s.kv_dim
 
 
 def builds_kv_cache(s: ModelShape, sc: Scenario) -> bool:
-    """Whether the step's forwards fill a KV cache: BP when the loop lets the config's
-    use_cache stand (Loop.use_cache) and no layer is checkpointed (transformers turns the
-    cache off once gradient checkpointing is on); MeZO's reference trainer, whose
-    compute_loss passes only the batch."""
+    """Whether the step's forwards fill a KV cache: prefix tuning always (peft passes the
+    prefix as past key/values, a DynamicCache: peft_model.py get_prompt); BP when the loop
+    lets the config's use_cache stand (Loop.use_cache) and no layer is checkpointed
+    (transformers turns the cache off once gradient checkpointing is on); MeZO's reference
+    trainer, whose compute_loss passes only the batch."""
+    if sc.peft.method == "prefix":
+        return True
     if sc.method == "bp":
         return sc.loop.use_cache and kept_layers(s, sc) == s.num_layers
     return sc.method == "mezo" and sc.loop.mezo_impl == "reference"
@@ -156,12 +175,21 @@ def builds_kv_cache(s: ModelShape, sc: Scenario) -> bool:
 def bp_kv_cache_bytes(s: ModelShape, sc: Scenario) -> int:
     """BP: what the KV cache adds to the saved activations, from each layer's forward until
     the output is released. The attention keeps the cached tensors themselves (the cache's
-    copy replaces the rotated original) unless eager attention repeats grouped key/value
-    heads into a copy (repeat_kv), which leaves the cache's entries as extra: L·2·p·N·K."""
+    copy replaces the rotated original) unless it repeats grouped key/value heads into a
+    copy (repeat_kv: eager, or SDPA with an explicit mask), which leaves the cache's entries
+    as extra: L·2·p·b·keys·K."""
     if not builds_kv_cache(s, sc):
         return 0
-    copies = sc.attention == "eager" and act.repeated_kv_bytes(s, sc) != 2 * sc.bytes_per_value * sc.tokens * s.kv_dim
-    return s.num_layers * kv_cache_bytes(s, sc) if copies else 0
+    return s.num_layers * kv_cache_bytes(s, sc) if act.kv_repeat_copies(s, sc) else 0
+
+
+def cache_above_bytes(s: ModelShape, sc: Scenario) -> int:
+    """One layer's share of the KV cache that backward cannot free with the layer: with the
+    output held, the cache still references the k and v the attention kept (when they are
+    the cache's own tensors), after that layer's backward has run."""
+    if not builds_kv_cache(s, sc) or not sc.loop.hold_outputs or act.kv_repeat_copies(s, sc):
+        return 0
+    return kv_cache_bytes(s, sc)
 
 
 def gradients_live_at_forward(sc: Scenario) -> bool:
@@ -206,6 +234,14 @@ def kept_layers(s: ModelShape, sc: Scenario) -> int:
     return round(sc.keep * s.num_layers)
 
 
+def _outside_saved(s: ModelShape, sc: Scenario) -> int:
+    """What the embedding and the head keep for backward: the token ids, what a trained
+    embedding and head keep, the final norm."""
+    embed = act.embedding_saved_bytes(s, sc, output_grad=trainable.below_layers_grad(s, sc),
+                                      trained=trainable.embedding_trained(sc))
+    return embed + act.head_saved_bytes(s, sc, trained=trainable.head_trained(sc))
+
+
 def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     n, p = sc.tokens, sc.bytes_per_value
     L, keep = s.num_layers, kept_layers(s, sc)
@@ -220,14 +256,14 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
         "weights": weights_bytes(s, sc) if not sc.mixed_precision
         else compute_copy_bytes(s, sc) - layers.copies(0, ckpt),
         "master_weights": weights_bytes(s, sc) if sc.mixed_precision else 0,
+        "trainable_weights": trainable_weights_bytes(s, sc),
         "optimizer_states": optimizer_state_bytes(s, sc),
     }
-    c_layer = act.checkpoint_saved_bytes(s, sc)
     # At the end of the forward every layer is below: every shared tensor a layer holds is live.
     shared = _SharedTensors(s, sc, ckpt).held(L)
-    outside = act.embedding_saved_bytes(s, sc) + act.head_saved_bytes(s, sc) + shared
+    outside = _outside_saved(s, sc) + shared + leaf_embedding_output_bytes(s, sc)
     # Layers 0..ckpt-1 keep only their input, the rest everything.
-    saved = layers.saved(ckpt, L) + ckpt * c_layer + outside
+    saved = layers.saved(ckpt, L) + layers.checkpointed(0, ckpt) + outside
     logits = act.logits_bytes(s, sc)
     nv32 = FP32 * n * s.vocab_size
     loss = act.loss_saved_bytes(s, sc)
@@ -240,7 +276,7 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     cache = bp_kv_cache_bytes(s, sc)
     cache_held = cache if lp.hold_outputs else 0
     inputs = input_bytes(s, sc)
-    g_all = gp * parameter_count(s)
+    g_all = gradients_bytes(s, sc)
     # Gradient accumulation with outputs held: the previous micro-batch's output is still
     # referenced (`out`) until the next forward returns.
     previous_out = logits + cache if lp.hold_outputs and lp.grad_accum > 1 else 0
@@ -260,11 +296,13 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
                                               "logits_and_loss": forward["logits_and_loss"] + previous_out}
         phases["backward (loss, gradients live)"] = {**backward_loss, "gradients": g_all}
 
-    # Through the layers, top to bottom. Gradients of the head are complete first. A tied
-    # embedding's AccumulateGrad waits for both of its gradients, so the LM head's share
+    # Through the layers, top to bottom. Gradients of a trained head are complete first. A
+    # tied embedding's AccumulateGrad waits for both of its gradients, so the LM head's share
     # (V·e) waits in autograd's input buffer through the whole backward.
-    tied_head = gp * s.vocab_size * s.embed_dim if s.tie_embeddings else 0
-    g_head = gp * head_params(s) + tied_head
+    head_trained = trainable.head_trained(sc)
+    new_head_gradient = gp * s.vocab_size * s.embed_dim if head_trained else 0
+    tied_head = new_head_gradient if s.tie_embeddings else 0
+    g_head = gp * trainable.head_gradient_params(s, sc) + tied_head
     extra = inputs + cache_held       # held through the whole backward
     if first:
         phases["backward (layers)"] = _backward_through_layers(s, sc, layers, state, g_head, held, extra)
@@ -275,7 +313,7 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
         phases["backward (head, gradients live)"] = {
             **state, "gradients": g_all, "activations": saved + inputs + cache_held,
             "logits_and_loss": held + p * n * s.vocab_size,
-            "temporaries": gp * s.vocab_size * s.embed_dim + p * n * s.embed_dim}
+            "temporaries": new_head_gradient + p * n * s.embed_dim}
         phases["backward (layers, gradients live)"] = _backward_through_layers(
             s, sc, layers, state, g_head, held, extra, live_gradients=g_all + tied_head)
 
@@ -285,15 +323,43 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     # their sum) are all transients, added in place into the gradient that exists
     # (AccumulateGrad: `variable_grad += new_grad`).
     tied_extra = 2 * tied_head
-    if gradients_live_at_forward(sc):
-        tied_extra += gp * s.vocab_size * s.embed_dim
+    if gradients_live_at_forward(sc) and s.tie_embeddings:
+        tied_extra += new_head_gradient
     end_state = {**state, "weights": 0 if sc.mixed_precision else state["weights"]}
-    phases["backward end"] = {**end_state, "gradients": g_all, "activations": inputs + cache_held,
+    # A frozen embedding under checkpointing: the leaf it makes and its gradient, referenced
+    # by the graph while the loss (or the held output) is (input_leaf_bytes).
+    leaf = input_leaf_bytes(s, sc)
+    phases["backward end"] = {**end_state, "gradients": g_all, "activations": inputs + cache_held + leaf,
                               "logits_and_loss": held, "temporaries": tied_extra}
-    # A held output (and its logits) is still referenced until the step ends.
-    phases["optimizer step"] = {**end_state, "gradients": g_all, "activations": inputs + cache_held,
+    # A held output (its logits, a cache, the graph) is still referenced until the step ends.
+    phases["optimizer step"] = {**end_state, "gradients": g_all,
+                                "activations": inputs + cache_held + (leaf if lp.hold_outputs else 0),
                                 "logits_and_loss": held, "temporaries": optimizer_step_temp_bytes(s, sc)}
     return phases
+
+
+def leaf_embedding_output_bytes(s: ModelShape, sc: Scenario) -> int:
+    """Under checkpointing with a frozen embedding, the leaf embedding output (see
+    input_leaf_bytes) stays referenced by the graph through forward and backward; it is
+    extra when the first layer reads another tensor made from it (learned positions added,
+    Gemma's scaling, OPT-350m's project_in, an embedding dropout)."""
+    if trainable.embedding_trained(sc) or not trainable.below_layers_grad(s, sc):
+        return 0
+    arch = s.arch
+    if arch.positions == "learned" or arch.embedding_scale or s.embed_dim != s.hidden_size or s.embd_dropout > 0:
+        return sc.bytes_per_value * sc.tokens * s.embed_dim
+    return 0
+
+
+def input_leaf_bytes(s: ModelShape, sc: Scenario) -> int:
+    """A frozen embedding under checkpointing: enable_input_require_grads makes its output a
+    leaf that requires grad (`output.requires_grad_(True)`), so backward ends by
+    accumulating a gradient into it (pNh), and the graph's AccumulateGrad node keeps the leaf
+    (pNh) and that gradient for as long as the loss's graph is referenced (to the end of
+    backward; with the output held, through the optimizer step)."""
+    if trainable.embedding_trained(sc) or not trainable.below_layers_grad(s, sc):
+        return 0
+    return 2 * sc.bytes_per_value * sc.tokens * s.embed_dim
 
 
 # ---------------------------------------------------------------- backward through the layers
@@ -346,7 +412,8 @@ class _LayerCosts:
     copies_mlp: int           # of which its MLP's (freed once the MLP's backward has run)
     copies_mlp_out: int       # of which its MLP output projection's
     copies_attn_out: int      # of which its attention output projection's
-    mlp_backward: int         # MLP-width gradients live at once in the MLP's backward
+    mlp_backward: int         # MLP-width tensors live at once in the MLP's backward, before
+                              # what the down projection's backward freed (mlp_freed)
     attention_backward: int   # beyond what it keeps, at the softmax's backward
     recompute: int            # beyond its attention part, at the peak of its recomputed forward
     recompute_end: int        # beyond what it keeps, at the end of its recomputed forward
@@ -355,81 +422,233 @@ class _LayerCosts:
     mlp_backward_live: int    # mlp_backward when every gradient exists already
     out_norm: int             # what a norm on one branch's output keeps (freed before that branch's backward)
     out_norm_backward: int    # beyond what it keeps, at that norm's backward (first in its branch's)
+    checkpointed: int         # what it keeps when checkpointed: its input, and what escapes
+                              # the checkpoint (an 8-bit base's kept inputs)
+    escaped: int              # of which what escapes the checkpoint
+    mlp_linear_backward: int  # beyond what it keeps, at the worst MLP linear's backward
+                              # (a quantized weight dequantized)
+    attention_linear_backward: int  # the same for the attention's linears
+    mlp_freed: int            # of `saved`, what the down projection's backward frees before the
+                              # MLP's activation backward (activations.mlp_freed_bytes)
+    attention_freed: int      # of `saved_attention`, what the output projection's adapter
+                              # frees before the softmax backward (activations.attention_freed_bytes)
+    recompute_mlp: int        # what it holds at the worst point of its MLP's recompute
+                              # (_recompute_mlp_bytes), in place of `saved`
 
 
-def _layer_costs(s: ModelShape, sc: Scenario, kind: LayerKind) -> _LayerCosts:
-    p, gp = sc.bytes_per_value, _state_bytes_per_value(sc)
+def _layer_costs(s: ModelShape, sc: Scenario, kind: LayerKind, g: trainable.LayerGrads = trainable.FULL) -> _LayerCosts:
+    p = sc.bytes_per_value
     copy_bytes = p if sc.mixed_precision else 0
-    parts = act.layer_saved_bytes(s, sc, kind)
-    # MLP-width tensors the MLP's backward adds at its highest point, once the down
-    # projection's backward has run (its weight gradient exists, counted apart) and freed
-    # its input unless the activation keeps that too:
-    # gated, at the product's backward: its incoming gradient and both factors' gradients,
-    # less the product (3 - 1); ReLU, at its backward: the incoming and the result gradients,
-    # its output kept by ReLU itself (2); GELU (one op), the same less its output, which only
-    # the down projection kept (2 - 1); the gelu_new composite 0.5·x·(1 + tanh(...)), at its
-    # last product's backward: incoming gradient and both factors', less the output (3 - 1).
+    parts = act.layer_saved_bytes(s, sc, kind, g)
+    # MLP-width tensors the MLP's backward holds at its highest point, of which the down
+    # projection's backward has freed its kept input (mlp_freed, unless the activation keeps
+    # that too; its weight gradient exists, counted apart):
+    # gated, at the product's backward: its incoming gradient and both factors' gradients
+    # (3, the product freed); ReLU, at its backward: the incoming and the result gradients,
+    # its output kept by ReLU itself (2); GELU (one op), the same and its output, which only
+    # the down projection kept (2, freed); the gelu_new composite 0.5·x·(1 + tanh(...)), at
+    # its last product's backward: incoming gradient and both factors' (3, the output freed).
     mlp = s.arch.mlp
-    widths = 2 if mlp.gated else {"relu": 2, "gelu": 1, "gelu_tanh": 1, "silu": 1, "gelu_new": 2}[mlp.activation]
+    widths = 3 if mlp.gated else {"relu": 2, "gelu": 2, "gelu_tanh": 2, "silu": 2, "gelu_new": 3}[mlp.activation]
     mlp_backward = widths * p * sc.tokens * s.intermediate_size
-    mlp_out_gradient = gp * mlp_linears(s, kind)[-1].params
+    attn_lin, mlp_lin = attention_linears(s, kind), mlp_linears(s, kind)
+    down = mlp_lin[-1]
+    mlp_out_gradient = trainable.linear_gradient_bytes(s, sc, down, g)
+    mlp_freed = act.mlp_freed_bytes(s, sc, kind, g)
     recompute = act.attention_forward_extra_bytes(s, sc)
+    escaped = sum(act.quantized_inputs_bytes(s, sc, kind, g).values())
     if kind.moe:
         # A sparse block's backward walk (its weight gradients as they are made), and in a
-        # recomputed forward its transients above the whole layer's rebuilt set.
+        # recomputed forward its transients above the whole layer's rebuilt set. (PEFT is
+        # not modelled on a mixture of experts: trainable.check_peft.)
         mlp_backward = moe.backward_extra_bytes(s, sc)
-        mlp_out_gradient = 0
+        mlp_out_gradient = mlp_freed = 0
         recompute = max(recompute, parts["mlp"] + moe.forward_extra_bytes(s, sc))
     return _LayerCosts(
         saved=sum(parts.values()), saved_attention=parts["attention"],
-        gradients=gp * layer_params(s, kind), gradients_mlp=gp * mlp_params(s, kind),
-        gradients_attn_out=gp * attention_linears(s, kind)[-1].params,
+        gradients=trainable.layer_gradient_bytes(s, sc, kind, g),
+        gradients_mlp=trainable.layer_gradient_bytes(s, sc, kind, g, mlp_only=True),
+        gradients_attn_out=trainable.linear_gradient_bytes(s, sc, attn_lin[-1], g),
         gradients_mlp_out=mlp_out_gradient,
         copies=_layer_copy_bytes(s, sc, kind),
-        copies_mlp=copy_bytes * sum(lin.params for lin in mlp_linears(s, kind)),
-        copies_mlp_out=copy_bytes * mlp_linears(s, kind)[-1].params,
-        copies_attn_out=copy_bytes * attention_linears(s, kind)[-1].params,
+        copies_mlp=copy_bytes * sum(lin.params for lin in mlp_lin),
+        copies_mlp_out=copy_bytes * down.params,
+        copies_attn_out=copy_bytes * attn_lin[-1].params,
         mlp_backward=mlp_backward,
-        attention_backward=act.attention_backward_extra_bytes(s, sc, kind), recompute=recompute,
+        attention_backward=act.attention_backward_extra_bytes(s, sc, kind, g, v_held=cache_above_bytes(s, sc) > 0),
+        recompute=recompute,
         recompute_end=act.recompute_end_extra_bytes(s, sc, kind),
         # A sparse block's walk holds its new weight gradients itself; with gradients live
         # they are added into the existing ones as they are made.
-        out_weight_backward=0 if kind.moe else _new_weight_gradient_bytes(mlp_linears(s, kind)[-1], sc),
+        out_weight_backward=0 if kind.moe else _new_weight_gradient_bytes(down, sc, g),
         mlp_backward_live=moe.backward_extra_bytes(s, sc, gradients_exist=True) if kind.moe else mlp_backward,
         out_norm=act.branch_output_norm_bytes(s, sc),
-        out_norm_backward=act.branch_output_norm_backward_bytes(s, sc))
+        out_norm_backward=act.branch_output_norm_backward_bytes(s, sc),
+        checkpointed=act.checkpoint_saved_bytes(s, sc) + escaped, escaped=escaped,
+        mlp_linear_backward=_quantized_backward_bytes(s, sc, mlp_lin),
+        attention_linear_backward=_quantized_backward_bytes(s, sc, attn_lin),
+        mlp_freed=mlp_freed, attention_freed=act.attention_freed_bytes(s, sc, kind, g),
+        recompute_mlp=0 if kind.moe else _recompute_mlp_bytes(s, sc, kind, g))
 
 
-def _new_weight_gradient_bytes(lin, sc: Scenario) -> int:
+def _new_weight_gradient_bytes(lin, sc: Scenario, g: trainable.LayerGrads = trainable.FULL) -> int:
     """A linear's backward when its weight's gradient is made anew beside the one that
     exists (accumulation, zeroed gradients kept): its input's gradient (p·N·fan_in) and the
-    new weight gradient (g·fan_in·fan_out), beside the incoming gradient (counted apart)."""
-    return sc.bytes_per_value * sc.tokens * lin.fan_in + _state_bytes_per_value(sc) * lin.fan_in * lin.fan_out
+    new weight gradient (g·fan_in·fan_out; a LoRA adapter's, fp32; none when frozen), beside
+    the incoming gradient (counted apart)."""
+    new = _state_bytes_per_value(sc) * lin.fan_in * lin.fan_out if g.weights else 0
+    if lin.name in g.lora:
+        new += trainable.ADAPTER_BYTES * trainable.lora_params(lin, sc.peft.lora_rank)
+    return sc.bytes_per_value * sc.tokens * lin.fan_in + new
+
+
+def _recompute_mlp_bytes(s: ModelShape, sc: Scenario, kind: LayerKind, g: trainable.LayerGrads) -> int:
+    """A checkpointed layer's recompute, at the worst moment of its MLP when an MLP linear is
+    adapted or the base is quantized: what the layer holds then beyond its kept input, in
+    place of its saved tensors (compare with cost.saved). 0 otherwise.
+
+    The recompute (torch.utils.checkpoint, non-reentrant) is triggered by the first node of
+    the layer's backward that unpacks a saved tensor, and runs the layer's forward up to its
+    last saved tensor. What waits meanwhile: with a LoRA adapter on the MLP output
+    projection, its first backward nodes (the cast back to dtype, the sum with the base
+    output, the scaling) need no saved tensor and run first, leaving the base branch's
+    gradient in dtype and the scaled one in fp32 ((p + 4)·N·out; an fp32 base makes no
+    cast); with a quantized, frozen output projection, whose kernels keep their tensors as
+    ctx attributes, not saved tensors, its backward runs first and its input's gradient
+    waits (p·N·I). The forward holds: the attention part's saved tensors; the MLP norm's;
+    the block's locals (the residual after attention, unless the norm keeps it, or in a
+    parallel block the attention output; the MLP's normalised input; GPT2Block's kept
+    attention output); the saved tensors of the MLP so far; and the current call: at an
+    input projection its base output and, with an adapter, lora_B's output and its scaled
+    copy (8·N·out) and with dropout the fp32 cast of the input (peft/tuners/lora/layer.py
+    Linear.forward), or a quantized weight's call (quantization.forward_peak_bytes); at the
+    activation's end the product; at the output projection's adapter (its last saved
+    tensor) the product, the base output and the dropout's cast input."""
+    pf = sc.peft
+    mlp_lin = mlp_linears(s, kind)
+    ins, down = mlp_lin[:-1], mlp_lin[-1]
+    quantized = pf.weights_bits != 16
+    if not any(lin.name in g.lora for lin in mlp_lin) and not quantized:
+        return 0
+    n, h, p = sc.tokens, s.hidden_size, sc.bytes_per_value
+    arch, mlp = s.arch, s.arch.mlp
+    f = act.layer_flow(s, g)
+    fp32_base = p == trainable.ADAPTER_BYTES
+    dropout = pf.lora_dropout > 0
+    width = p * n * s.intermediate_size
+    down_adapted = down.name in g.lora
+    if down_adapted:
+        waiting = (0 if fp32_base else p * n * down.fan_out) + trainable.ADAPTER_BYTES * n * down.fan_out
+    elif quantized:
+        waiting = p * n * down.fan_in
+    else:
+        waiting = 0
+    residual = p * n * h if arch.parallel_residual or not act.norm_keeps_layer_input(s, sc) else 0
+    adapted_ins = [lin for lin in ins if lin.name in g.lora]
+    mlp_in = 0 if fp32_base and adapted_ins and not dropout else p * n * h   # else an adapter keeps x itself
+    held = act.layer_saved_bytes(s, sc, kind, g)["attention"] + residual + mlp_in + waiting \
+        + (p * n * h if arch.forward_keeps_attention_output else 0)
+    if not (arch.parallel_residual and arch.shared_norm):
+        held += act.norm_saved_bytes(s, sc, with_input=not arch.parallel_residual,
+                                     input_grad=f.norm2_in, weight_grad=g.weights)
+
+    def call(lin) -> int:
+        out = p * n * lin.fan_out
+        base = quantization.forward_peak_bytes(lin, pf.weights_bits, pf.double_quant, n, p) if quantized else out
+        if lin.name not in g.lora:
+            return base
+        cast = trainable.ADAPTER_BYTES * n * lin.fan_in if dropout and not fp32_base else 0
+        return max(base, out + cast + 2 * trainable.ADAPTER_BYTES * n * lin.fan_out)
+
+    worst = 0
+    for i, lin in enumerate(ins):
+        held += act.lora_saved_bytes(s, sc, [lin] if lin.name in g.lora else [], f.norm2_out)
+        worst = max(worst, held + call(lin))
+        if mlp.gated and i == 0:
+            # act(gate) keeps gate's output; its own output waits for the product
+            held += (width if f.mlp_in[lin.name] else 0) + width
+    # The activation's end: its saved tensors and the product it makes (ReLU's output, the
+    # product, is one of its saved tensors when kept).
+    relu_kept = not mlp.gated and mlp.activation == "relu" and (f.product or g.weights)
+    held += act.mlp_saved_bytes(s, sc, kind, g) - (2 * width if mlp.gated else 0) + (0 if relu_kept else width)
+    worst = max(worst, held)
+    if down_adapted:
+        # The output projection's adapter, the recompute's last saved tensor: at lora_A's
+        # output every saved tensor of the layer is there, with the base output and the
+        # dropout's cast input; a quantized base dequantized its weight just before.
+        down_saved = act.lora_saved_bytes(s, sc, [down], f.product)
+        cast = trainable.ADAPTER_BYTES * n * down.fan_in if dropout and not fp32_base else 0
+        worst = max(worst, held + down_saved + p * n * down.fan_out + cast)
+        if quantized:
+            worst = max(worst, held + quantization.forward_peak_bytes(down, pf.weights_bits, pf.double_quant, n, p))
+    return worst
+
+
+def _quantized_backward_bytes(s: ModelShape, sc: Scenario, linears) -> int:
+    """A quantized base: the most one of `linears` holds in its backward beyond the incoming
+    gradient, its dequantized weight and the input's gradient it makes (quantization.py)."""
+    pf = sc.peft
+    if pf.weights_bits == 16:
+        return 0
+    p = sc.bytes_per_value
+    return max(quantization.backward_transient_bytes(lin, pf.weights_bits, pf.double_quant, p)
+               + p * sc.tokens * lin.fan_in for lin in linears)
 
 
 class _LayerSums:
     """Sums over runs of layers, in closed form: the layers repeat a pattern of kinds, and
-    kinds that cost the same are merged first (every kind is priced alike today)."""
+    kinds that cost the same are merged first (every kind is priced alike today); layers
+    that need different gradients (trainable.grad_runs) are summed run by run."""
 
     def __init__(self, s: ModelShape, sc: Scenario):
-        costs = {kind: _layer_costs(s, sc, kind) for kind in dict.fromkeys(s.layers)}
-        self.pattern = repeating_pattern([costs[kind] for kind in s.layers])
-        self._saved = _PatternSum([c.saved for c in self.pattern])
-        self._gradients = _PatternSum([c.gradients for c in self.pattern])
-        self._copies = _PatternSum([c.copies for c in self.pattern])
+        self.runs = []
+        for first, last, g in trainable.grad_runs(s, sc):
+            costs = {kind: _layer_costs(s, sc, kind, g) for kind in dict.fromkeys(s.layers)}
+            pattern = repeating_pattern([costs[kind] for kind in s.layers])
+            sums = {name: _PatternSum([getattr(c, name) for c in pattern])
+                    for name in ("saved", "gradients", "copies", "checkpointed")}
+            self.runs.append((first, last, pattern, sums))
+
+    def _run(self, i: int):
+        for run in self.runs:
+            if run[0] <= i < run[1]:
+                return run
+        return self.runs[-1]
+
+    @property
+    def pattern(self) -> tuple:
+        """The longest pattern of layer costs among the runs."""
+        return max((run[2] for run in self.runs), key=len)
+
+    def stretches(self) -> list[tuple[int, int, int]]:
+        """(first, last + 1, period) of each run of layers of equal costs."""
+        return [(first, last, len(pattern)) for first, last, pattern, _ in self.runs]
 
     def costs(self, i: int) -> _LayerCosts:
-        return self.pattern[i % len(self.pattern)]
+        pattern = self._run(i)[2]
+        return pattern[i % len(pattern)]
+
+    def _sum(self, name: str, first: int, last: int) -> int:
+        total = 0
+        for lo, hi, _, sums in self.runs:
+            a, b = max(first, lo), min(last, hi)
+            if a < b:
+                total += sums[name](b) - sums[name](a)
+        return total
 
     def saved(self, first: int, last: int) -> int:
         """Activations kept by layers first..last-1."""
-        return self._saved(last) - self._saved(first)
+        return self._sum("saved", first, last)
 
     def gradients(self, first: int, last: int) -> int:
-        return self._gradients(last) - self._gradients(first)
+        return self._sum("gradients", first, last)
 
     def copies(self, first: int, last: int) -> int:
-        return self._copies(last) - self._copies(first)
+        return self._sum("copies", first, last)
+
+    def checkpointed(self, first: int, last: int) -> int:
+        """What layers first..last-1 keep when checkpointed."""
+        return self._sum("checkpointed", first, last)
 
 
 class _PatternSum:
@@ -457,7 +676,13 @@ class BackwardThroughLayers:
         self.c_layer = act.checkpoint_saved_bytes(s, sc)
         # The rotary tables and masks the layers at or below a layer hold (_SharedTensors).
         self.shared = _SharedTensors(s, sc, self.ckpt)
-        self.embed_saved = act.embedding_saved_bytes(s, sc)
+        # Before the first layer: what the embedding keeps, and a frozen embedding's leaf
+        # output under checkpointing (leaf_embedding_output_bytes).
+        self.embed_saved = act.embedding_saved_bytes(s, sc, output_grad=trainable.below_layers_grad(s, sc),
+                                                     trained=trainable.embedding_trained(sc)) \
+            + leaf_embedding_output_bytes(s, sc)
+        # A held output's cache keeps the k and v of the layers above (cache_above_bytes).
+        self.cache_above = cache_above_bytes(s, sc)
         # The gradient flowing down the residual stream, in the stream's dtype (fp32 under
         # mixed precision).
         self.grad_flow = act.stream_bytes(sc) * sc.tokens * s.hidden_size
@@ -466,17 +691,18 @@ class BackwardThroughLayers:
         self.ckpt_input = 0 if act.norm_keeps_layer_input(s, sc) else self.c_layer
 
     def below(self, i: int) -> int:
-        """What layers 0..i-1 (and the embedding) keep: the first `ckpt` only their input,
-        the rest everything."""
-        ckpt = self.ckpt
-        return self.embed_saved + self.shared.held(i) + min(i, ckpt) * self.c_layer \
-            + self.layers.saved(ckpt, max(i, ckpt))
+        """What layers 0..i-1 (and the embedding) keep: the first `ckpt` only their input
+        (and what escapes the checkpoint), the rest everything."""
+        ckpt, layers = self.ckpt, self.layers
+        return self.embed_saved + self.shared.held(i) + layers.checkpointed(0, min(i, ckpt)) \
+            + layers.saved(ckpt, max(i, ckpt))
 
     def within(self, i: int, live_gradients: bool = False) -> int:
         """The highest point inside layer i's backward, beyond the layers below: its own
         activations, its input gradient flowing through it, and its MLP's weight gradients
-        while its attention runs backward. live_gradients: every gradient already exists
-        (gradient accumulation, zeroed gradients kept)."""
+        while its attention runs backward; with a held KV cache, the k and v of the layers
+        above. live_gradients: every gradient already exists (gradient accumulation, zeroed
+        gradients kept)."""
         return self.within_and_freed(i, live_gradients)[0]
 
     def within_and_freed(self, i: int, live_gradients: bool = False) -> tuple[int, int]:
@@ -486,19 +712,26 @@ class BackwardThroughLayers:
         kept_input = self.ckpt_input if is_ckpt else 0
         grad_flow = self.grad_flow
         # A norm on a branch's output (OLMo 2) runs its backward before the branch's own.
-        # At the MLP's backward the down projection's weight gradient exists and its copy
-        # is freed.
-        at_mlp = cost.saved - cost.out_norm + kept_input + grad_flow + cost.mlp_backward + cost.gradients_mlp_out
+        # At the MLP's backward the down projection's backward has run: its kept input (and
+        # adapter) freed, its weight gradient made, its copy freed; a quantized linear's
+        # backward dequantizes its weight.
+        at_mlp = cost.saved - cost.out_norm - cost.mlp_freed + kept_input + grad_flow \
+            + max(cost.mlp_backward, cost.mlp_linear_backward) + cost.gradients_mlp_out
         # At the softmax's backward the MLP's and the output projection's gradients exist,
         # and their copies are freed.
-        at_attn = cost.saved_attention - cost.out_norm + kept_input + cost.gradients_mlp \
-            + cost.gradients_attn_out + grad_flow + cost.attention_backward
+        at_attn = cost.saved_attention - cost.out_norm - cost.attention_freed + kept_input + cost.gradients_mlp \
+            + cost.gradients_attn_out + grad_flow + max(cost.attention_backward, cost.attention_linear_backward)
         # A checkpointed layer first re-runs its forward: its attention part is rebuilt
-        # while the fp32 softmax copy is live (its output norm not yet run).
-        at_recompute = cost.saved_attention - cost.out_norm + kept_input + grad_flow + cost.recompute \
-            if is_ckpt else 0
+        # while the fp32 softmax copy is live (its output norm not yet run). During the
+        # recompute, what an 8-bit base's original forward kept of this layer is there
+        # beside the recompute's own copies (those go with the recompute's graph).
+        at_recompute = cost.saved_attention - cost.out_norm + kept_input + cost.escaped + grad_flow \
+            + cost.recompute if is_ckpt else 0
         # ... and at its end, every saved tensor rebuilt, what the layer still holds beside them.
-        at_recompute_end = cost.saved + kept_input + grad_flow + cost.recompute_end if is_ckpt else 0
+        at_recompute_end = cost.saved + kept_input + cost.escaped + grad_flow + cost.recompute_end if is_ckpt else 0
+        # Adapted or quantized MLP linears make the recompute's MLP heavier (_recompute_mlp_bytes).
+        at_recompute_mlp = cost.recompute_mlp + kept_input + cost.escaped + grad_flow \
+            if is_ckpt and cost.recompute_mlp else 0
         at_new_weight = 0
         new_mlp_gradients = cost.gradients_mlp
         if live_gradients:
@@ -508,15 +741,18 @@ class BackwardThroughLayers:
             # (after its output norm's, OLMo 2).
             at_attn -= cost.gradients_mlp + cost.gradients_attn_out
             new_mlp_gradients = 0
-            at_mlp = cost.saved - cost.out_norm + kept_input + grad_flow + cost.mlp_backward_live
+            at_mlp = cost.saved - cost.out_norm - cost.mlp_freed + kept_input + grad_flow \
+                + max(cost.mlp_backward_live, cost.mlp_linear_backward)
             at_new_weight = cost.saved - cost.out_norm + kept_input + grad_flow + cost.out_weight_backward
         # A norm on a branch's output (OLMo 2) runs its backward first, with the whole branch
         # still kept: at the MLP's with everything, at the attention's with the MLP freed.
         at_out_norm = max(cost.saved, cost.saved_attention + new_mlp_gradients) + kept_input + grad_flow \
             + cost.out_norm_backward if cost.out_norm_backward else 0
         points = [(at_mlp, cost.copies_mlp_out), (at_attn, cost.copies_mlp + cost.copies_attn_out),
-                  (at_recompute, 0), (at_recompute_end, 0), (at_new_weight, 0), (at_out_norm, 0)]
-        return max(points, key=lambda point: point[0] - point[1])
+                  (at_recompute, 0), (at_recompute_end, 0), (at_recompute_mlp, 0), (at_new_weight, 0),
+                  (at_out_norm, 0)]
+        within, freed = max(points, key=lambda point: point[0] - point[1])
+        return within + (self.s.num_layers - 1 - i) * self.cache_above, freed
 
     def at(self, i: int, live_gradients: bool = False) -> int:
         """Activations at the highest point of layer i's backward."""
@@ -524,15 +760,15 @@ class BackwardThroughLayers:
 
     def after(self, i: int) -> int:
         """Activations once layer i's backward is done: the layers below and the gradient
-        of its input."""
-        return self.below(i) + self.grad_flow
+        of its input (and the cache of the layers from i up)."""
+        return self.below(i) + self.grad_flow + (self.s.num_layers - i) * self.cache_above
 
     def candidates(self, margin: int = 0) -> list[int]:
         """Layers where a total that is affine in i along each run of layers can peak
-        (_candidate_layers), and `margin` pattern periods in from the ends of the stack
+        (_candidate_layers), and `margin` pattern periods in from the ends of each stretch
         (for terms that differ at the bottom and top layers)."""
+        out = set(_candidate_layers(self.s.num_layers, self.ckpt, self.layers.stretches()))
         period = len(self.layers.pattern)
-        out = set(_candidate_layers(self.s.num_layers, self.ckpt, period))
         for _ in range(margin):
             out |= {i + step for i in out for step in (period, -period)}
         return sorted((i for i in out if 0 <= i < self.s.num_layers), reverse=True)
@@ -574,19 +810,22 @@ def _backward_through_layers(s: ModelShape, sc: Scenario, layers: _LayerSums, st
             "logits_and_loss": logits}
 
 
-def _candidate_layers(num_layers: int, ckpt: int, period: int) -> list[int]:
+def _candidate_layers(num_layers: int, ckpt: int, stretches: list[tuple[int, int, int]]) -> list[int]:
     """The layers where the backward's peak can be, topmost first: the two ends of each run
-    of layers of one position in the pattern, among the checkpointed layers and among the
-    kept ones (along such a run every term is affine in the layer index, so its largest
-    total is at an end, the top one on a tie)."""
+    of layers of one position in the pattern, within each stretch of equal costs
+    (first, last + 1, period), among the checkpointed layers and among the kept ones (along
+    such a run every term is affine in the layer index, so its largest total is at an end,
+    the top one on a tie)."""
     out = set()
-    for first, last in ((0, ckpt - 1), (ckpt, num_layers - 1)):
-        if first > last:
-            continue
-        for r in range(min(period, last - first + 1)):
-            lo = first + r
-            out.add(lo)
-            out.add(lo + (last - lo) // period * period)
+    for lo_run, hi_run, period in stretches:
+        for first, last in ((0, ckpt - 1), (ckpt, num_layers - 1)):
+            first, last = max(first, lo_run), min(last, hi_run - 1)
+            if first > last:
+                continue
+            for r in range(min(period, last - first + 1)):
+                lo = first + r
+                out.add(lo)
+                out.add(lo + (last - lo) // period * period)
             # The shared tensors live (_SharedTensors) may change within the first period only:
             # past it, the run is affine from its second layer on.
             if lo + period <= last:
@@ -608,6 +847,8 @@ def forward_live_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
     intermediates. After the last layer: the final hidden state, the logits, their fp32
     copy, the log_softmax output and the shifted labels. What a family's forward keeps
     referenced beyond this is in its description (Architecture.forward_keeps_*).
+    A PEFT model adds, at each adapted or quantized linear, what its call makes
+    (_linear_peak_bytes); prefix tuning attends over its P + s keys, from the cache.
     """
     m = inference_forward_moments(s, sc)
     head_peak, logits_loss = m["head"]
@@ -693,10 +934,13 @@ def own_kv_cache_extra_bytes(s: ModelShape, sc: Scenario) -> int:
     and v it replaces. The cache copies (torch.cat) of k and v; a copy is extra when the
     tensor it copies is a view of a fused q/k/v projection that stays alive: v whenever the
     projection is fused (GPT-2: q is a view of it; NeoX keeps the unrotated q and k), k when
-    it is fused and not rotated (GPT-2); a rotated k is a fresh tensor, freed."""
+    it is fused and not rotated (GPT-2); a rotated k is a fresh tensor, freed. After a prefix
+    each copy is P + s long: a replacing copy adds its P positions."""
     att = s.arch.attention
-    copies = (1 if att.fused_qkv else 0) + (1 if att.fused_qkv and s.arch.positions != "rope" else 0)
-    return copies * sc.bytes_per_value * sc.tokens * s.kv_dim
+    views = (1 if att.fused_qkv else 0) + (1 if att.fused_qkv and s.arch.positions != "rope" else 0)
+    one = sc.bytes_per_value * sc.batch * s.kv_dim
+    keys = act.key_length(s, sc)
+    return views * one * keys + (2 - views) * one * (keys - sc.seq)
 
 
 def _forward_layer_peak(s: ModelShape, sc: Scenario, kind: LayerKind, held: int,
@@ -707,6 +951,7 @@ def _forward_layer_peak(s: ModelShape, sc: Scenario, kind: LayerKind, held: int,
     capacity/moe.py): the largest of the points below."""
     n, h, p = sc.tokens, s.hidden_size, sc.bytes_per_value
     b, seq, a = sc.batch, sc.seq, s.num_heads
+    keys = act.key_length(s, sc)      # P + s after a prefix
     arch = s.arch
     pre_norm = arch.norm_placement != "branch_out"
     # At attention: the layer input x (the caller's reference) and its normalised copy y
@@ -720,16 +965,16 @@ def _forward_layer_peak(s: ModelShape, sc: Scenario, kind: LayerKind, held: int,
     if sc.attention == "eager":
         # The layer receives the attention probabilities back from its attention call
         # (`hidden_states, _ = self.self_attn(...)`) and holds them through the MLP.
-        base_mlp += p * b * a * seq * seq
+        base_mlp += p * b * a * seq * keys
     qkv_made = p * n * (s.q_dim + 2 * s.kv_dim)
     qkv = qkv_made
     if arch.forward_keeps_unrotated_qk:
         qkv += p * n * (s.q_dim + s.kv_dim)  # the rotated copies, beside the originals
-    scores = b * a * seq * seq
+    scores = b * a * seq * keys
     # repeat_kv's copies of k and v (eager, or SDPA given a mask); with one key/value head its
     # expand and reshape stay a view at any batch (the size-1 head dim merges at stride 0),
     # and the matmul's own copy of k is freed before the softmax.
-    repeats = 2 * p * n * s.q_dim if 1 < s.num_kv_heads < s.num_heads else 0
+    repeats = 2 * p * b * keys * s.q_dim if 1 < s.num_kv_heads < s.num_heads else 0
     if sc.attention == "eager":
         qkv += repeats
         if not arch.attention.softmax_fp32:
@@ -761,6 +1006,21 @@ def _forward_layer_peak(s: ModelShape, sc: Scenario, kind: LayerKind, held: int,
         # q's norm, before k and v exist: the projection's output and the norm's transients.
         rows = n * (a if arch.attention.qk_norm == "head" else 1)
         points.append(base + _norm_transient_bytes(s, rows, s.q_dim // (rows // n), p))
+    # At each adapted or quantized linear: what the block holds then, and the linear's call.
+    att, mlp = attention_linears(s, kind), mlp_linears(s, kind)
+    before = 0
+    for lin in att[:-1]:
+        points.append(base + before + _linear_peak_bytes(s, sc, lin))
+        before += p * n * lin.fan_out
+    # At the output projection: q, k, v, the attention's output and (eager) the probabilities.
+    at_o = qkv + p * n * s.q_dim + (p * scores if sc.attention == "eager" else 0)
+    points.append(base + at_o + _linear_peak_bytes(s, sc, att[-1]))
+    mlp_base = base if arch.parallel_residual and arch.shared_norm else base_mlp
+    before = 0
+    for lin in mlp[:-1]:
+        points.append(mlp_base + before + _linear_peak_bytes(s, sc, lin))
+        before = p * n * lin.fan_out          # the activation's output (gated: beside up's)
+    points.append(mlp_base + p * n * s.intermediate_size + _linear_peak_bytes(s, sc, mlp[-1]))
     return max(points)
 
 
@@ -797,31 +1057,81 @@ def _norm_transient_bytes(s: ModelShape, rows: int, width: int, p: int) -> int:
     return max(at_normalise, at_scale)
 
 
+def _linear_peak_bytes(s: ModelShape, sc: Scenario, lin) -> int:
+    """The most one linear's call holds beyond its input in a forward without autograd, its
+    output included; 0 for a plain 16-bit linear (its output is priced with the block).
+    A quantized base: the dequantized weight or the int8 buffers (quantization.py).
+    A LoRA adapter, after the base linear: x cast to fp32 (4·N·in, none under an fp32
+    base), lora_B's output and its scaled copy, then the fp32 sum with the base output
+    (8·N·out beside the base output p·N·out: peft/tuners/lora/layer.py Linear.forward)."""
+    pf, n, p = sc.peft, sc.tokens, sc.bytes_per_value
+    out = p * n * lin.fan_out
+    quantized = pf.weights_bits != 16
+    adapted = pf.method == "lora" and lin.name in trainable.lora_target_names(s, pf)
+    if not (quantized or adapted):
+        return 0
+    base = quantization.forward_peak_bytes(lin, pf.weights_bits, pf.double_quant, n, p) if quantized else out
+    if not adapted:
+        return base
+    cast = trainable.ADAPTER_BYTES * n * lin.fan_in if p != trainable.ADAPTER_BYTES else 0
+    return max(base, out + cast + 2 * trainable.ADAPTER_BYTES * n * lin.fan_out)
+
+
+def mezo_chunk_bytes(s: ModelShape, sc: Scenario) -> int:
+    """MeZO's z, drawn chunk by chunk over the trained parameters (the engine's MeZO over
+    the parameters that require grad): at most one chunk, or the largest trained tensor if
+    smaller, in that tensor's dtype."""
+    largest, value_bytes = trainable.largest_trainable_tensor(s, sc)
+    p = trainable.trainable_params(s, sc)
+    chunk = max(MEZO_CHUNK_MIN, min(MEZO_CHUNK_MAX, p // MEZO_CHUNK_SHARE))
+    return min(largest, chunk) * value_bytes
+
+
 def reference_mezo_temp_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
     """princeton-nlp/MeZO's trainer, per parameter tensor (largest: the token table):
     zo_perturb_parameters' `param.data + scaling_factor * z * eps` holds z, scaling·z and
     (scaling·z)·eps at once, then z, the scaled z and the new data: 3 tensors beyond the
     weights. zo_update's `param.data - lr * (g * z + weight_decay * param.data)` holds z,
-    g·z, decay·θ and their sum: 4 (the decay term is computed even when it is 0)."""
-    t = largest_tensor_params(s) * sc.bytes_per_value
+    g·z, decay·θ and their sum: 4 (the decay term is computed even when it is 0). Over the
+    trained parameters only (a PEFT method's: the largest adapter or prefix table)."""
+    elements, value_bytes = trainable.largest_trainable_tensor(s, sc)
+    t = elements * value_bytes
     return {"perturbation": 3 * t, "update": 4 * t}
 
 
 def _forward_only_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
-    w = parameter_count(s) * sc.bytes_per_value
-    phases = {"forward": {"weights": w, **forward_live_bytes(s, sc)}}
+    sc = replace(sc, mixed_precision=False)     # a forward-only step holds the weights in the dtype
+    state = {"weights": weights_bytes(s, sc), "trainable_weights": trainable_weights_bytes(s, sc)}
+    phases = {"forward": {**state, **forward_live_bytes(s, sc)}}
     if sc.method == "mezo" and sc.loop.mezo_impl == "reference":
         for phase, temp in reference_mezo_temp_bytes(s, sc).items():
-            phases[phase] = {"weights": w, "temporaries": temp}
+            phases[phase] = {**state, "temporaries": temp}
     elif sc.method == "mezo":
-        chunk = mezo_chunk_elements(s) * sc.bytes_per_value
-        phases["perturbation"] = {"weights": w, "temporaries": chunk}
+        phases["perturbation"] = {**state, "temporaries": mezo_chunk_bytes(s, sc)}
     return phases
 
 
 # ---------------------------------------------------------------- comparing with a tracker
 
 # The classes both a prediction and torch's MemTracker can report. MemTracker files
+def runnable_attention(s: ModelShape, sc: Scenario) -> str:
+    """The attention implementation the model runs for a requested one: SDPA falls back to
+    eager for a model class that does not support it (Attention.sdpa False: Gemma 2), as
+    transformers' from_pretrained does by default (PreTrainedModel.get_correct_attn_implementation;
+    an explicit attn_implementation="sdpa" raises there instead)."""
+    return "eager" if sc.attention == "sdpa" and not s.arch.attention.sdpa else sc.attention
+
+
+def attention_note(s: ModelShape, sc: Scenario) -> str | None:
+    """A note when the attention priced is not the one requested (runnable_attention); else None."""
+    if runnable_attention(s, sc) == sc.attention:
+        return None
+    return (f"{s.name or 'this model'} does not support attention through "
+            "torch.nn.functional.scaled_dot_product_attention (transformers refuses "
+            'attn_implementation="sdpa" for it; from_pretrained\'s default falls back to eager): '
+            "priced with eager attention")
+
+
 # tensors by when they were made: everything made inside optimizer.step() is optimizer
 # state (the foreach Adam temporary too), everything made in forward or backward that is
 # not a gradient is an activation or a temporary (the logits and the loss with them).
@@ -835,7 +1145,7 @@ def by_tracker_class(est: Estimate) -> dict[str, int]:
     out = {
         # Mixed precision: the fp32 master weights are the parameters; autocast's 16-bit
         # copies are made in forward.
-        "weights": b.get("master_weights", 0) or b.get("weights", 0),
+        "weights": (b.get("master_weights", 0) or b.get("weights", 0)) + b.get("trainable_weights", 0),
         "gradients": b.get("gradients", 0),
         "optimizer_states": b.get("optimizer_states", 0) + step_temp,
     }
@@ -861,36 +1171,23 @@ def textbook_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
     """weights + gradients + optimizer states + Korthikanti activations (L'/L of the layers
     keep them, the rest keep 2·s·b·h)."""
     w = parameter_count(s) * sc.bytes_per_value
+    grads = w
+    if sc.peft.method != "none" or sc.peft.weights_bits != 16:
+        # PEFT: the stored base and adapters; gradients of the trained parameters only.
+        w = weights_bytes(s, sc) + trainable_weights_bytes(s, sc)
+        grads = gradients_bytes(s, sc)
     if sc.method != "bp":
         return {"weights": w}
     keep = kept_layers(s, sc)
     acts = keep * act.korthikanti_layer_bytes(s, sc) + (s.num_layers - keep) * 2 * sc.tokens * s.hidden_size
-    return {"weights": w, "gradients": w, "optimizer_states": optimizer_state_bytes(s, sc),
+    return {"weights": w, "gradients": grads, "optimizer_states": optimizer_state_bytes(s, sc),
             "activations": acts}
 
 
-def runnable_attention(s: ModelShape, sc: Scenario) -> str:
-    """The attention implementation the model runs for a requested one: SDPA falls back to
-    eager for a model class that does not support it (Attention.sdpa False: Gemma 2), as
-    transformers' from_pretrained does by default (PreTrainedModel.get_correct_attn_implementation;
-    an explicit attn_implementation="sdpa" raises there instead)."""
-    return "eager" if sc.attention == "sdpa" and not s.arch.attention.sdpa else sc.attention
-
-
-def attention_note(s: ModelShape, sc: Scenario) -> str | None:
-    """A note when the attention priced is not the one requested (runnable_attention); else None."""
-    if runnable_attention(s, sc) == sc.attention:
-        return None
-    return (f"{s.name or 'this model'} does not support attention through "
-            "torch.nn.functional.scaled_dot_product_attention (transformers refuses "
-            'attn_implementation="sdpa" for it; from_pretrained\'s default falls back to eager): '
-            "priced with eager attention")
-
-
-def _check_modelled(sc: Scenario) -> None:
-    """Refuse, by name, the settings whose mechanism is not modelled (yet)."""
-    if sc.peft.method != "none" or sc.peft.weights_bits != 16:
-        raise ValueError("peft: parameter-efficient and quantized fine-tuning are not modelled yet")
+def _check_modelled(s: ModelShape, sc: Scenario) -> None:
+    """Refuse, by name, the settings whose mechanism is not modelled (yet), and PEFT
+    settings that cannot run (trainable.check_peft)."""
+    trainable.check_peft(s, sc)
 
 
 def single_device_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
@@ -902,7 +1199,7 @@ def estimate(s: ModelShape, sc: Scenario) -> Estimate:
     """Peak bytes of one step of `sc` on model `s`, with the terms live at the peak.
     ValueError for a setting that is not modelled, or a context beyond a learned position
     table (capacity.context)."""
-    _check_modelled(sc)
+    _check_modelled(s, sc)
     check_context(s, sc.seq)
     if runnable_attention(s, sc) != sc.attention:
         sc = replace(sc, attention=runnable_attention(s, sc))   # attention_note says so
@@ -914,9 +1211,11 @@ def estimate(s: ModelShape, sc: Scenario) -> Estimate:
     phase = max(totals, key=totals.get)
     breakdown = {t: phases[phase].get(t, 0) for t in TERMS}
     return Estimate(peak_bytes=totals[phase], breakdown=breakdown, phase=phase, phases=totals,
-                    textbook=textbook_bytes(s, sc), params=parameter_count(s),
-                    active_params=active_parameter_count(s),
-                    moe_note=_moe_note(s, sc) if s.moe is not None else "")
+                    textbook=textbook_bytes(s, sc), params=trainable.all_params(s, sc),
+                    # (what a PEFT method adds, adapters or a prefix, is used by every token)
+                    active_params=active_parameter_count(s) + trainable.all_params(s, sc) - parameter_count(s),
+                    moe_note=_moe_note(s, sc) if s.moe is not None else "",
+                    trainable_params=trainable.trainable_params(s, sc) if sc.method != "inference" else 0)
 
 
 def _moe_note(s: ModelShape, sc: Scenario) -> str:

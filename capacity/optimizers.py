@@ -18,6 +18,7 @@ applied in place):
            (on the CPU too: the allocator records none, docs/loops.md).
   SGD and momentum: every implementation updates in place (`_foreach_add_`, `add_`,
            `mul_`); no temporaries.
+Under a PEFT method the optimizer holds the trained parameters only (trainable.py).
 
 Adam's per-tensor `step` counters are fp32 scalars on the CPU for forloop and foreach, and on
 the parameters' device for fused (`_init_group`: `capturable or fused`).
@@ -25,6 +26,7 @@ the parameters' device for fused (`_init_group`: `capturable or fused`).
 
 from __future__ import annotations
 
+from . import trainable
 from .params import expert_tensors, layer_linears, no_decay_params, parameter_count
 from .scenario import Scenario
 from .shape import ModelShape
@@ -83,6 +85,11 @@ def optimizer_step_temp_bytes(s: ModelShape, sc: Scenario, state_bytes_per_value
     fused none; SGD and momentum none. In the states' dtype."""
     if sc.optimizer not in ("adam", "adamw"):
         return 0
+    if trainable.trains_part(sc):
+        # A PEFT method: the same over the trained tensors (capacity/trainable.py).
+        values = {"forloop": trainable.forloop_pair_params(s, sc), "foreach": trainable.largest_group_params(s, sc),
+                  "fused": 0}[sc.optimizer_impl]
+        return values * trainable.trained_value_bytes(sc)
     values = {"forloop": forloop_adam_temp_params(s, sc), "foreach": optimizer_group_params(s, sc),
               "fused": 0}[sc.optimizer_impl]
     return values * state_bytes_per_value

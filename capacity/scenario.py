@@ -344,10 +344,12 @@ class Estimate:
     Over several devices (Scenario.parallel) every figure is one device's (capacity/
     sharding.py); host_bytes is what optimizer offload keeps in host memory at its highest,
     host_breakdown its terms (0 and empty without offload).
-    params: the parameter count; active_params: those one token's forward uses (a mixture
-    of experts' router and top_k experts per layer; params for a dense model).
+    params: the parameter count, with what a PEFT method adds (adapters, a prefix);
+    active_params: those one token's forward uses (a mixture of experts' router and top_k
+    experts per layer; params for a dense model).
     moe_note: for a mixture of experts, which experts implementation and routing the figure
     is for ("" for a dense model).
+    trainable_params: the parameters the step trains (BP or MeZO; 0 for inference).
     """
 
     peak_bytes: int
@@ -360,3 +362,4 @@ class Estimate:
     host_breakdown: dict = field(default_factory=dict)
     active_params: int = 0
     moe_note: str = ""
+    trainable_params: int = 0

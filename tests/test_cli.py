@@ -113,3 +113,51 @@ def test_fit_across_families_names_the_families_it_cannot_answer_for():
     res = json.loads(r.stdout)["mezo"]
     assert "GPT-2" in res["families_refused"] and "1,024 positions" in res["families_refused"]["GPT-2"]
     assert res["largest_preset_by_family"]["GPT-2"] is None and res["largest_preset"] is not None
+
+
+# ------------------------------------------------------------------ what is trained (docs/peft.md)
+
+def test_peft_estimate_json_matches_library_and_peft_count():
+    r = run("estimate", "--preset", "llama-2-7b", "--method", "bp", "--peft", "lora", "--lora-targets", "all-linear",
+            "--lora-rank", "16", "--weights-bits", "4", "--double-quant", "--keep", "0", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    from capacity.scenario import Peft
+    sc = Scenario(method="bp", keep=0.0, peft=Peft(method="lora", lora_rank=16, lora_targets=("all-linear",),
+                                                    weights_bits=4, double_quant=True))
+    est = estimate(load_preset("llama-2-7b"), sc)
+    assert out["peak_bytes"] == est.peak_bytes and sum(out["breakdown"].values()) == out["peak_bytes"]
+    # peft's print_trainable_parameters for Llama-2-7B, r=16 on every linear: 39,976,960.
+    assert out["trainable_params"] == 39_976_960
+    assert out["params"] == parameter_count(load_preset("llama-2-7b")) + out["trainable_params"] == out["active_params"]
+    # fp32 adapters, their gradients and AdamW states apart from the frozen 4-bit base.
+    assert out["breakdown"]["trainable_weights"] == 4 * out["trainable_params"]
+    assert out["breakdown"]["weights"] < parameter_count(load_preset("llama-2-7b"))  # under a byte per weight
+
+
+@pytest.mark.parametrize("args,word", [
+    (["--preset", "llama-2-7b", "--peft", "lora", "--devices", "2", "--sharding", "fsdp"], "several devices"),
+    (["--preset", "mixtral-8x7b", "--peft", "lora"], "mixture of experts"),
+    (["--preset", "llama-2-7b", "--peft", "freeze", "--weights-bits", "4"], "frozen"),
+    (["--preset", "llama-2-7b", "--peft", "lora", "--lora-targets", ","], "--lora-targets"),
+    (["--preset", "llama-2-7b", "--peft", "lora", "--lora-rank", "0"], "rank"),
+])
+def test_peft_bad_input_is_one_line_exit_2(args, word):
+    r = run("estimate", "--method", "bp", *args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert word in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 2
+
+
+def test_peft_fit_variants_side_by_side():
+    r = run("fit", "--budget", "8GB", "--preset", "llama-2-7b", "--keep", "0", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    rows = {row["variant"]: row for row in out["variants"]["rows"]}
+    assert set(rows) == {"BP full", "BP LoRA", "QLoRA", "MeZO full", "MeZO LoRA", "MeZO LoRA 8-bit", "MeZO LoRA 4-bit"}
+    size = {k: v["largest_scaled_params"] for k, v in rows.items()}
+    # Less to store per parameter: LoRA over full fine-tuning, a 4-bit base over a 16-bit one.
+    assert size["BP full"] < size["BP LoRA"] < size["QLoRA"]
+    assert size["MeZO LoRA"] < size["MeZO LoRA 8-bit"] < size["MeZO LoRA 4-bit"]
+    ratios = {(x["mezo"], x["bp"]): x["ratio"] for x in out["variants"]["ratios"]}
+    assert len(ratios) == 4 * 3
+    assert ratios[("MeZO LoRA 4-bit", "QLoRA")] == pytest.approx(size["MeZO LoRA 4-bit"] / size["QLoRA"])

@@ -8,18 +8,19 @@ import time
 from dataclasses import replace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import capacity as cap
 from capacity import activations as act
-from capacity import memory
+from capacity import memory, trainable
 from capacity.accuracy import accuracy_models
 from capacity.architecture import LayerKind, unmodelled_features
 from capacity.families import FAMILIES, MODEL_TYPES
 from capacity.inverse import largest_valid_width, scaled_shape
 from capacity.memory import _state_bytes_per_value, kept_layers
 from capacity.params import embedding_params, head_params, layer_params
+from capacity.scenario import Peft
 from capacity.shape import repeating_pattern
 
 SHAPES = [cap.load_preset(n) for n in cap.preset_names()] + \
@@ -68,22 +69,27 @@ def layer_by_layer(s, sc):
     state = {"weights": memory.weights_bytes(s, sc) if not sc.mixed_precision else
              memory.compute_copy_bytes(s, sc) - sum(c.copies for c in cost[:ckpt]),
              "master_weights": memory.weights_bytes(s, sc) if sc.mixed_precision else 0,
+             "trainable_weights": memory.trainable_weights_bytes(s, sc),
              "optimizer_states": memory.optimizer_state_bytes(s, sc)}
-    c_layer = act.checkpoint_saved_bytes(s, sc)
-    tied = gp * s.vocab_size * s.embed_dim if s.tie_embeddings else 0
-    ckpt_input = 0 if act.norm_keeps_layer_input(s, sc) else c_layer
+    tied = gp * s.vocab_size * s.embed_dim if s.tie_embeddings and trainable.head_trained(sc) else 0
+    ckpt_input = 0 if act.norm_keeps_layer_input(s, sc) else act.checkpoint_saved_bytes(s, sc)
     flow = act.stream_bytes(sc) * sc.tokens * s.hidden_size
+    embed = act.embedding_saved_bytes(s, sc, output_grad=trainable.below_layers_grad(s, sc),
+                                      trained=trainable.embedding_trained(sc)) + memory.leaf_embedding_output_bytes(s, sc)
+    # The loop's tensors held through backward: its token tensors, a held output's KV cache.
+    extra = memory.input_bytes(s, sc) + (memory.bp_kv_cache_bytes(s, sc) if sc.loop.hold_outputs else 0)
     worst = None
     for i in range(L - 1, -1, -1):
         is_ckpt, c = i < ckpt, cost[i]
-        below = act.embedding_saved_bytes(s, sc) + shared_held(s, sc, ckpt, i) + sum(
-            c_layer if j < ckpt else cost[j].saved for j in range(i))
+        below = embed + shared_held(s, sc, ckpt, i) + sum(cost[j].checkpointed if j < ckpt else cost[j].saved for j in range(i))
         kept_input = ckpt_input if is_ckpt else 0
-        points = [(c.saved - c.out_norm + kept_input + flow + c.mlp_backward + c.gradients_mlp_out, c.copies_mlp_out),
-                  (c.saved_attention - c.out_norm + kept_input + c.gradients_mlp + c.gradients_attn_out + flow
-                   + c.attention_backward, c.copies_mlp + c.copies_attn_out),
-                  (c.saved_attention - c.out_norm + kept_input + flow + c.recompute if is_ckpt else 0, 0),
-                  (c.saved + kept_input + flow + c.recompute_end if is_ckpt else 0, 0),
+        points = [(c.saved - c.out_norm - c.mlp_freed + kept_input + flow + max(c.mlp_backward, c.mlp_linear_backward)
+                   + c.gradients_mlp_out, c.copies_mlp_out),
+                  (c.saved_attention - c.out_norm - c.attention_freed + kept_input + c.gradients_mlp + c.gradients_attn_out
+                   + flow + max(c.attention_backward, c.attention_linear_backward), c.copies_mlp + c.copies_attn_out),
+                  (c.saved_attention - c.out_norm + kept_input + c.escaped + flow + c.recompute if is_ckpt else 0, 0),
+                  (c.saved + kept_input + c.escaped + flow + c.recompute_end if is_ckpt else 0, 0),
+                  (c.recompute_mlp + kept_input + c.escaped + flow if is_ckpt and c.recompute_mlp else 0, 0),
                   (c.saved + kept_input + flow + c.out_norm_backward if c.out_norm_backward else 0, 0),
                   (c.saved_attention + kept_input + c.gradients_mlp + flow + c.out_norm_backward
                    if c.out_norm_backward else 0, 0)]
@@ -91,8 +97,10 @@ def layer_by_layer(s, sc):
         copies = state["weights"] - memory.head_copy_bytes(s, sc) \
             - sum(cost[j].copies for j in range(max(i + 1, ckpt), L)) + (cost[i].copies if is_ckpt else 0) - freed
         total = {**state, "weights": copies,
-                 "gradients": gp * head_params(s) + tied + sum(cost[j].gradients for j in range(i + 1, L)),
-                 "activations": below + within, "logits_and_loss": act.logits_bytes(s, sc)}
+                 "gradients": gp * trainable.head_gradient_params(s, sc) + tied
+                 + sum(cost[j].gradients for j in range(i + 1, L)),
+                 "activations": below + within + (L - 1 - i) * memory.cache_above_bytes(s, sc) + extra,
+                 "logits_and_loss": act.logits_bytes(s, sc)}
         if worst is None or sum(total.values()) > sum(worst.values()):
             worst = total
     return worst
@@ -104,13 +112,31 @@ scenarios = st.builds(
     keep=st.floats(0, 1), attention=st.sampled_from(["eager", "sdpa"]), target=st.sampled_from(["cuda", "cpu"]),
     loop=st.just(cap.loop_preset("plain")))   # the reference below holds the logits, as the plain loop does
 
+# What is trained (capacity/trainable.py): the runs of layers that need different gradients
+# (layer 0's input, the frozen and the trained layers) are summed apart.
+pefts = st.sampled_from([
+    Peft(), Peft(method="lora"), Peft(method="lora", lora_targets=("all-linear",), lora_rank=64, lora_dropout=0.1),
+    Peft(method="lora", weights_bits=4, double_quant=True), Peft(method="lora", weights_bits=8),
+    Peft(method="freeze", trainable_layers=1), Peft(method="freeze", trainable_layers=3), Peft(method="prefix")])
+
+
+def _runnable(s, sc):
+    """A PEFT scenario the model can run (estimate refuses the others)."""
+    try:
+        trainable.check_peft(s, sc)
+    except ValueError:
+        return False
+    return True
+
 
 @settings(max_examples=200, deadline=None)
-@given(st.sampled_from(SHAPES), scenarios, st.integers(1, 40), st.booleans())
-def test_closed_form_equals_the_layer_by_layer_backward(shape, sc, layers, mixed):
+@given(st.sampled_from(SHAPES), scenarios, st.integers(1, 40), st.booleans(), pefts)
+def test_closed_form_equals_the_layer_by_layer_backward(shape, sc, layers, mixed, peft):
     s = replace(shape, num_layers=layers)
     if mixed and sc.dtype != "fp32":
         sc = replace(sc, mixed_precision=True)
+    sc = replace(sc, peft=peft)
+    assume(_runnable(s, sc))
     est = cap.estimate(s, sc)
     # The reference prices the attention the model runs (SDPA falls back to eager for Gemma 2).
     sc = replace(sc, attention=memory.runnable_attention(s, sc))
@@ -126,8 +152,8 @@ def kinds_priced_apart():
     for sliding-window or mixture-of-experts layers."""
     original = memory._layer_costs
 
-    def costs(s, sc, kind):
-        c = original(s, sc, kind)
+    def costs(s, sc, kind, g=trainable.FULL):
+        c = original(s, sc, kind, g)
         w = kind.sliding_window
         return replace(c, saved=c.saved + 977 * w * w, saved_attention=c.saved_attention + 977 * w * w,
                        gradients=c.gradients + 4099 * (3 - w), mlp_backward=c.mlp_backward + 131 * w,
@@ -140,14 +166,16 @@ def kinds_priced_apart():
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.integers(0, 3), min_size=1, max_size=7), scenarios, st.integers(1, 50), st.booleans())
-def test_closed_form_over_a_pattern_of_kinds_that_cost_differently(windows, sc, layers, mixed):
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=7), scenarios, st.integers(1, 50), st.booleans(), pefts)
+def test_closed_form_over_a_pattern_of_kinds_that_cost_differently(windows, sc, layers, mixed, peft):
     """Each position in the repeating pattern of kinds is its own affine run: the closed
     form must find the layer-by-layer peak whatever the kinds cost."""
     s = replace(cap.load_preset("tiny-llama"), num_layers=layers,
                 layers=tuple(LayerKind(sliding_window=w) for w in windows))
     if mixed and sc.dtype != "fp32":
         sc = replace(sc, mixed_precision=True)
+    sc = replace(sc, peft=peft)
+    assume(_runnable(s, sc))
     with kinds_priced_apart():
         est = cap.estimate(s, sc)
         reference = layer_by_layer(s, sc)

@@ -1,7 +1,7 @@
 """The validation engine's PEFT path on a tiny model: LoRA, prefix tuning and top layers
 by BP and MeZO, measured on the CPU and traced under fake tensors; a quantized base on the
-CPU. The prediction side does not model PEFT yet: the engine still measures and says why
-there is no prediction."""
+CPU. The memory model's trainable set and quantized storage against the real ones (its
+peaks: tests/test_peft_accuracy.py)."""
 
 import pytest
 
@@ -40,8 +40,10 @@ def test_cpu_run_and_trace_agree_byte_for_byte(method, peft):
     allowed = 8 if method == "mezo" else 0
     assert 0 <= trace["measured_peak_bytes"] - cpu["measured_peak_bytes"] <= allowed
     assert cpu["trainable_params"] == trace["trainable_params"] < cpu["params"]
-    # No prediction yet, and the run says why instead of failing.
-    assert cpu["predicted_peak_bytes"] is None and "peft" in cpu["prediction_unavailable"]
+    # The memory model's trainable set is peft's, parameter for parameter.
+    from capacity import estimate, from_hf_config
+    assert estimate(from_hf_config(LLAMA_TINY), sc).trainable_params == cpu["trainable_params"]
+    assert cpu["predicted_peak_bytes"] is not None
     if method == "bp":
         # Optimizer states exist for the trainable parameters only: AdamW's two states in the
         # parameter's dtype (fp32 adapters, bf16 layers; a 4-byte step per tensor; at the peak
@@ -77,6 +79,8 @@ def test_8bit_base_weights_are_int8_with_row_statistics():
     quantized = sum(i * o + 4 * o for i, o in linears)
     bf16 = 2 * (2 * 128 * H + (2 * L + 1) * H)
     assert result["measured_breakdown"]["weights"] == quantized + bf16 + 4 * result["trainable_params"]
+    # capacity.quantization stores them the same way.
+    assert result["breakdown"]["comparable"]["predicted"]["weights"] == result["measured_breakdown"]["weights"]
 
 
 def test_quantized_base_weights_are_stored_as_bitsandbytes_stores_them():
@@ -97,6 +101,8 @@ def test_quantized_base_weights_are_stored_as_bitsandbytes_stores_them():
     bf16 = 2 * (2 * 128 * H + norms)                # embedding, head, norms
     adapters = 4 * result["trainable_params"]
     assert result["measured_breakdown"]["weights"] == quantized + bf16 + adapters
+    # capacity.quantization stores them the same way.
+    assert result["breakdown"]["comparable"]["predicted"]["weights"] == result["measured_breakdown"]["weights"]
     # The parameter count is the model's, not the packed storage's (two 4-bit values a byte).
     assert result["params"] == sum(i * o for i, o in linears) + (2 * 128 + 2 * L + 1) * H + result["trainable_params"]
 

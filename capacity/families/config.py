@@ -39,6 +39,9 @@ class Family:
     keys: ModelShape field -> the config key it is read from (names a shape error by key).
     read: a ConfigReader of a config.json (and a display name) -> ModelShape.
     write: a ModelShape of this family -> the config.json dict that reads back to it.
+    lora_targets: peft's default LoRA target modules for this model type
+      (peft/utils/constants.py TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, peft
+      0.21.2); None where peft has none (it then asks for target_modules).
     """
 
     model_type: str
@@ -46,6 +49,7 @@ class Family:
     keys: Mapping[str, str]
     read: Callable[["ConfigReader", str], ModelShape]
     write: Callable[[ModelShape], dict]
+    lora_targets: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))

@@ -34,4 +34,7 @@ def write(s: ModelShape) -> dict:
     return {**llama.write_llama_like(s), "attention_bias": s.arch.attention.qkv_bias}
 
 
-FAMILY = Family(MODEL_TYPE, DEFAULTS, llama.KEYS, read, write)
+# peft's default LoRA targets for gemma (peft/utils/constants.py).
+LORA_TARGETS = ('q_proj', 'v_proj')
+
+FAMILY = Family(MODEL_TYPE, DEFAULTS, llama.KEYS, read, write, LORA_TARGETS)

@@ -57,4 +57,7 @@ def write(s: ModelShape) -> dict:
             "embd_pdrop": s.embd_dropout, "attn_pdrop": s.attn_dropout}
 
 
-FAMILY = Family(MODEL_TYPE, DEFAULTS, KEYS, read, write)
+# peft's default LoRA targets for gpt2 (peft/utils/constants.py).
+LORA_TARGETS = ('c_attn',)
+
+FAMILY = Family(MODEL_TYPE, DEFAULTS, KEYS, read, write, LORA_TARGETS)

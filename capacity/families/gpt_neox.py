@@ -59,4 +59,7 @@ def write(s: ModelShape) -> dict:
             "attention_dropout": s.attn_dropout, "hidden_dropout": s.resid_dropout}
 
 
-FAMILY = Family(MODEL_TYPE, DEFAULTS, KEYS, read, write)
+# peft's default LoRA targets for gpt_neox (peft/utils/constants.py).
+LORA_TARGETS = ('query_key_value',)
+
+FAMILY = Family(MODEL_TYPE, DEFAULTS, KEYS, read, write, LORA_TARGETS)

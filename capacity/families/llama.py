@@ -81,4 +81,7 @@ def write(s: ModelShape) -> dict:
     return {**write_llama_like(s), "attention_bias": s.arch.attention.qkv_bias, "mlp_bias": s.arch.mlp.bias}
 
 
-FAMILY = Family(MODEL_TYPE, DEFAULTS, KEYS, read, write)
+# peft's default LoRA targets for llama (peft/utils/constants.py).
+LORA_TARGETS = ('q_proj', 'v_proj')
+
+FAMILY = Family(MODEL_TYPE, DEFAULTS, KEYS, read, write, LORA_TARGETS)

@@ -28,4 +28,7 @@ def write(s: ModelShape) -> dict:
     return {**llama.write_llama_like(s), "sliding_window": s.layers[0].sliding_window or None}
 
 
-FAMILY = Family(MODEL_TYPE, DEFAULTS, llama.KEYS, read, write)
+# peft's default LoRA targets for mistral (peft/utils/constants.py).
+LORA_TARGETS = ('q_proj', 'v_proj')
+
+FAMILY = Family(MODEL_TYPE, DEFAULTS, llama.KEYS, read, write, LORA_TARGETS)

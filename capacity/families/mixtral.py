@@ -51,4 +51,8 @@ def write(s: ModelShape) -> dict:
 # The noise written for a shape with router jitter (its size plays no part in memory).
 JITTER = 0.01
 
-FAMILY = Family(MODEL_TYPE, DEFAULTS, KEYS, read, write)
+# peft's default LoRA targets for the model type (peft/utils/constants.py); capacity refuses
+# PEFT on a mixture of experts for now (trainable.check_peft).
+LORA_TARGETS = ('q_proj', 'v_proj')
+
+FAMILY = Family(MODEL_TYPE, DEFAULTS, KEYS, read, write, LORA_TARGETS)

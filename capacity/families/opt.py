@@ -67,4 +67,7 @@ def write(s: ModelShape) -> dict:
             "dropout": s.resid_dropout, "attention_dropout": s.attn_dropout}
 
 
-FAMILY = Family(MODEL_TYPE, DEFAULTS, KEYS, read, write)
+# peft's default LoRA targets for opt (peft/utils/constants.py).
+LORA_TARGETS = ('q_proj', 'v_proj')
+
+FAMILY = Family(MODEL_TYPE, DEFAULTS, KEYS, read, write, LORA_TARGETS)

@@ -63,4 +63,7 @@ def write(s: ModelShape) -> dict:
             "embd_pdrop": s.embd_dropout, "attention_dropout": s.attn_dropout}
 
 
-FAMILY = Family(MODEL_TYPE, DEFAULTS, KEYS, read, write)
+# peft's default LoRA targets for phi (peft/utils/constants.py).
+LORA_TARGETS = ('q_proj', 'v_proj', 'fc1', 'fc2')
+
+FAMILY = Family(MODEL_TYPE, DEFAULTS, KEYS, read, write, LORA_TARGETS)

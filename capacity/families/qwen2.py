@@ -55,4 +55,7 @@ def write(s: ModelShape) -> dict:
     return out
 
 
-FAMILY = Family(MODEL_TYPE, DEFAULTS, llama.KEYS, read, write)
+# peft's default LoRA targets for qwen2 (peft/utils/constants.py).
+LORA_TARGETS = ('q_proj', 'v_proj')
+
+FAMILY = Family(MODEL_TYPE, DEFAULTS, llama.KEYS, read, write, LORA_TARGETS)

@@ -61,9 +61,6 @@ DTYPES = ("fp32", "bf16", "fp16")
 ATTENTIONS = ("eager", "sdpa")
 DEVICES = ("auto", "cuda", "cpu", "trace")
 PROGRESS = ("bar", "json", "none")
-PEFT_METHODS = ("none", "lora", "prefix", "freeze")
-WEIGHT_BITS = (16, 8, 4)
-QUANT_TYPES = ("nf4", "fp4")
 EXPERTS = ("grouped_mm", "eager")                  # capacity.scenario.EXPERTS
 RUN_ROUTINGS = ("measured", "balanced", "worst")   # capacity.validation.experts.ROUTINGS
 
@@ -124,44 +121,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
     p.add_argument("--progress", default=None, choices=PROGRESS,
                    help="progress on stderr: a bar, JSON lines, or none (default: bar)")
+    from ..peft_args import add_peft_arguments
     add_peft_arguments(p)
     from ..loop_args import add_loop_arguments
     add_loop_arguments(p)
-
-
-def add_peft_arguments(p: argparse.ArgumentParser) -> None:
-    """What is trained and how the base weights are stored (capacity.scenario.Peft); the
-    defaults are peft's (LoraConfig) and the QLoRA recipe's."""
-    g = p.add_argument_group("parameter-efficient fine-tuning")
-    g.add_argument("--peft", default="none", choices=PEFT_METHODS,
-                   help="train LoRA adapters, a key/value prefix, or only the top layers (default none: every parameter)")
-    g.add_argument("--lora-rank", type=int, default=8, metavar="R", help="LoRA rank r (default 8, peft's)")
-    g.add_argument("--lora-alpha", type=float, default=8.0, metavar="A", help="LoRA alpha (default 8, peft's)")
-    g.add_argument("--lora-dropout", type=float, default=0.0, metavar="P", help="dropout on the adapters' input (default 0, peft's)")
-    g.add_argument("--lora-targets", default=None, metavar="NAMES",
-                   help="peft's target_modules: comma-separated module names (q_proj,v_proj; c_attn) or all-linear "
-                        "(default: peft's targets for the model type)")
-    g.add_argument("--prefix-tokens", type=int, default=20, metavar="P", help="virtual tokens of the prefix (default 20)")
-    g.add_argument("--trainable-layers", type=int, default=1, metavar="K",
-                   help="--peft freeze: train only the top K decoder layers (default 1)")
-    g.add_argument("--weights-bits", type=int, default=16, choices=WEIGHT_BITS,
-                   help="base weights: 16 (the dtype), 8 (bitsandbytes LLM.int8) or 4 (bitsandbytes NF4/FP4) (default 16)")
-    g.add_argument("--quant", default="nf4", choices=QUANT_TYPES, help="4-bit data type (default nf4)")
-    g.add_argument("--double-quant", action="store_true", help="4-bit: quantize the block statistics too")
-
-
-def peft_from_args(args):
-    """capacity.scenario.Peft from parsed arguments (ValueError on bad values)."""
-    from ..scenario import Peft
-    targets = () if args.lora_targets is None else tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
-    if args.lora_targets is not None and not targets:
-        raise ValueError("--lora-targets: give module names (q_proj,v_proj) or all-linear")
-    if not math.isfinite(args.lora_alpha) or not math.isfinite(args.lora_dropout):
-        raise ValueError("--lora-alpha and --lora-dropout must be finite numbers")
-    alpha = int(args.lora_alpha) if float(args.lora_alpha).is_integer() else args.lora_alpha
-    return Peft(method=args.peft, lora_rank=args.lora_rank, lora_alpha=alpha, lora_dropout=args.lora_dropout,
-                lora_targets=targets, prefix_tokens=args.prefix_tokens, trainable_layers=args.trainable_layers,
-                weights_bits=args.weights_bits, quant=args.quant, double_quant=args.double_quant)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -350,6 +313,7 @@ def run(args) -> int:
 
 def _run(args, stop: _StopSignals) -> int:
     from ..loop_args import loop_from_args
+    from ..peft_args import peft_from_args
     from ..scenario import Parallel, Scenario
     from ..units import parse_bytes
     from .preflight import check_tensor_sizes, host_memory_refusal

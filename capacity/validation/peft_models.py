@@ -278,13 +278,12 @@ def gpu_code_paths(peft: Peft, device: str):
     import bitsandbytes as bnb
     from bitsandbytes.autograd._functions import MatMul8bitLt, MatmulLtState
     from bitsandbytes.backends.default.ops import _gemm_4bit_default_impl
-    from torch.overrides import TorchFunctionMode
 
     ops = torch.ops.bitsandbytes
 
     def int8_scaled_mm(A, B, row_stats, col_stats, bias=None, dtype=None):
         # bitsandbytes/backends/default/ops.py, int8_scaled_mm's default kernel
-        out_i32 = ops.int8_linear_matmul.default(A, B)
+        out_i32 = torch.ops.bitsandbytes.int8_linear_matmul.default(A, B)
         return ops.int8_mm_dequant.default(out_i32, row_stats, col_stats, dtype=dtype or torch.float16, bias=bias)
 
     def int8_mixed_scaled_mm(A, CA, CB, SCA, SCB, outlier_cols=None, bias=None):
@@ -300,17 +299,23 @@ def gpu_code_paths(peft: Peft, device: str):
             output = output.addmm(subA, subB)
         return output, subA
 
-    compositions = {}
-    for op, composition in ((ops.gemm_4bit, _gemm_4bit_default_impl), (ops.int8_scaled_mm, int8_scaled_mm),
-                            (ops.int8_mixed_scaled_mm, int8_mixed_scaled_mm)):
-        compositions[op] = compositions[op.default] = composition   # called as packet or overload
+    # The call sites look the ops up on torch.ops.bitsandbytes at every call
+    # (`torch.ops.bitsandbytes.gemm_4bit.default(...)`), in forward, in backward and in a
+    # checkpointed layer's recompute inside backward: replacing the namespace's attributes
+    # reaches all three (a TorchFunctionMode is not active inside the autograd engine).
+    compositions = {"gemm_4bit": _gemm_4bit_default_impl, "int8_scaled_mm": int8_scaled_mm,
+                    "int8_mixed_scaled_mm": int8_mixed_scaled_mm}
+    originals = {name: getattr(ops, name) for name in compositions}
 
-    class Compose(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            if func in compositions:
-                return compositions[func](*args, **kwargs)
-            return func(*args, **kwargs)
+    class Composed:
+        """Stands for an op packet: called as the packet or as its .default overload."""
+
+        def __init__(self, fn):
+            self.default = fn
+            self._fn = fn
+
+        def __call__(self, *args, **kwargs):
+            return self._fn(*args, **kwargs)
 
     def matmul(A, B, out=None, state=None, threshold=0.0, bias=None):
         # bitsandbytes.autograd._functions.matmul without its CPU/XPU branch to MatMul8bitFp
@@ -321,8 +326,11 @@ def gpu_code_paths(peft: Peft, device: str):
 
     original = bnb.matmul
     bnb.matmul = matmul
+    for name, fn in compositions.items():
+        setattr(ops, name, Composed(fn))
     try:
-        with Compose():
-            yield
+        yield
     finally:
         bnb.matmul = original
+        for name, op in originals.items():
+            setattr(ops, name, op)

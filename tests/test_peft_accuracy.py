@@ -1,0 +1,65 @@
+"""What is trained: predicted against measured peak memory, a representative slice of
+bench/accuracy.py --peft (the whole matrix, every family: docs/peft.md).
+
+Traced cases (fake tensors, the real transformers + peft code) within 2%; quantized bases
+(bitsandbytes, real CPU runs: their parameters cannot hold fake tensors) within 3%. The
+trainable parameter count is exact in every case.
+"""
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+from capacity import estimate, from_hf_config  # noqa: E402
+from capacity.accuracy import accuracy_models, peft_matrix, quantized_matrix  # noqa: E402
+from capacity.validation import compare  # noqa: E402
+
+TRACE_TOLERANCE_PCT = 2.0
+CPU_TOLERANCE_PCT = 3.0
+
+
+def _case(matrix, model_type, **want):
+    """The matrix's scenario for model_type whose settings (and Peft's) match `want`."""
+    for sc in matrix(model_type):
+        fields = {**sc.__dict__, **sc.peft.__dict__, "loop": sc.loop.name, "step": sc.method, "peft": sc.peft.method}
+        if all(fields.get(k) == v for k, v in want.items()):
+            return sc
+    raise LookupError(f"no {model_type} case with {want}")
+
+
+TRACED = [
+    ("llama", dict(step="bp", peft="lora", keep=0.0, lora_rank=8, lora_targets=(), loop="plain")),  # peft's targets
+    ("gpt2", dict(lora_dropout=0.1, keep=0.0, loop="plain")),                   # all-linear with dropout
+    ("qwen2", dict(trainable_layers=2, keep=0.0)),                              # top layers, checkpointed
+    ("phi", dict(attention="sdpa", peft="prefix", step="bp")),                  # prefix tuning, SDPA
+    ("gemma", dict(step="mezo", lora_rank=64)),                                 # MeZO-LoRA, every linear
+    ("gpt_neox", dict(loop="trainer", keep=1.0)),                               # transformers.Trainer, KV cache
+    ("opt", dict(lora_dropout=0.05, loop="trainer")),                           # ReLU's output in the recompute
+]
+QUANTIZED = [
+    ("llama", dict(keep=0.0, weights_bits=4, lora_dropout=0.1)),                 # QLoRA all-linear, checkpointed
+    ("opt", dict(keep=1.0, weights_bits=8, step="bp")),                          # 8-bit base: fc2's input is ReLU's
+    ("qwen2", dict(step="mezo", weights_bits=4)),                                # MeZO-LoRA on a 4-bit base
+]
+
+
+def _check(model_type, sc, device, tolerance):
+    cfg = dict(accuracy_models()[model_type])
+    r = compare(cfg, sc, steps=2, device=device)
+    assert r["trainable_params"] == estimate(from_hf_config(cfg), sc).trainable_params
+    assert abs(r["error_pct"]) <= tolerance, (
+        f"predicted {r['predicted_peak_bytes']:,} vs measured {r['measured_peak_bytes']:,} "
+        f"({r['error_pct']:+.2f}%, predicted phase {r['predicted_phase']})")
+
+
+@pytest.mark.parametrize("model_type,want", TRACED, ids=[f"{m}-{i}" for i, (m, _) in enumerate(TRACED)])
+def test_traced_peft_within_2_percent(model_type, want):
+    _check(model_type, _case(peft_matrix, model_type, **want), "trace", TRACE_TOLERANCE_PCT)
+
+
+@pytest.mark.parametrize("model_type,want", QUANTIZED, ids=[f"{m}-{i}" for i, (m, _) in enumerate(QUANTIZED)])
+def test_quantized_base_within_3_percent_of_a_cpu_run(model_type, want):
+    pytest.importorskip("bitsandbytes")
+    _check(model_type, _case(quantized_matrix, model_type, **want), "cpu", CPU_TOLERANCE_PCT)
