@@ -239,15 +239,16 @@ def peft_models() -> list[str]:
     return out
 
 
-def _attention_targets(model_type: str) -> tuple:
-    """LoRA targets for the attention-only cases: peft's default for the model type, or the
-    family's q, k, v projections where peft has none (it then asks for target_modules)."""
+def _attention_targets(model: str) -> tuple:
+    """LoRA targets for the attention-only cases of an accuracy model: peft's default for its
+    model type, or the family's q, k, v projections where peft has none (it then asks for
+    target_modules)."""
     from .families import family
     from .hf_config import from_hf_config
-    fam = family(model_type)
-    if fam.lora_targets is not None:
+    cfg = dict(accuracy_models()[model])
+    if family(cfg["model_type"]).lora_targets is not None:
         return ()
-    return from_hf_config(dict(accuracy_models()[model_type])).arch.attention.qkv
+    return from_hf_config(cfg).arch.attention.qkv
 
 
 def peft_matrix(model_type: str) -> list[Scenario]:

@@ -346,7 +346,9 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = 
             qkv = p * n * (qd + 2 * kvd)
         if v_view and not sdpa_repeats_kv(s, sc, kind):
             qkv += p * n * (qd + kvd)
-        out_copy = p * n * qd if _query_is_contiguous_by_head(s, kind) else 0
+        # The output projection's input, a copy of the output (_query_is_contiguous_by_head),
+        # kept for its weight's gradient.
+        out_copy = out_input if _query_is_contiguous_by_head(s, kind) else 0
         mask = p * b * seq * seq if sdpa_mask_present(s, sc, kind) and not prefix else 0
         return qkv + p * n * qd + out_copy + FP32 * b * a * seq + mask
     if sc.attention == "sdpa":
