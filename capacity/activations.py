@@ -127,16 +127,20 @@ def qk_norm_saved_bytes(s: ModelShape, sc: Scenario, g: LayerGrads = FULL) -> in
     sin, the matmuls (or SDPA) the rotated copies as before. With a frozen base (g), as any
     norm: what its input's gradient needs when q (k) requires grad, the normalised input
     when its weight is trained."""
-    qk = s.arch.attention.qk_norm
+    att = s.arch.attention
+    qk = att.qk_norm
     if not qk:
         return 0
-    f = layer_flow(s, g)
+    # The norms read the projections' outputs, before a prefix is concatenated to k.
+    norm1_out = layer_flow(s, g).norm1_out
+    names = att.qkv * 3 if att.fused_qkv else att.qkv
+    q_grad, k_grad = (g.output_grad(name, norm1_out) for name in names[:2])
     n, p = sc.tokens, _act_bytes(sc)
     if qk == "head":
-        return (_norm_saved_bytes(s, sc, n * s.num_heads, s.head_dim, p, True, f.q, g.weights)
-                + _norm_saved_bytes(s, sc, n * s.num_kv_heads, s.head_dim, p, True, f.k, g.weights))
-    return _norm_saved_bytes(s, sc, n, s.q_dim, p, True, f.q, g.weights) \
-        + _norm_saved_bytes(s, sc, n, s.kv_dim, p, True, f.k, g.weights)
+        return (_norm_saved_bytes(s, sc, n * s.num_heads, s.head_dim, p, True, q_grad, g.weights)
+                + _norm_saved_bytes(s, sc, n * s.num_kv_heads, s.head_dim, p, True, k_grad, g.weights))
+    return _norm_saved_bytes(s, sc, n, s.q_dim, p, True, q_grad, g.weights) \
+        + _norm_saved_bytes(s, sc, n, s.kv_dim, p, True, k_grad, g.weights)
 
 
 BRANCH_OUTPUT_NORMS = ("branch_out", "sandwich")
