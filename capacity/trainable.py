@@ -215,10 +215,12 @@ def base_weight_bytes(s: ModelShape, sc: Scenario) -> int:
     pf = sc.peft
     if pf.weights_bits == 16:
         return parameter_count(s) * _state_bytes(sc)
-    quantized = [lin for kind, n in s.layer_counts().items() for lin in _quantized_linears(s, kind) for _ in range(n)]
-    quantized += _outside_linears(s)
-    q_elements = sum(lin.fan_in * lin.fan_out for lin in quantized)
-    q_bytes = sum(quantized_weight_bytes(lin, pf.weights_bits, pf.double_quant) for lin in quantized)
+    # (linear, how many of it): each layer kind's linears once, times the layers of that kind
+    # (each tensor is quantized on its own, so the count multiplies; closed form in L).
+    quantized = [(lin, n) for kind, n in s.layer_counts().items() for lin in _quantized_linears(s, kind)]
+    quantized += [(lin, 1) for lin in _outside_linears(s)]
+    q_elements = sum(n * lin.fan_in * lin.fan_out for lin, n in quantized)
+    q_bytes = sum(n * quantized_weight_bytes(lin, pf.weights_bits, pf.double_quant) for lin, n in quantized)
     return (parameter_count(s) - q_elements) * sc.bytes_per_value + q_bytes
 
 

@@ -119,11 +119,14 @@ def test_3_steps_have_an_upper_bound(harness):
 # ---------------------------------------------------------------- 4: time
 
 def test_4_estimate_and_fit_are_quick_for_any_layer_count(harness):
+    """Closed form in the layer count: 2^24 layers cost well under 2 CPU seconds (CPU time,
+    not wall time: on a machine busy with other work the wall clock says little; the wall
+    limit only stops a call that hangs)."""
     path = config(harness, num_hidden_layers=2**24)
-    o = call(["estimate", "--config", path, "--method", "bp"], harness[1], limit_s=2)
-    assert o.code == 0 and o.clean
-    o = call(["fit", "--budget", "16GB", "--config", path, "--method", "bp"], harness[1], limit_s=2)
-    assert o.code == 0 and o.clean   # fit also must not build a shape the validator rejects
+    o = call(["estimate", "--config", path, "--method", "bp"], harness[1], limit_s=120)
+    assert o.code == 0 and o.clean and o.cpu_seconds < 2, o
+    o = call(["fit", "--budget", "16GB", "--config", path, "--method", "bp"], harness[1], limit_s=120)
+    assert o.code == 0 and o.clean and o.cpu_seconds < 2, o   # fit also must not build a shape the validator rejects
 
 
 # ---------------------------------------------------------------- 5-9: tracebacks
