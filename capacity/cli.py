@@ -153,7 +153,10 @@ def _devices_needed(shape: ModelShape, sc: Scenario, budget: int) -> dict:
     its sharding (fsdp when none is given)."""
     if sc.parallel.sharding == "none":
         sc = replace(sc, parallel=Parallel(devices=1, sharding="fsdp", offload_optimizer=False))
-    n, est = fewest_devices(shape, sc, budget)
+    try:
+        n, est = fewest_devices(shape, sc, budget)
+    except ValueError as err:   # a setting not modelled over several devices (e.g. PEFT)
+        return {"devices": None, "sharding": sc.parallel.sharding, "not_modelled": str(err)}
     if n is None:
         return {"devices": None, "sharding": sc.parallel.sharding, "tried": list(DEVICE_COUNTS)}
     return {"devices": n, "sharding": on_devices(sc, n).parallel.sharding, "peak_bytes": est.peak_bytes,
@@ -218,7 +221,8 @@ def cmd_fit(args) -> int:
         for k, v in out[m].items():
             if k == "devices_needed":
                 shown = (f"{v['devices']} ({v['sharding']}, peak {v['peak_bytes'] / GB:,.2f} GB per device)"
-                         if v["devices"] else f"more than {max(DEVICE_COUNTS)} ({v['sharding']})")
+                         if v["devices"] else f"not answered: {v['not_modelled']}" if "not_modelled" in v
+                         else f"more than {max(DEVICE_COUNTS)} ({v['sharding']})")
                 print(f"  {k:<26s} {shown}")
             elif isinstance(v, dict):
                 print(f"  {k}:")
