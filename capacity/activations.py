@@ -566,7 +566,9 @@ def mlp_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None, 
     width = p * n * inter
     down_input = width if g.weights else 0
     if mlp.gated:
-        gate, up = (f.mlp_in[name] for name in mlp.inputs)
+        # A fused gate/up projection (Phi-3): one output, chunked into gate and up.
+        names = mlp.inputs * 2 if mlp.fused_gate_up else mlp.inputs
+        gate, up = (f.mlp_in[name] for name in names)
         # act(gate) keeps gate's output; gate·up keeps act(gate) for up's gradient and up
         # for act(gate)'s.
         return (width if gate else 0) + (width if up else 0) + (width if gate else 0) + down_input
