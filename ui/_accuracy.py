@@ -65,3 +65,41 @@ def summary() -> str | None:
     level = len(lines[start]) - len(lines[start].lstrip("#"))
     end = next((j for j in range(start + 1, len(lines)) if re.match(rf"^#{{1,{level}}}\s", lines[j])), len(lines))
     return "\n".join(intro + lines[start + 1:end]).strip()
+
+
+
+METHOD_CHECKED = ("**Fine-tuning methods** (LoRA, prefix, top layers; BP and MeZO): checked against traces of the "
+                  "real `peft` code under fake tensors, each trace path equal byte for byte to a real CPU run.")
+
+
+def base_statement(bits: tuple) -> str:
+    """What the quantized-base figures (8- and/or 4-bit) were checked against, and what not."""
+    unmeasured = []
+    if 4 in bits:
+        unmeasured.append("the fused 4-bit kernel some GPUs use for up to 512 rows (priced as the dequantizing "
+                          "path, an upper bound)")
+    if 8 in bits:
+        unmeasured.append("the int8 kernels' own buffers and LLM.int8's outlier columns of real weights")
+    which = " and ".join(f"{b}-bit" for b in bits)
+    return (f"**{which} base{'s' if len(bits) > 1 else ''}**: bitsandbytes' quantized kernels are CUDA kernels and "
+            "its parameters cannot be traced, so these were checked against real CPU runs of small models, taking "
+            "the GPU's code path where bitsandbytes runs on the CPU (storage exact; dequantize-then-matmul, what "
+            "CUDA runs for more than 1,536 tokens). **Not measured (no GPU run):** " + "; ".join(unmeasured)
+            + ". `prepare_model_for_kbit_training`'s fp32 copies and paged or 8-bit optimizers are not modelled "
+              "(docs/peft.md).")
+
+
+def peft_statement(pf) -> str | None:
+    """Markdown (our own text): what the PEFT figures were checked against (docs/peft.md),
+    or None for full fine-tuning on a 16-bit base (statement() says it all)."""
+    if pf.method == "none" and pf.weights_bits == 16:
+        return None
+    parts = [METHOD_CHECKED] if pf.method != "none" else []
+    if pf.weights_bits != 16:
+        parts.append(base_statement((pf.weights_bits,)))
+    return " ".join(parts)
+
+
+def variants_statement() -> str:
+    """For the table of every way of fine-tuning (16-, 8- and 4-bit bases)."""
+    return f"{METHOD_CHECKED} {base_statement((8, 4))}"

@@ -142,6 +142,16 @@ def term_label(term: str) -> str:
     return term.replace("_", " ")
 
 
+# Under a PEFT method the weights split: the frozen base, and what trains (with its
+# gradients and optimizer states).
+PEFT_TERM_LABELS = {"weights": "base weights (frozen)", "trainable_weights": "trainable weights",
+                    "gradients": "gradients (trainable weights)", "optimizer_states": "optimizer states (trainable weights)"}
+
+
+def peft_term_label(term: str) -> str:
+    return PEFT_TERM_LABELS.get(term, term_label(term))
+
+
 # --- tables ---------------------------------------------------------------------------
 
 def size_columns(label: str, n: int | float, unit: str = "GB") -> dict:
@@ -155,7 +165,7 @@ def gb_columns(label: str, n: int | float) -> dict:
     return size_columns(label, n, "GB")
 
 
-def terms_table(breakdowns: dict, terms, totals: dict, unit: str = "GB") -> pd.DataFrame:
+def terms_table(breakdowns: dict, terms, totals: dict, unit: str = "GB", name_of=term_label) -> pd.DataFrame:
     """Rows: the terms and the total; two columns per method (GB and GiB, or MB and MiB)."""
     rows = {}
     for term in list(terms) + ["total"]:
@@ -163,7 +173,7 @@ def terms_table(breakdowns: dict, terms, totals: dict, unit: str = "GB") -> pd.D
         for label, breakdown in breakdowns.items():
             n = totals[label] if term == "total" else breakdown.get(term, 0)
             row.update(size_columns(label, n, unit))
-        rows["total (peak)" if term == "total" else term_label(term)] = row
+        rows["total (peak)" if term == "total" else name_of(term)] = row
     return pd.DataFrame.from_dict(rows, orient="index").round(3)
 
 

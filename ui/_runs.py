@@ -98,6 +98,8 @@ def engine_args(choice: str, device: str, steps: int) -> tuple[list[str], tuple]
         args += ["--optimizer-impl", s["opt_impl"]]
     if s["hold"] != sc.AUTO:
         args.append("--hold-outputs" if s["hold"] == "held" else "--drop-outputs")
+    # What is trained and how the base is stored (capacity/peft_args.py); ValueError when invalid.
+    args += sc.peft_cli_args()
     return args, cleanup
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ class Param:
     low: float | None = None
     high: float | None = None
     choices: Callable[[], list] | None = None
+    parse: Callable[[str], object] | None = None    # free text: its own reader (ValueError)
 
 
 def _device_choices() -> list:
@@ -51,6 +53,35 @@ def _device_choices() -> list:
 
 def _model_choices() -> list:
     return cap.preset_names() + ([UPLOADED] if "uploaded_shape" in st.session_state else [])
+
+
+# --- what is trained (issue 10): peft's LoraConfig defaults, what a user's own code gets -----
+
+def parse_targets(text: str) -> str:
+    """LoRA target modules as peft's target_modules: comma-separated module names
+    (q_proj,v_proj; c_attn) or all-linear; empty for peft's default targets of the model type."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if len(names) > 32 or not all(re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", t) for t in names):
+        raise ValueError("module names such as q_proj,v_proj or all-linear (letters, digits, _ . -)")
+    return ",".join(names)
+
+
+_PEFT = cap_scenario.Peft()               # capacity's defaults are peft's (LoraConfig: r 8, alpha 8, dropout 0)
+PEFT_PARAMS: dict[str, Param] = {
+    "peft": Param(_PEFT.method, choices=lambda: list(cap_scenario.PEFT_METHODS)),
+    "lora_r": Param(_PEFT.lora_rank, 1, 1 << 16),
+    "lora_alpha": Param(float(_PEFT.lora_alpha), 0.001, float(1 << 20)),
+    "lora_dropout": Param(float(_PEFT.lora_dropout), 0.0, 0.99),
+    "lora_targets": Param(",".join(_PEFT.lora_targets), parse=parse_targets),
+    "prefix_tokens": Param(_PEFT.prefix_tokens, 1, 1 << 16),
+    "top_layers": Param(_PEFT.trainable_layers, 1, 1 << 24),
+    "wbits": Param(str(_PEFT.weights_bits), choices=lambda: [str(b) for b in cap_scenario.WEIGHT_BITS]),
+    "quant": Param(_PEFT.quant, choices=lambda: list(cap_scenario.QUANT_TYPES)),
+    "dquant": Param(_PEFT.double_quant),
+}
+# QLoRA as Dettmers et al. 2023 run it (and capacity.inverse.VARIANTS): LoRA on a 4-bit NF4
+# base with double quantization.
+QLORA = {"peft": "lora", "wbits": "4", "quant": "nf4", "dquant": True}
 
 
 # The default scenario is the paper's experiment (Katti et al. 2025, arXiv 2511.11362):
@@ -100,6 +131,7 @@ PARAMS: dict[str, Param] = {
     "v_limit": Param(300, 10, 3600),            # seconds
     "v_mem_gb": Param(-1.0, -1.0, 100_000.0),   # host memory cap of a run; -1: 3/4 of what is free at launch
 }
+PARAMS.update(PEFT_PARAMS)
 DEFAULTS = {key: p.default for key, p in PARAMS.items()}
 
 # What "Load the paper's setting" restores (the rest of the scenario stays as it is).
@@ -122,6 +154,8 @@ RESETS = {"device": ("reserve_gb",)}
 def parse_param(key: str, text: str):
     """One query parameter as a typed value; ValueError when it is not acceptable."""
     p = PARAMS[key]
+    if p.parse is not None:
+        return p.parse(text)
     if isinstance(p.default, bool):
         if text.lower() not in ("1", "0", "true", "false"):
             raise ValueError("expected 1 or 0")
@@ -331,6 +365,7 @@ def method_scenario(method: str, keep: float = 1.0, **changes) -> "cap.Scenario"
     fields = dict(method=method, optimizer=s["opt"], batch=int(s["batch"]), seq=int(s["seq"]),
                   dtype=s["dtype"], mixed_precision=bool(s["mixed"]) and s["dtype"] != "fp32",
                   keep=float(keep), attention=s["attn"], target=s["target"], loop=loop(), parallel=parallel())
+    fields.setdefault("peft", peft())
     fields.update(changes)
     return cap.Scenario(**fields)
 
@@ -339,11 +374,12 @@ def methods() -> list[tuple[str, "cap.Scenario"]]:
     """The four columns the pages compare, labelled; ValueError when the sidebar's settings
     are not a valid scenario."""
     keep = float(scenario()["keep"])
+    mezo, bp = method_label("mezo"), method_label("bp")
     return [
         ("Inference", method_scenario("inference")),
-        ("MeZO", method_scenario("mezo")),
-        ("BP", method_scenario("bp")),
-        (f"BP checkpointed (L'/L={keep:g})", method_scenario("bp", keep=keep)),
+        (mezo, method_scenario("mezo")),
+        (bp, method_scenario("bp")),
+        (f"{bp} checkpointed (L'/L={keep:g})", method_scenario("bp", keep=keep)),
     ]
 
 
@@ -479,9 +515,138 @@ def summary(with_model: bool = True, with_context: bool = True) -> str:
     if with_context:
         parts.append(f"context {s['seq']:,}")
     parts += [f"{s['dtype']}{' mixed precision' if s['mixed'] and s['dtype'] != 'fp32' else ''}",
-              f"{s['opt']} (BP)", f"{s['attn']} attention", loop_text(), f"{s['target']} kernels",
+              f"{s['opt']} (BP)", peft_text(), f"{s['attn']} attention", loop_text(), f"{s['target']} kernels",
               f"budget {budget_label()}"]
     if sharded():
         parts.insert(1 if with_model else 0, f"per device, {devices_text()}")
         parts[parts.index(f"batch {s['batch']}")] = f"batch {s['batch']} per device"
     return " · ".join(parts)
+
+
+# --- what is trained ------------------------------------------------------------------
+
+def peft() -> "cap_scenario.Peft":
+    """capacity's Peft from the sidebar's Fine-tuning section; ValueError when a value is out
+    of range (capacity.scenario.validate_peft says which)."""
+    s = scenario()
+    alpha = float(s["lora_alpha"])
+    return cap_scenario.Peft(
+        method=s["peft"], lora_rank=int(s["lora_r"]), lora_alpha=int(alpha) if alpha.is_integer() else alpha,
+        lora_dropout=float(s["lora_dropout"]),
+        lora_targets=tuple(t for t in s["lora_targets"].split(",") if t),
+        prefix_tokens=int(s["prefix_tokens"]), trainable_layers=int(s["top_layers"]),
+        weights_bits=int(s["wbits"]), quant=s["quant"], double_quant=bool(s["dquant"]))
+
+
+def is_qlora(pf) -> bool:
+    return pf.method == "lora" and pf.weights_bits == 4 and pf.quant == "nf4"
+
+
+def base_text(pf) -> str:
+    """'a 4-bit NF4 base (double quantization)', 'an 8-bit base', '' for a 16-bit base."""
+    if pf.weights_bits == 8:
+        return "an 8-bit base (LLM.int8)"
+    if pf.weights_bits == 4:
+        return f"a 4-bit {pf.quant.upper()} base" + (" (double quantization)" if pf.double_quant else "")
+    return ""
+
+
+def variant_text(pf) -> str:
+    """What is trained, short: 'LoRA r=8', 'prefix (20 tokens)', 'top 2 layers', 'every parameter'."""
+    return {"none": "every parameter", "lora": f"LoRA r={pf.lora_rank}",
+            "prefix": f"prefix ({pf.prefix_tokens} tokens)",
+            "freeze": f"top {pf.trainable_layers} layer{'s' if pf.trainable_layers != 1 else ''}"}[pf.method]
+
+
+def _peft_or_none():
+    try:
+        return peft()
+    except ValueError:
+        return None
+
+
+def method_label(method: str) -> str:
+    """A method with what it trains, for column labels: 'MeZO', 'BP', 'MeZO-LoRA r=8',
+    'BP-LoRA r=8 (QLoRA)', 'MeZO-prefix (20 tokens)', 'BP-top 2 layers'."""
+    name = {"mezo": "MeZO", "bp": "BP"}.get(method, method)
+    pf = _peft_or_none()
+    if pf is None or pf.method == "none":
+        return name
+    return f"{name}-{variant_text(pf)}" + (" (QLoRA)" if method == "bp" and is_qlora(pf) else "")
+
+
+def peft_text() -> str:
+    """The whole PEFT variant in words, for headlines, captions and figure titles:
+    'LoRA r=8 alpha=8 on a 4-bit NF4 base (double quantization)', 'full fine-tuning
+    (every parameter)'."""
+    pf = _peft_or_none()
+    if pf is None:
+        return "fine-tuning settings not valid"
+    what = {"none": "full fine-tuning (every parameter)",
+            "lora": f"LoRA r={pf.lora_rank} alpha={pf.lora_alpha:g}"
+                    + (f" dropout={pf.lora_dropout:g}" if pf.lora_dropout else "")
+                    + f" on {','.join(pf.lora_targets) or 'peft default targets'}",
+            "prefix": f"prefix tuning ({pf.prefix_tokens} virtual tokens)",
+            "freeze": f"the top {pf.trainable_layers} layer{'s' if pf.trainable_layers != 1 else ''} only"}[pf.method]
+    base = base_text(pf)
+    return what + (f" on {base}" if base else "")
+
+
+def headline() -> str:
+    """Each page's headline: the methods compared, with their PEFT variant,
+    e.g. 'MeZO-LoRA r=8 vs BP-LoRA r=8 (QLoRA), on a 4-bit NF4 base (double quantization)'."""
+    pf = _peft_or_none()
+    pair = f"{method_label('mezo')} vs {method_label('bp')}"
+    if pf is None or (pf.method == "none" and pf.weights_bits == 16):
+        return f"{pair}: full fine-tuning (every parameter)"
+    base = base_text(pf)
+    return pair + (f", on {base}" if base else ", on a 16-bit base")
+
+
+def peft_label_suffix() -> str:
+    """' (LoRA r=8 on a 4-bit NF4 base)' for a run's label; '' for full fine-tuning."""
+    pf = _peft_or_none()
+    if pf is None or (pf.method == "none" and pf.weights_bits == 16):
+        return ""
+    return f" ({peft_text()})"
+
+
+def peft_cli_args() -> list[str]:
+    """The Fine-tuning section as the command line's flags (capacity/peft_args.py), for the
+    validation engine; none when every parameter is trained on a 16-bit base."""
+    pf = peft()
+    if pf.method == "none" and pf.weights_bits == 16:
+        return []
+    args = ["--peft", pf.method, "--weights-bits", str(pf.weights_bits)]
+    if pf.method == "lora":
+        args += ["--lora-rank", str(pf.lora_rank), "--lora-alpha", f"{pf.lora_alpha:g}",
+                 "--lora-dropout", f"{pf.lora_dropout:g}"]
+        if pf.lora_targets:
+            args += ["--lora-targets", ",".join(pf.lora_targets)]
+    elif pf.method == "prefix":
+        args += ["--prefix-tokens", str(pf.prefix_tokens)]
+    elif pf.method == "freeze":
+        args += ["--trainable-layers", str(pf.trainable_layers)]
+    if pf.weights_bits == 4:
+        args += ["--quant", pf.quant] + (["--double-quant"] if pf.double_quant else [])
+    return args
+
+
+# A refusal of a PEFT setting (words of capacity's message) and the change that answers it.
+PEFT_FIXES = [
+    ("peft: mixed precision", "Turn mixed precision off", {"mixed": False}),
+    ("prefix tuning with checkpointing", "Use L'/L = 1 (no checkpointing)", {"keep": 1.0}),
+    ("quantized base weights are frozen", "Train LoRA adapters on this base", {"peft": "lora"}),
+    ("computes in a 16-bit dtype", "Use bf16", {"dtype": "bf16"}),
+    ("trainable_layers:", "Train the top layer only", {"top_layers": 1}),
+    ("no default target modules", "Target every linear (all-linear)", {"lora_targets": "all-linear"}),
+    ("lora_targets:", "Use peft's default targets", {"lora_targets": ""}),
+]
+
+
+def peft_fix(why: str):
+    """(button label, changes) answering a refusal of the Fine-tuning settings, or None."""
+    for words, label, changes in PEFT_FIXES:
+        if words in why:
+            return label, changes
+    return None

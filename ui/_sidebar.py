@@ -146,8 +146,86 @@ def devices_problem(s: dict) -> str | None:
     return None
 
 
+def finetuning_section(s: dict) -> None:
+    """What is trained (full, LoRA, prefix, top layers) and how the frozen base is stored;
+    the defaults are peft's (LoraConfig), what a user's own code gets."""
+    st.subheader("Fine-tuning")
+    sc.control(st.selectbox, "What is trained", "peft", options=sc.PARAMS["peft"].choices(), format_func=_peft_label,
+               help="Full: every parameter (BP's gradients and optimizer states for all). LoRA: low-rank adapters "
+                    "(peft's LoraConfig) on a frozen base. Prefix: trainable key/value prefixes per layer (peft's "
+                    "prefix tuning). Top layers: only the top K decoder layers train (an alternative reading of "
+                    "L'/L, not the paper's definition). MeZO perturbs only what is trained.")
+    st.button("QLoRA: LoRA on a 4-bit NF4 base", on_click=sc.set_scenario, kwargs=sc.QLORA, width="stretch",
+              help="Dettmers et al. 2023: LoRA adapters on a bitsandbytes 4-bit NF4 base with double quantization.")
+    if s["peft"] == "lora":
+        left, right = st.columns(2)
+        with left:
+            sc.control(st.number_input, "LoRA rank r", "lora_r", min_value=1, max_value=int(sc.PARAMS["lora_r"].high),
+                       step=1, help="peft's default: 8.")
+        with right:
+            sc.control(st.number_input, "LoRA alpha", "lora_alpha", min_value=sc.PARAMS["lora_alpha"].low,
+                       max_value=sc.PARAMS["lora_alpha"].high, step=1.0, format="%g", help="peft's default: 8.")
+        sc.control(st.number_input, "LoRA dropout", "lora_dropout", min_value=0.0,
+                   max_value=sc.PARAMS["lora_dropout"].high, step=0.05, format="%.2f",
+                   help="peft's default: 0. Above 0 each adapter keeps its dropped-out input for backward.")
+        st.session_state["w_lora_targets"] = s["lora_targets"]
+        st.text_input("Target modules", key="w_lora_targets", on_change=_store_targets,
+                      placeholder="peft's default for the model type",
+                      help="peft's target_modules: comma-separated module names (q_proj,v_proj; c_attn) or "
+                           "all-linear. Empty: peft's default targets for the model type.")
+        if st.session_state.get("targets_error"):
+            st.error(md(st.session_state["targets_error"]))
+    elif s["peft"] == "prefix":
+        sc.control(st.number_input, "Virtual tokens", "prefix_tokens", min_value=1,
+                   max_value=int(sc.PARAMS["prefix_tokens"].high), step=1,
+                   help="peft's num_virtual_tokens: key/value prefixes per layer.")
+    elif s["peft"] == "freeze":
+        sc.control(st.number_input, "Trained layers (the top K)", "top_layers", min_value=1,
+                   max_value=int(sc.PARAMS["top_layers"].high), step=1)
+    sc.control(st.selectbox, "Base weights", "wbits", options=sc.PARAMS["wbits"].choices(), format_func=_bits_label,
+               help="How the frozen base is stored: the precision above, or bitsandbytes' 8-bit (LLM.int8) or "
+                    "4-bit (NF4/FP4) weights with their block statistics. Quantized weights cannot train: "
+                    "use LoRA or a prefix on them.")
+    if s["wbits"] == "4":
+        left, right = st.columns(2)
+        with left:
+            sc.control(st.selectbox, "4-bit type", "quant", options=sc.PARAMS["quant"].choices(),
+                       format_func=str.upper)
+        with right:
+            sc.control(st.checkbox, "Double quantization", "dquant",
+                       help="Quantize the block statistics too (bnb_4bit_use_double_quant).")
+    try:
+        pf, shape = sc.peft(), sc.model_shape()
+        trained = cap.estimate(shape, sc.method_scenario("mezo", peft=pf)).trainable_params
+        total = cap.estimate(shape, sc.method_scenario("inference", peft=pf)).params
+        st.caption(f"Trains **{trained:,}** of {total:,} parameters ({100 * trained / total:.3g}%).")
+    except (ValueError, ZeroDivisionError) as err:
+        st.warning(md(str(err)))
+
+
 # The sidebar, top to bottom. A new part of the scenario adds its section here.
-SECTIONS = [model_section, data_section, precision_section, training_section, budget_section, devices_section]
+SECTIONS = [model_section, data_section, precision_section, training_section, finetuning_section, budget_section,
+            devices_section]
+
+
+def _peft_label(method: str) -> str:
+    return {"none": "every parameter (full)", "lora": "LoRA adapters", "prefix": "a prefix (prefix tuning)",
+            "freeze": "the top layers only"}.get(method, method)
+
+
+def _bits_label(bits: str) -> str:
+    return {"16": "16-bit (the precision above)", "8": "8-bit (bitsandbytes LLM.int8)",
+            "4": "4-bit (bitsandbytes NF4/FP4)"}.get(bits, bits)
+
+
+def _store_targets() -> None:
+    """The target modules typed in: kept when they read as peft's target_modules, else a
+    message and the previous value."""
+    try:
+        sc.store("lora_targets", sc.parse_targets(st.session_state["w_lora_targets"]))
+        st.session_state.pop("targets_error", None)
+    except ValueError as err:
+        st.session_state["targets_error"] = f"Target modules not changed: {err}."
 
 
 def _loop_label(name: str) -> str:
@@ -201,6 +279,7 @@ def start_page(title: str, needs_estimate: bool = True) -> None:
     sidebar's scenario."""
     sidebar()
     st.title(title)
+    st.markdown(f"**{md(sc.headline())}**")
     for key, text, problem in st.session_state.get("url_problems", []):
         st.warning(f"Link parameter ignored: {md(key)}={md(text)} ({md(problem)}).")
     if st.session_state.get("upload_error"):
@@ -228,7 +307,13 @@ def refuse(why: str) -> None:
     where there is one; the page stops here."""
     st.warning(f"capacity cannot answer for these settings: {md(why)}.")
     s, limit = sc.scenario(), cap.longest_runnable_context(sc.model_shape())
-    if why.startswith("loop"):
+    if limit is not None and s["seq"] > limit:
+        st.button(f"Use a context of {limit:,} tokens (the model's last position)", on_click=sc.set_scenario,
+                  kwargs={"seq": limit})
+    elif sc.peft_fix(why):
+        label, changes = sc.peft_fix(why)
+        st.button(label, on_click=sc.set_scenario, kwargs=changes)
+    elif why.startswith("loop"):
         st.button("Use the plain loop (modelled)", on_click=sc.set_scenario,
                   kwargs={"loop": "plain", "opt_impl": sc.AUTO, "hold": sc.AUTO, "accum": 1})
     elif why.startswith("sharding"):             # several devices without a sharding

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 import capacity as cap
+from capacity import inverse
 from ui import _accuracy, _export, _format as fmt, _scenario as sc, _sidebar
 
 _sidebar.start_page(sc.per_device("Memory calculator", with_offload=False))
@@ -14,6 +15,9 @@ estimates = {label: cap.estimate(shape, method) for label, method in sc.methods(
 labels = list(estimates)
 unit = fmt.unit_for(max(est.peak_bytes for est in estimates.values()))
 s = sc.scenario()
+pf = sc.peft()
+peft_on = not (pf.method == "none" and pf.weights_bits == 16)
+term_label = fmt.peft_term_label if peft_on else fmt.term_label
 st.caption(f"{cap.parameter_count(shape):,} parameters · {fmt.md(sc.summary(), fmt.SUMMARY_CHARS)}")
 
 # Peak memory per method (per device over several), and whether it fits.
@@ -32,12 +36,19 @@ if s["offload"]:
         col.metric(f"{label}: host", fmt.size_text(est.host_bytes), help=fmt.binary_text(est.host_bytes))
 
 mezo, bp, ckpt = (estimates[label].peak_bytes for label in labels[1:])
-r1, r2, _ = st.columns([1, 1, 2])
+r1, r2, r3, _ = st.columns([1, 1, 1, 1])
 r1.metric("MeZO / BP memory", fmt.ratio_text(mezo, bp), help="Peak memory of MeZO over plain BP's, same model.")
 r2.metric("MeZO / checkpointed BP", fmt.ratio_text(mezo, ckpt), help=f"Against {labels[3]}.")
+trained = estimates[labels[1]]
+r3.metric("Trainable parameters", fmt.params_text(trained.trainable_params),
+          help=f"{trained.trainable_params:,} of {trained.params:,} parameters "
+               f"({100 * trained.trainable_params / trained.params:.3g}%) train, by BP and by MeZO alike: "
+               f"{fmt.md(sc.peft_text())}.")
 st.caption("Inference is one forward pass with `use_cache=False`: no generation and no KV cache. "
            "MeZO is two such passes per step, with the weights perturbed in place.")
 st.caption(_accuracy.statement(s["target"]))
+if _accuracy.peft_statement(pf):
+    st.caption(_accuracy.peft_statement(pf))
 
 # The stacked bar: one bar per method, one colour per term.
 data = pd.DataFrame([
@@ -51,10 +62,10 @@ for term in sc.terms():
     rows = data[data["term"] == term]
     if rows["bytes"].sum() == 0:
         continue
-    traces.append({"type": "bar", "name": fmt.term_label(term), "x": list(rows["method"]),
+    traces.append({"type": "bar", "name": term_label(term), "x": list(rows["method"]),
                    "y": list(rows[f"memory [{unit}]"]), "customdata": list(rows[f"memory [{binary}]"]),
                    "marker": {"color": _export.TERM_COLOURS.get(term)},
-                   "hovertemplate": f"%{{x}}<br>{fmt.term_label(term)}: %{{y:.3f}} {unit} "
+                   "hovertemplate": f"%{{x}}<br>{term_label(term)}: %{{y:.3f}} {unit} "
                                     f"(%{{customdata:.3f}} {binary})<extra></extra>"})
 peak_axis = ("peak per device " if sc.sharded() else "peak ") + fmt.AXIS_TITLES[unit]
 layout = {"barmode": "stack", "yaxis": {"title": {"text": peak_axis}},
@@ -73,12 +84,40 @@ _export.show_figure(fig, f"memory-by-term-{sc.model_name()}", data)
 
 st.subheader(sc.per_device("Terms at the peak", with_offload=False))
 fmt.unit_tabs(fmt.terms_table({label: est.breakdown for label, est in estimates.items()}, sc.terms(),
-                              {label: est.peak_bytes for label, est in estimates.items()}, unit), unit)
+                              {label: est.peak_bytes for label, est in estimates.items()}, unit, term_label), unit)
 if s["offload"]:
     st.subheader("Host memory per device (optimizer offload)")
     host_terms = [t for t in sc.HOST_TERMS if any(t in est.host_breakdown for est in estimates.values())]
     fmt.unit_tabs(fmt.terms_table({label: est.host_breakdown for label, est in estimates.items()}, host_terms,
                                   {label: est.host_bytes for label, est in estimates.items()}), "GB")
+if peft_on:
+    st.caption("Base weights: the frozen model as stored (quantized weights with their block statistics). "
+               "Trainable weights: the adapters, prefix or top layers; their gradients and optimizer states "
+               "are the only ones BP keeps. Terms are what is live at each method's peak.")
+
+st.subheader("Every way of fine-tuning, side by side")
+st.caption(f"This model at these settings, by each way of fine-tuning (LoRA settings from the sidebar; QLoRA: "
+           f"4-bit NF4 with double quantization; BP without checkpointing). Budget {fmt.md(sc.budget_label())}.")
+base_sc = sc.method_scenario("mezo")
+rows = []
+for variant in inverse.VARIANTS:
+    try:
+        est = cap.estimate(shape, inverse.variant_scenario(variant, base_sc))
+    except ValueError as err:
+        rows.append({"variant": variant, "note": str(err)})
+        continue
+    # Full fine-tuning trains the weights themselves: none of them is a frozen base.
+    full = inverse.VARIANTS[variant][1]["method"] == "none"
+    parts = {"base weights (frozen)": 0 if full else est.breakdown.get("weights", 0),
+             "trainable weights": est.breakdown.get("trainable_weights", 0) + (est.breakdown.get("weights", 0) if full else 0),
+             **{fmt.peft_term_label(t): est.breakdown.get(t, 0) for t in ("gradients", "optimizer_states", "activations")}}
+    rows.append({"variant": variant, "trainable parameters": est.trainable_params,
+                 **fmt.gb_columns("peak", est.peak_bytes), "fits": "yes" if est.peak_bytes <= budget else "no",
+                 **{f"{name} [GB]": n / cap.GB for name, n in parts.items()}, "peak_bytes": est.peak_bytes, "note": ""})
+variants = pd.DataFrame(rows)
+st.dataframe(variants.drop(columns=["peak_bytes"], errors="ignore").round(3), width="stretch", hide_index=True)
+st.download_button("Download the variants (CSV)", variants.to_csv(index=False).encode(),
+                   f"variants-{_export.slug(sc.model_name())}.csv", "text/csv", on_click="ignore")
 
 with st.expander("The textbook form (weights + gradients + optimizer states + Korthikanti activations)"):
     textbook = {label: est.textbook for label, est in estimates.items()}

@@ -88,15 +88,16 @@ ratio_axis = _export.round_ticks(data["MeZO/BP"].max())
 for (row, _), (x, y_mem, y_ratio, domain) in zip(rows, axes):
     part = data[data["row"] == row]
     first = x == "x"                    # one legend entry per series
-    bp_name = "BP" if first else "checkpointed BP"
+    bp_name = sc.method_label("bp") + ("" if first else " checkpointed")
+    mezo_name = sc.method_label("mezo")
     common = {"xaxis": x, "x": list(part["context"])}
     traces += [
         {"type": "scatter", **common, "yaxis": y_mem, "y": list(part["BP [GB]"]), "customdata": list(part["BP [GiB]"]),
          "name": bp_name, "mode": "lines+markers", "line": {"color": colours["BP"], "dash": "solid" if first else "dot"},
          "hovertemplate": "context %{x}<br>" + bp_name + ": %{y:.2f} GB (%{customdata:.2f} GiB)<extra></extra>"},
         {"type": "scatter", **common, "yaxis": y_mem, "y": list(part["MeZO [GB]"]), "customdata": list(part["MeZO [GiB]"]),
-         "name": "MeZO", "mode": "lines+markers", "line": {"color": colours["MeZO"]}, "showlegend": first,
-         "hovertemplate": "context %{x}<br>MeZO: %{y:.2f} GB (%{customdata:.2f} GiB)<extra></extra>"},
+         "name": mezo_name, "mode": "lines+markers", "line": {"color": colours["MeZO"]}, "showlegend": first,
+         "hovertemplate": "context %{x}<br>" + mezo_name + ": %{y:.2f} GB (%{customdata:.2f} GiB)<extra></extra>"},
         {"type": "scatter", **common, "yaxis": y_ratio, "y": list(part["MeZO/BP"]), "name": "MeZO/BP ratio (right axis)",
          "mode": "lines", "line": {"color": colours["ratio"], "dash": "dash"}, "showlegend": first,
          "hovertemplate": "context %{x}<br>MeZO/BP: %{y:.3f}<extra></extra>"},

@@ -104,16 +104,16 @@ st.button("Load the paper's setting", on_click=sc.set_scenario, kwargs=sc.PAPER_
 bp_col, family_col = st.columns(2)
 bp_name = sc.control(bp_col.selectbox, "BP on", "bp_model", options=cap.preset_names())
 family = sc.control(family_col.selectbox, "MeZO on the largest that fits of", "family", options=list(cap.families()))
-labelled = dict(sc.methods())
-bp_sc, mezo_sc = labelled["BP"], labelled["MeZO"]
+columns = sc.methods()                  # inference, MeZO, BP, checkpointed BP (labelled with their variant)
+mezo_sc, bp_sc = columns[1][1], columns[2][1]
 try:
     mezo_name, _ = cap.largest_preset(family, budget, mezo_sc)
-    setups = [(f"BP on {bp_name}", sc.model_shape(bp_name), bp_sc)]
+    setups = [(f"{sc.method_label('bp')} on {bp_name}", sc.model_shape(bp_name), bp_sc)]
     if mezo_name is None:
         st.warning(f"No {family} model fits {fmt.md(sc.budget_label())} with MeZO. Raise the budget or shorten "
                    "the context.")
     else:
-        setups.append((f"MeZO on {mezo_name}", sc.model_shape(mezo_name), mezo_sc))
+        setups.append((f"{sc.method_label('mezo')} on {mezo_name}", sc.model_shape(mezo_name), mezo_sc))
     paper = pd.DataFrame([time_row(label, shp, method, device, budget, steps, mult, efficiency)
                           for label, shp, method in setups])
 except ValueError as err:                  # e.g. a context beyond the small model's positions

@@ -66,7 +66,7 @@ if st.button("Run", type="primary", disabled=busy or not available):
     try:
         args, cleanup = _runs.engine_args(method, device, int(steps))
         st.session_state["validate_run"] = run = _runner.EngineRun(
-            args, float(limit), label=f"{method}{_runs.keep_label(method)} · {sc.model_name()} · {device}",
+            args, float(limit), label=f"{method}{_runs.keep_label(method)}{sc.peft_label_suffix()} · {sc.model_name()} · {device}",
             cleanup=cleanup, max_memory_bytes=memory_cap)
         st.session_state["validate_device"] = device
         busy = True

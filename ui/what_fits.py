@@ -4,7 +4,8 @@ import pandas as pd
 import streamlit as st
 
 import capacity as cap
-from ui import _background, _devices, _export, _format as fmt, _scenario as sc, _sidebar
+from capacity import inverse
+from ui import _accuracy, _background, _devices, _export, _format as fmt, _scenario as sc, _sidebar
 
 POLL_S = 0.3
 
@@ -83,15 +84,19 @@ dn_data = _devices.data(dn_rows, list(table_methods))
 st.download_button("Download the devices-needed table (CSV)", dn_data.to_csv(index=False).encode(),
                    "devices-needed.csv", "text/csv", on_click="ignore")
 
-# The continuous family of the sidebar's model (same depth-to-width ratio, any size): many
-# searches, computed in this session's background worker so that the page answers at once.
-st.subheader(f"Models shaped like {fmt.md(sc.model_name())}")
+# Slow answers, computed in this session's background worker so that the page answers at
+# once: the continuous family of the sidebar's model (same depth-to-width ratio, any size),
+# and what fits by each way of fine-tuning (capacity.inverse.fits_table), per family.
 shape = sc.model_shape()
 mezo_sc, bp_sc, ckpt_sc = methods[1][1], methods[2][1], methods[3][1]
 budgets = budget_grid(budget)
 jobs = {("largest", label): (cap.largest_scaled_model, (shape, budget, method)) for label, method in methods}
 jobs.update({(b, against): (cap.relative_model_size, (shape, b, method, mezo_sc))
              for b in budgets for against, method in (("BP", bp_sc), ("BP checkpointed", ckpt_sc))})
+variant_sc = sc.method_scenario("mezo")          # the sidebar's LoRA settings; BP without checkpointing
+jobs.update({("variants", family): (inverse.fits_table, (budget, variant_sc, None, family))
+             for family in cap.families()})
+jobs[("variants", "scaled")] = (inverse.fits_table, (budget, variant_sc, shape, None))
 answers = _background.compute(jobs)
 
 if not answers.done:
@@ -101,7 +106,8 @@ if not answers.done:
         if now.done:
             st.rerun()                     # all landed: draw the page with them
         st.progress(1 - now.missing / now.total,
-                    text=f"Searching the largest models that fit, at {len(budgets)} budgets…")
+                    text=f"Searching the largest models that fit, at {len(budgets)} budgets and by each way of "
+                         f"fine-tuning…")
     wait_for_answers()
     st.stop()
 
@@ -109,6 +115,53 @@ if answers.errors:
     st.warning(f"capacity could not answer: {fmt.md(next(iter(answers.errors.values())))}")
     st.stop()
 
+# What fits by each way of fine-tuning (issue 10): one table for this device.
+st.subheader("By way of fine-tuning")
+lora = variant_sc.peft
+targets = ",".join(lora.lora_targets) or "peft's default targets"
+st.caption(f"The largest preset of each family that fits {fmt.md(sc.budget_label())}, by each way of fine-tuning: "
+           f"LoRA r={lora.lora_rank} alpha={lora.lora_alpha:g} on {fmt.md(targets)} (the sidebar's LoRA settings); "
+           "QLoRA and 4-bit: NF4 with double quantization; BP without checkpointing. Each cell: the preset, its "
+           "parameters and its peak.")
+variant_rows = []
+for family in cap.families():
+    for row in answers.values[("variants", family)]["rows"]:
+        name = row.get("largest_preset")
+        variant_rows.append({"family": family, "variant": row["variant"], "largest preset": name,
+                             "parameters": row.get("largest_preset_params", 0) if name else 0,
+                             "peak_bytes": row.get("largest_preset_peak_bytes"),
+                             **fmt.gb_columns("peak", row.get("largest_preset_peak_bytes") or float("nan")),
+                             "note": row.get("error", "")})
+variant_fits = pd.DataFrame(variant_rows)
+variant_fits["shown"] = variant_fits.apply(cell, axis=1)
+variant_names = list(inverse.VARIANTS)
+st.dataframe(variant_fits.pivot(index="family", columns="variant", values="shown")[variant_names], width="stretch")
+scaled = answers.values[("variants", "scaled")]
+st.caption(f"Models shaped like {fmt.md(sc.model_name())} (same depth-to-width ratio, any size): the largest that "
+           "fits, and how many times larger a model each MeZO variant fine-tunes than each BP variant.")
+scaled_rows = pd.DataFrame([{"variant": row["variant"], "largest model": row.get("largest_scaled_name"),
+                             "parameters": row.get("largest_scaled_params"), "note": row.get("error", "")}
+                            for row in scaled["rows"]])
+ratios = pd.DataFrame([{"MeZO variant": r["mezo"], "BP variant": r["bp"], "P_MeZO/P_BP": r["ratio"]}
+                       for r in scaled["ratios"]])
+left, right = st.columns([2, 3])
+left.dataframe(scaled_rows.assign(parameters=scaled_rows["parameters"].map(
+    lambda n: fmt.params_text(n) if n == n and n is not None else "")), width="stretch", hide_index=True)
+if len(ratios):
+    right.dataframe(ratios.pivot(index="MeZO variant", columns="BP variant", values="P_MeZO/P_BP")
+                    .reindex(index=[v for v in variant_names if v in set(ratios["MeZO variant"])],
+                             columns=[v for v in variant_names if v in set(ratios["BP variant"])]).round(2),
+                    width="stretch")
+variant_csv = variant_fits.drop(columns=["shown"]).merge(
+    scaled_rows.rename(columns={"largest model": "largest scaled model", "parameters": "largest scaled parameters",
+                                "note": "scaled note"}), on="variant", how="left")
+st.download_button("Download the fine-tuning variants (CSV)", variant_csv.to_csv(index=False).encode(),
+                   "fine-tuning-variants.csv", "text/csv", on_click="ignore")
+st.download_button("Download P_MeZO/P_BP by pairing (CSV)", ratios.to_csv(index=False).encode(),
+                   "fine-tuning-ratios.csv", "text/csv", on_click="ignore")
+st.caption(_accuracy.variants_statement())
+
+st.subheader(f"Models shaped like {fmt.md(sc.model_name())}")
 st.caption("The largest model of the same depth-to-width family that fits the budget, in parameters.")
 for col, (label, _) in zip(st.columns(len(methods)), methods):
     col.metric(label, fmt.params_text(answers.values[("largest", label)][1]))
