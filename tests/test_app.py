@@ -252,7 +252,7 @@ def test_hostile_uploads_keep_every_control(config):
     assert not at.exception
     assert "Could not use the uploaded file bad.json" in messages(at, "error")
     assert at.number_input(key="w_batch").value == 8 and at.selectbox(key="w_model").value == "llama-2-7b"
-    assert len(at.metric) == 6
+    assert len(at.metric) == 7            # four peaks, two ratios, the trainable parameters
 
 
 TINY = {"model_type": "gpt2", "n_embd": 128, "n_layer": 2, "n_head": 4, "vocab_size": 1000}
@@ -1070,3 +1070,199 @@ def test_the_loop_settings_reach_the_engine(fake_engine):
     from capacity import cli
     args = cli.build_parser().parse_args(["validate", *argv[1:argv.index("--timeout")]])   # as the engine reads them
     assert (args.loop, args.optimizer_impl, args.hold_outputs, args.grad_accum) == ("plain", "forloop", False, 2)
+
+
+# --- fine-tuning: what is trained and how the base is stored (issue 10) --------------------
+
+from capacity import inverse  # noqa: E402
+
+
+def peft_defaults_in_peft_source() -> dict:
+    """peft's LoraConfig field defaults, read from the installed peft's source (no import:
+    importing peft loads torch, seconds on this machine)."""
+    import ast
+    import importlib.util
+    origin = Path(importlib.util.find_spec("peft").origin).parent / "tuners" / "lora" / "config.py"
+    tree = ast.parse(origin.read_text())
+    cls = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "LoraConfig")
+    out = {}
+    for node in cls.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.value, ast.Call):
+            default = next((k.value for k in node.value.keywords if k.arg == "default"), None)
+            if isinstance(default, ast.Constant):
+                out[node.target.id] = default.value
+    return out
+
+
+def peft_scenario(method, keep=1.0, peft=None, **changes):
+    return scenario(method, keep, peft=peft or cap_scenario.Peft(), **changes)
+
+
+def metric_values(at) -> dict:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_finetuning_defaults_are_peft_loraconfigs():
+    peft = peft_defaults_in_peft_source()
+    at = open_page("calculator", query={"peft": "lora"})
+    assert_clean(at)
+    assert at.number_input(key="w_lora_r").value == peft["r"]
+    assert at.number_input(key="w_lora_alpha").value == peft["lora_alpha"]
+    assert at.number_input(key="w_lora_dropout").value == peft["lora_dropout"]
+    assert peft["target_modules"] is None and at.text_input(key="w_lora_targets").value == ""   # the model type's
+    # ... and what the page computes is capacity's estimate for peft's defaults
+    pf = cap_scenario.Peft(method="lora", lora_rank=peft["r"], lora_alpha=peft["lora_alpha"],
+                           lora_dropout=peft["lora_dropout"])
+    est = cap.estimate(cap.load_preset("llama-2-7b"), peft_scenario("mezo", peft=pf))
+    assert metric_values(at)[f"MeZO-LoRA r={peft['r']}"] == gb(est.peak_bytes)
+
+
+def test_the_finetuning_section_reaches_every_column_the_headline_and_the_link():
+    at = open_page("calculator")
+    assert at.selectbox(key="w_peft").value == "none"             # full fine-tuning unless asked
+    at.selectbox(key="w_peft").set_value("lora").run()
+    at.number_input(key="w_lora_r").set_value(16).run()
+    at.selectbox(key="w_wbits").set_value("4").run()
+    at.selectbox(key="w_quant").set_value("fp4").run()
+    assert_clean(at)
+    pf = cap_scenario.Peft(method="lora", lora_rank=16, weights_bits=4, quant="fp4")
+    shape = cap.load_preset("llama-2-7b")
+    labels = ["Inference", "MeZO-LoRA r=16", "BP-LoRA r=16", "BP-LoRA r=16 checkpointed (L'/L=0.25)"]
+    metrics = metric_values(at)
+    for label, (_, method, keep) in zip(labels, COLUMNS):
+        assert metrics[label] == gb(cap.estimate(shape, peft_scenario(method, keep, pf)).peak_bytes), label
+    est = cap.estimate(shape, peft_scenario("mezo", peft=pf))
+    assert metrics["Trainable parameters"] == _format.params_text(est.trainable_params)
+    assert 0 < est.trainable_params < est.params
+    headline = shown(at.markdown[0].value)
+    assert "MeZO-LoRA r=16" in headline and "BP-LoRA r=16" in headline and "4-bit FP4 base" in headline
+    assert f"Trains **{est.trainable_params:,}** of {est.params:,}" in captions(at)
+    # The breakdown separates the frozen base, the trainable weights, their gradients and states.
+    table = at.dataframe[0].value
+    bp = cap.estimate(shape, peft_scenario("bp", peft=pf))
+    for term, row in (("weights", "base weights (frozen)"), ("trainable_weights", "trainable weights"),
+                      ("gradients", "gradients (trainable weights)"),
+                      ("optimizer_states", "optimizer states (trainable weights)")):
+        assert table.loc[row, "BP-LoRA r=16 [GB]"] == pytest.approx(bp.breakdown.get(term, 0) / 1e9, abs=1e-3)
+    # The link carries it, and a new session opened from it shows the same.
+    params = _scenario.url_params(at.session_state["scenario"])
+    assert params == {"peft": "lora", "lora_r": "16", "wbits": "4", "quant": "fp4"}
+    again = open_page("what_fits", query=params)
+    assert_clean(again)
+    assert (again.selectbox(key="w_peft").value, again.number_input(key="w_lora_r").value,
+            again.selectbox(key="w_wbits").value, again.selectbox(key="w_quant").value) == ("lora", 16, "4", "fp4")
+    assert "MeZO-LoRA r=16" in shown(again.markdown[0].value)
+
+
+def test_qlora_is_one_click_and_old_links_train_every_parameter():
+    at = open_page("calculator", query={"batch": "2"})          # a link from before the section
+    assert at.selectbox(key="w_peft").value == "none" and at.selectbox(key="w_wbits").value == "16"
+    assert metric_values(at)["MeZO"] == gb(cap.estimate(cap.load_preset("llama-2-7b"),
+                                                         peft_scenario("mezo", batch=2)).peak_bytes)
+    next(b for b in at.button if b.label.startswith("QLoRA")).click().run()
+    assert_clean(at)
+    s = at.session_state["scenario"]
+    assert (s["peft"], s["wbits"], s["quant"], s["dquant"]) == ("lora", "4", "nf4", True)
+    assert "(QLoRA)" in " ".join(metric_values(at)) and "4-bit NF4 base (double quantization)" in \
+        shown(at.markdown[0].value)
+
+
+def test_every_page_names_the_variant_and_figures_carry_it():
+    query = {"peft": "lora", "wbits": "4", "dquant": "1", "model": "gpt2"}
+    for page in PAGES:
+        at = open_page(page, query=query)
+        assert_clean(at)
+        assert "MeZO-LoRA r=8" in shown(at.markdown[0].value), page
+        for chart in at.get("plotly_chart"):
+            spec = json.loads(chart.proto.spec)
+            title = spec["layout"]["title"]
+            text = (title["text"] + " " + title.get("subtitle", {}).get("text", "")).replace("<br>", " ")
+            assert "LoRA r=8" in text and "4-bit NF4 base" in text, (page, text)
+
+
+def test_what_fits_shows_every_way_of_fine_tuning_as_capacity_answers():
+    query = {"peft": "lora", "lora_r": "16", "device": "Jetson Orin Nano 8GB", "model": "gpt2"}
+    at = wait_for_background(open_page("what_fits", query=query))
+    assert_clean(at)
+    budget = cap.load_device("Jetson Orin Nano 8GB").usable_memory_bytes
+    base = peft_scenario("mezo", peft=cap_scenario.Peft(method="lora", lora_rank=16))
+    table = next(d.value for d in at.dataframe if list(d.value.columns) == list(inverse.VARIANTS))
+    for family in cap.families():
+        for row in inverse.fits_table(budget, base, family=family)["rows"]:
+            name = row.get("largest_preset")
+            expected = (f"n/a: {row['error']}" if "error" in row else "none fits" if name is None else
+                        f"{name} ({_format.params_text(row['largest_preset_params'])}, "
+                        f"{_format.size_text(row['largest_preset_peak_bytes'])})")
+            assert table.loc[family, row["variant"]] == expected, (family, row["variant"])
+    scaled = inverse.fits_table(budget, base, shape=cap.load_preset("gpt2"))
+    ratios = next(d.value for d in at.dataframe if d.value.index.name == "MeZO variant")
+    assert scaled["ratios"]
+    for r in scaled["ratios"]:
+        assert ratios.loc[r["mezo"], r["bp"]] == pytest.approx(round(r["ratio"], 2))
+    sizes = next(d.value for d in at.dataframe if "largest model" in d.value.columns).set_index("variant")
+    for row in scaled["rows"]:
+        assert sizes.loc[row["variant"], "parameters"] == _format.params_text(row["largest_scaled_params"])
+    downloads = [b.proto.label for b in at.get("download_button")]
+    assert "Download the fine-tuning variants (CSV)" in downloads and "Download P_MeZO/P_BP by pairing (CSV)" in downloads
+    assert "CPU runs" in captions(at) and "CUDA" in captions(at)    # what the quantized figures were checked against
+
+
+def test_calculator_sets_every_variant_side_by_side():
+    at = open_page("calculator", query={"model": "gpt2", "peft": "lora", "lora_targets": "all-linear"})
+    assert_clean(at)
+    table = next(d.value for d in at.dataframe if "variant" in d.value.columns).set_index("variant")
+    shape = cap.load_preset("gpt2")
+    base = peft_scenario("mezo", peft=cap_scenario.Peft(method="lora", lora_targets=("all-linear",)))
+    for name in inverse.VARIANTS:
+        est = cap.estimate(shape, inverse.variant_scenario(name, base))
+        assert table.loc[name, "peak [GB]"] == pytest.approx(est.peak_bytes / 1e9, abs=1e-3)
+        assert table.loc[name, "trainable parameters"] == est.trainable_params
+        assert table.loc[name, "fits"] == ("yes" if est.peak_bytes <= BUDGET else "no")
+
+
+@pytest.mark.parametrize("query,words,fix", [
+    ({"peft": "lora", "lora_targets": "q_proj,nonsense"}, "nonsense is not a linear", "Use peft's default targets"),
+    ({"wbits": "8"}, "quantized base weights are frozen", "Train LoRA adapters on this base"),
+    ({"peft": "prefix"}, "prefix tuning with checkpointing", "Use L'/L = 1 (no checkpointing)"),
+    ({"peft": "lora", "mixed": "1"}, "mixed precision", "Turn mixed precision off"),
+    ({"peft": "freeze", "top_layers": "99"}, "32 decoder layers", "Train the top layer only"),
+    ({"peft": "lora", "wbits": "4", "dtype": "fp32"}, "16-bit dtype", "Use bf16"),
+])
+def test_an_invalid_finetuning_setting_is_a_message_with_a_way_out(query, words, fix):
+    at = open_page("calculator", query=query)
+    assert not at.exception
+    assert words in messages(at)
+    assert not at.metric                                   # no figures for a scenario capacity refuses
+    next(b for b in at.button if b.label == fix).click().run()
+    assert_clean(at)
+    assert at.metric and words not in messages(at)
+
+
+def test_bad_finetuning_link_values_and_typed_targets_are_refused_with_a_message():
+    at = open_page("calculator", query={"peft": "dora", "lora_r": "0", "wbits": "3", "lora_targets": "q_proj;rm -rf",
+                                        "lora_dropout": "1.5"})
+    assert not at.exception
+    text = messages(at)
+    for key in ("peft=dora", "lora_r=0", "wbits=3", "lora_dropout=1.5", "lora_targets=q_proj;rm -rf"):
+        assert key in text, key
+    at = open_page("calculator", query={"peft": "lora"})
+    at.text_input(key="w_lora_targets").set_value("q_proj, v_proj").run()
+    assert_clean(at)
+    assert at.session_state["scenario"]["lora_targets"] == "q_proj,v_proj"
+    at.text_input(key="w_lora_targets").set_value("q_proj v_proj$").run()
+    assert not at.exception
+    assert "Target modules not changed" in messages(at, "error")
+    assert at.session_state["scenario"]["lora_targets"] == "q_proj,v_proj"
+
+
+def test_the_finetuning_settings_reach_the_engine(fake_engine):
+    fake_engine("ok")
+    at = open_page("validate", query={"model": "gpt2", "peft": "lora", "lora_r": "4", "lora_targets": "c_attn",
+                                      "wbits": "4", "dquant": "1", "v_method": "bp"})
+    at.button[0].click().run()
+    wait_until_finished(at)
+    argv = _runs.load_history()[-1]["result"]["argv"]
+    from capacity import cli, peft_args
+    args = cli.build_parser().parse_args(["validate", *argv[1:argv.index("--timeout")]])   # as the engine reads them
+    assert peft_args.peft_from_args(args) == cap_scenario.Peft(method="lora", lora_rank=4, lora_targets=("c_attn",),
+                                                               weights_bits=4, quant="nf4", double_quant=True)
