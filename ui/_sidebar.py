@@ -187,13 +187,11 @@ def finetuning_section(s: dict) -> None:
                     "4-bit (NF4/FP4) weights with their block statistics. Quantized weights cannot train: "
                     "use LoRA or a prefix on them.")
     if s["wbits"] == "4":
-        left, right = st.columns(2)
-        with left:
-            sc.control(st.selectbox, "4-bit type", "quant", options=sc.PARAMS["quant"].choices(),
-                       format_func=str.upper)
-        with right:
-            sc.control(st.checkbox, "Double quantization", "dquant",
-                       help="Quantize the block statistics too (bnb_4bit_use_double_quant).")
+        sc.control(st.selectbox, "4-bit data type", "quant", options=sc.PARAMS["quant"].choices(), format_func=str.upper,
+                   help="bnb_4bit_quant_type. NF4 is the QLoRA recipe's (and this app's default); transformers' "
+                        "BitsAndBytesConfig defaults to FP4 when it is not set.")
+        sc.control(st.checkbox, "Double quantization", "dquant",
+                   help="Quantize the block statistics too (bnb_4bit_use_double_quant; off unless set).")
     try:
         pf, shape = sc.peft(), sc.model_shape()
         trained = cap.estimate(shape, sc.method_scenario("mezo", peft=pf)).trainable_params

@@ -97,7 +97,8 @@ if peft_on:
 
 st.subheader("Every way of fine-tuning, side by side")
 st.caption(f"This model at these settings, by each way of fine-tuning (LoRA settings from the sidebar; QLoRA: "
-           f"4-bit NF4 with double quantization; BP without checkpointing). Budget {fmt.md(sc.budget_label())}.")
+           f"4-bit NF4 with double quantization; BP without checkpointing). Budget {fmt.md(sc.budget_label())}. "
+           "Terms at each peak; full fine-tuning trains the weights themselves (no frozen base).")
 base_sc = sc.method_scenario("mezo")
 rows = []
 for variant in inverse.VARIANTS:
@@ -108,9 +109,9 @@ for variant in inverse.VARIANTS:
         continue
     # Full fine-tuning trains the weights themselves: none of them is a frozen base.
     full = inverse.VARIANTS[variant][1]["method"] == "none"
-    parts = {"base weights (frozen)": 0 if full else est.breakdown.get("weights", 0),
-             "trainable weights": est.breakdown.get("trainable_weights", 0) + (est.breakdown.get("weights", 0) if full else 0),
-             **{fmt.peft_term_label(t): est.breakdown.get(t, 0) for t in ("gradients", "optimizer_states", "activations")}}
+    parts = {"frozen base": 0 if full else est.breakdown.get("weights", 0),
+             "trained weights": est.breakdown.get("trainable_weights", 0) + (est.breakdown.get("weights", 0) if full else 0),
+             **{fmt.term_label(t): est.breakdown.get(t, 0) for t in ("gradients", "optimizer_states", "activations")}}
     rows.append({"variant": variant, "trainable parameters": est.trainable_params,
                  **fmt.gb_columns("peak", est.peak_bytes), "fits": "yes" if est.peak_bytes <= budget else "no",
                  **{f"{name} [GB]": n / cap.GB for name, n in parts.items()}, "peak_bytes": est.peak_bytes, "note": ""})

@@ -121,8 +121,8 @@ lora = variant_sc.peft
 targets = ",".join(lora.lora_targets) or "peft's default targets"
 st.caption(f"The largest preset of each family that fits {fmt.md(sc.budget_label())}, by each way of fine-tuning: "
            f"LoRA r={lora.lora_rank} alpha={lora.lora_alpha:g} on {fmt.md(targets)} (the sidebar's LoRA settings); "
-           "QLoRA and 4-bit: NF4 with double quantization; BP without checkpointing. Each cell: the preset, its "
-           "parameters and its peak.")
+           "QLoRA and 4-bit: NF4 with double quantization; BP without checkpointing. Each preset with its parameters "
+           "and peak; models shaped like the sidebar's: same depth-to-width ratio, any size.")
 variant_rows = []
 for family in cap.families():
     for row in answers.values[("variants", family)]["rows"]:
@@ -135,23 +135,39 @@ for family in cap.families():
 variant_fits = pd.DataFrame(variant_rows)
 variant_fits["shown"] = variant_fits.apply(cell, axis=1)
 variant_names = list(inverse.VARIANTS)
-st.dataframe(variant_fits.pivot(index="family", columns="variant", values="shown")[variant_names], width="stretch")
 scaled = answers.values[("variants", "scaled")]
-st.caption(f"Models shaped like {fmt.md(sc.model_name())} (same depth-to-width ratio, any size): the largest that "
-           "fits, and how many times larger a model each MeZO variant fine-tunes than each BP variant.")
 scaled_rows = pd.DataFrame([{"variant": row["variant"], "largest model": row.get("largest_scaled_name"),
                              "parameters": row.get("largest_scaled_params"), "note": row.get("error", "")}
                             for row in scaled["rows"]])
+
+
+def scaled_cell(row) -> str:
+    """'llama L=22 h=2816 (2.28 B)', 'none fits', or why capacity has no answer."""
+    if row["note"]:
+        return f"n/a: {row['note']}"
+    return f"{row['largest model']} ({fmt.params_text(row['parameters'])})" if row["largest model"] else "none fits"
+
+
+# The answer first: for each way of fine-tuning, the largest preset of any family and the
+# largest model shaped like the sidebar's.
+best = (variant_fits[variant_fits["largest preset"].notna()].sort_values("parameters", kind="stable")
+        .groupby("variant").tail(1).set_index("variant"))
+shaped = f"largest shaped like {sc.model_name()}"
+summary_table = pd.DataFrame([{"variant": v, "largest preset (any family)": cell(best.loc[v]) if v in best.index else "none fits",
+                               shaped: scaled_cell(r)}
+                              for v, (_, r) in zip(scaled_rows["variant"], scaled_rows.iterrows())])
+st.dataframe(summary_table, width="stretch", hide_index=True)
 ratios = pd.DataFrame([{"MeZO variant": r["mezo"], "BP variant": r["bp"], "P_MeZO/P_BP": r["ratio"]}
                        for r in scaled["ratios"]])
-left, right = st.columns([2, 3])
-left.dataframe(scaled_rows.assign(parameters=scaled_rows["parameters"].map(
-    lambda n: fmt.params_text(n) if n == n and n is not None else "")), width="stretch", hide_index=True)
 if len(ratios):
-    right.dataframe(ratios.pivot(index="MeZO variant", columns="BP variant", values="P_MeZO/P_BP")
-                    .reindex(index=[v for v in variant_names if v in set(ratios["MeZO variant"])],
-                             columns=[v for v in variant_names if v in set(ratios["BP variant"])]).round(2),
-                    width="stretch")
+    st.caption(f"P_MeZO / P_BP: how many times larger a model shaped like {fmt.md(sc.model_name())} each MeZO "
+               "variant fine-tunes than each BP variant in this budget.")
+    st.dataframe(ratios.pivot(index="MeZO variant", columns="BP variant", values="P_MeZO/P_BP")
+                 .reindex(index=[v for v in variant_names if v in set(ratios["MeZO variant"])],
+                          columns=[v for v in variant_names if v in set(ratios["BP variant"])]).round(2),
+                 width="stretch")
+st.caption("For each family (scroll sideways for every variant):")
+st.dataframe(variant_fits.pivot(index="family", columns="variant", values="shown")[variant_names], width="stretch")
 variant_csv = variant_fits.drop(columns=["shown"]).merge(
     scaled_rows.rename(columns={"largest model": "largest scaled model", "parameters": "largest scaled parameters",
                                 "note": "scaled note"}), on="variant", how="left")
