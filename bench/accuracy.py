@@ -220,14 +220,13 @@ def write_report(rows, path: Path, seconds: float, note: str = "") -> None:
              "Cases marked as known deviations name their cause in "
              "`capacity.accuracy.known_deviation` (none are open at the moment). What remains is "
              "structural:",
-             "- The attention and MLP backward transients are counted at their worst point from the "
-             "operators' definitions (which gradients are live together); where the real order of "
-             "frees differs, BP cases land a few percent off, mostly over, at full checkpointing.",
-             "- Gemma in fp32 at short context is slightly over-predicted in the forward (about 2%).",
-             "- Under mixed precision the prediction counts a 16-bit autocast copy of every weight, an "
-             "untied token embedding's too, which autocast does not make (an embedding lookup is not "
-             "autocast): about V·h·2 bytes over, 1-2% on these small models (a tied one is cast once, "
-             "for the LM head, and predicted right).",
+             "- The backward through a layer is walked point by point (the MLP's backward after the "
+             "down projection's, the second matmul's and the softmax's, a norm on a branch output "
+             "first), each with the tensors freed and the weight gradients made by then; the largest "
+             "remaining errors (about 1%) are at full checkpointing, where a recomputed layer's "
+             "transients are counted at their worst point.",
+             "- Gemma 2 has no SDPA in transformers: its SDPA cases are not run (capacity prices eager "
+             "attention and says so).",
              "",
              "Mechanisms found by tracing and now modelled (each was a miss of 3-14% before): the trace used to take a code path a real "
              "run does not (transformers treats fake tensors as graph tracing, so it built an SDPA "
