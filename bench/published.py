@@ -241,7 +241,7 @@ def figure4(slack: float) -> tuple[list[str], int]:
         for label, published in FIGURE4.items():
             sc = {"MeZO": MEZO_FSDP, "prefix FT": None}.get(label, FT_FSDP)
             if sc is None:
-                cells = [f"(needs the PEFT model) / {p}" for p in published]
+                cells = [f"(not modelled) / {p}" for p in published]
             else:
                 cells = []
                 for n, pub in zip(FIGURE4_GPUS, published):
@@ -420,8 +420,10 @@ def across_devices(slack: float) -> list[str]:
         "(ours / published). FT: FSDP full sharding on more than one GPU; MeZO: FSDP (the paper's "
         "MeZO spread the layers with `device_map='auto'`, which holds one layer's worth less per "
         "GPU than FSDP's gathers; the answers are the same). OPT-175B from the OPT paper's sizes "
-        "(there is no public Hugging Face config). Prefix FT needs the PEFT model "
-        "(`Scenario.peft`, not on main when this was written): not reproduced.",
+        "(there is no public Hugging Face config). Prefix FT: capacity prices prefix tuning on one "
+        "device without mixed precision (docs/peft.md); the paper's prefix runs used fp16 AMP and, from 2 GPUs on, "
+        "several devices, neither of which is modelled for PEFT yet (trainable.check_peft refuses them): not "
+        "reproduced.",
         "",
         *fig_rows,
         "",
