@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 import capacity as cap
 from capacity import scenario as cap_scenario
-from ui import _accuracy, _background, _export, _format, _runner, _runs, _scenario
+from ui import _accuracy, _background, _capacity, _export, _format, _runner, _runs, _scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app.py"
@@ -38,6 +38,13 @@ def history_file(tmp_path, monkeypatch):
     path = tmp_path / "runs.jsonl"
     monkeypatch.setattr(_runs, "HISTORY_FILE", path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def fresh_capacity_answers():
+    """Each test starts without the app's kept capacity answers (a test may replace one of
+    capacity's functions)."""
+    _capacity.forget()
 
 
 def scenario(method, keep=1.0, **changes):
@@ -413,6 +420,43 @@ def test_what_fits_shows_the_largest_presets_with_size_and_peak():
     vs_bp = next(t for t in spec["data"] if t["name"] == "vs BP")
     point = trace_values(vs_bp, "x").index(BUDGET / 1e9)
     assert trace_values(vs_bp, "y")[point] == pytest.approx(ratio)
+
+
+def test_kept_answers_are_capacitys():
+    """ui/_capacity.py keeps capacity's answers: the same presets, estimates and largest
+    presets as capacity gives (or the same refusal), at budgets on either side of a preset's
+    own peak."""
+    assert {f: list(names) for f, names in _capacity.families().items()} == cap.families()
+
+    def answer(largest_preset, *args):
+        try:
+            return largest_preset(*args)
+        except ValueError as err:
+            return str(err)
+
+    # MeZO, checkpointed BP, and a context beyond some families' learned positions (refused)
+    methods = [scenario("mezo"), scenario("bp", KEEP), scenario("bp", seq=4096, batch=1)]
+    refused = 0
+    for family, names in cap.families().items():
+        for sc in methods:
+            peaks = []
+            for name in names:
+                try:
+                    peaks.append(cap.estimate(cap.load_preset(name), sc).peak_bytes)
+                except ValueError:
+                    pass
+            middle = sorted(peaks)[len(peaks) // 2:][:1]          # a middle preset's peak, if any
+            edges = [p + d for p in middle for d in (-1, 0)]
+            for budget in [1, BUDGET, *edges]:
+                ours = answer(_capacity.largest_preset, family, budget, sc)
+                assert ours == answer(cap.largest_preset, family, budget, sc)
+                refused += isinstance(ours, str)
+                if isinstance(ours, tuple) and ours[0] is not None:
+                    assert ours[1] == cap.estimate(cap.load_preset(ours[0]), sc)
+    assert refused                     # the refusals were compared too
+    for args in (("no-such-family", BUDGET, methods[0]), ("OPT", 0, methods[0]), ("OPT", 1.5, methods[0])):
+        assert answer(_capacity.largest_preset, *args) == answer(cap.largest_preset, *args)
+        assert isinstance(answer(_capacity.largest_preset, *args), str)
 
 
 def test_what_fits_follows_the_device_and_its_os_reserve():

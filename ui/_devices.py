@@ -7,15 +7,15 @@ from __future__ import annotations
 import pandas as pd
 
 import capacity as cap
-from ui import _format as fmt, _scenario as sc
+from ui import _capacity, _format as fmt, _scenario as sc
 
 
 def models(choice: str, family: str) -> dict:
     """The table's rows: every preset of `family` ("family"), or the largest preset (by
     parameters) of each family ("largest")."""
     if choice == "family":
-        return {name: sc.model_shape(name) for name in cap.families()[family]}
-    biggest = [max(names, key=sc.preset_params) for names in cap.families().values()]
+        return {name: sc.model_shape(name) for name in _capacity.families()[family]}
+    biggest = [max(names, key=sc.preset_params) for names in _capacity.families().values()]
     return {name: sc.model_shape(name) for name in biggest}
 
 

@@ -26,6 +26,7 @@ import streamlit as st
 import capacity as cap
 from capacity import scenario as cap_scenario
 from capacity import sharding as cap_sharding
+from ui import _capacity
 from ui._format import gb_text, params_text, plain
 
 CUSTOM = "Custom budget"
@@ -90,7 +91,7 @@ PARAMS: dict[str, Param] = {
     # the model
     "model": Param("llama-2-7b", choices=_model_choices),      # the calculator's and the figures'
     "bp_model": Param("gpt2-medium", choices=cap.preset_names),  # the paper's small BP model
-    "family": Param("Llama-2", choices=lambda: list(cap.families())),
+    "family": Param("Llama-2", choices=lambda: list(_capacity.families())),
     "dn_models": Param("family", choices=lambda: ["family", "largest"]),   # What fits' devices-needed rows
     # the data
     "batch": Param(8, 1, 4096),
@@ -261,7 +262,7 @@ _PRESETS: dict = {}
 
 def _preset(name: str):
     if name not in _PRESETS:
-        _PRESETS[name] = cap.load_preset(name)
+        _PRESETS[name] = _capacity.preset(name)
     return _PRESETS[name]
 
 
@@ -391,7 +392,7 @@ def refusal() -> str | None:
     try:
         shape = model_shape()
         for _, sc in methods():
-            cap.estimate(shape, sc)
+            _capacity.estimate(shape, sc)
     except ValueError as err:
         return str(err)
     return None

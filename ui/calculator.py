@@ -5,13 +5,13 @@ import streamlit as st
 
 import capacity as cap
 from capacity import inverse
-from ui import _accuracy, _export, _format as fmt, _scenario as sc, _sidebar
+from ui import _accuracy, _capacity, _export, _format as fmt, _scenario as sc, _sidebar
 
 _sidebar.start_page(sc.per_device("Memory calculator", with_offload=False))
 
 shape = sc.model_shape()
 budget = sc.budget_bytes()
-estimates = {label: cap.estimate(shape, method) for label, method in sc.methods()}
+estimates = {label: _capacity.estimate(shape, method) for label, method in sc.methods()}
 labels = list(estimates)
 unit = fmt.unit_for(max(est.peak_bytes for est in estimates.values()))
 s = sc.scenario()
@@ -103,7 +103,7 @@ base_sc = sc.method_scenario("mezo")
 rows = []
 for variant in inverse.VARIANTS:
     try:
-        est = cap.estimate(shape, inverse.variant_scenario(variant, base_sc))
+        est = _capacity.estimate(shape, inverse.variant_scenario(variant, base_sc))
     except ValueError as err:
         rows.append({"variant": variant, "note": str(err)})
         continue

@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 import capacity as cap
-from ui import _export, _format as fmt, _scenario as sc, _sidebar
+from ui import _capacity, _export, _format as fmt, _scenario as sc, _sidebar
 
 LINEAR_CLIP = 3        # the linear memory axis stops at this many budgets (or where MeZO and BP show)
 
@@ -49,15 +49,15 @@ grid = context_grid(int(ctx_max))
 records, refused = [], {}
 try:                                             # the sidebar's settings themselves, at the shortest context
     for method in ("bp", "mezo"):
-        cap.estimate(shape, sc.method_scenario(method, seq=min(grid)))
+        _capacity.estimate(shape, sc.method_scenario(method, seq=min(grid)))
 except ValueError as err:
     _sidebar.refuse(str(err))
 try:
     for row, row_keep in rows:
         for seq in grid:
             try:
-                bp = cap.estimate(shape, sc.method_scenario("bp", keep=row_keep, seq=seq)).peak_bytes
-                mezo = cap.estimate(shape, sc.method_scenario("mezo", seq=seq)).peak_bytes
+                bp = _capacity.estimate(shape, sc.method_scenario("bp", keep=row_keep, seq=seq)).peak_bytes
+                mezo = _capacity.estimate(shape, sc.method_scenario("mezo", seq=seq)).peak_bytes
             except ValueError as err:            # e.g. a context beyond the model's positions
                 refused.setdefault(seq, str(err))
                 continue

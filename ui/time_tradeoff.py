@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 import capacity as cap
-from ui import _export, _format as fmt, _scenario as sc, _sidebar
+from ui import _capacity, _export, _format as fmt, _scenario as sc, _sidebar
 
 SECONDS_PER_HOUR = 3600
 
@@ -17,7 +17,7 @@ def time_row(label: str, shape, method, device, budget: int, steps: int, mezo_mu
              efficiency: float = 1.0) -> dict:
     """One setup of the time tables: capacity's memory, FLOPs and time per step, and the
     time to `steps` BP-equivalent steps (MeZO takes `mezo_mult` steps for each)."""
-    est = cap.estimate(shape, method)
+    est = _capacity.estimate(shape, method)
     per_step = cap.step_time_seconds(shape, method, device, efficiency=efficiency)
     n_steps = steps * mezo_mult if method.method == "mezo" else steps
     return {"setup": label, "parameters": cap.parameter_count(shape), "peak_bytes": est.peak_bytes,
@@ -103,11 +103,11 @@ st.caption("Katti et al. (2025) fine-tune GPT2-medium with BP and Llama-2 with M
 st.button("Load the paper's setting", on_click=sc.set_scenario, kwargs=sc.PAPER_SETTING)
 bp_col, family_col = st.columns(2)
 bp_name = sc.control(bp_col.selectbox, "BP on", "bp_model", options=cap.preset_names())
-family = sc.control(family_col.selectbox, "MeZO on the largest that fits of", "family", options=list(cap.families()))
+family = sc.control(family_col.selectbox, "MeZO on the largest that fits of", "family", options=list(_capacity.families()))
 columns = sc.methods()                  # inference, MeZO, BP, checkpointed BP (labelled with their variant)
 mezo_sc, bp_sc = columns[1][1], columns[2][1]
 try:
-    mezo_name, _ = cap.largest_preset(family, budget, mezo_sc)
+    mezo_name, _ = _capacity.largest_preset(family, budget, mezo_sc)
     setups = [(f"{sc.method_label('bp')} on {bp_name}", sc.model_shape(bp_name), bp_sc)]
     if mezo_name is None:
         st.warning(f"No {family} model fits {fmt.md(sc.budget_label())} with MeZO. Raise the budget or shorten "

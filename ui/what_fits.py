@@ -5,7 +5,7 @@ import streamlit as st
 
 import capacity as cap
 from capacity import inverse
-from ui import _accuracy, _background, _devices, _export, _format as fmt, _scenario as sc, _sidebar
+from ui import _accuracy, _background, _capacity, _devices, _export, _format as fmt, _scenario as sc, _sidebar
 
 POLL_S = 0.3
 
@@ -26,10 +26,10 @@ st.caption(f"{fmt.md(sc.summary(with_model=False), fmt.SUMMARY_CHARS)}. Pick the
 # The largest preset of each family, per method, with its size and peak.
 st.subheader("Largest preset of each family")
 records = []
-for family in cap.families():
+for family in _capacity.families():
     for label, method in methods:
         try:
-            name, est = cap.largest_preset(family, budget, method)
+            name, est = _capacity.largest_preset(family, budget, method)
             note = ""
         except ValueError as err:        # a family that capacity refuses for these settings
             name, est, note = None, None, str(err)
@@ -73,7 +73,7 @@ family_col, rows_col = st.columns(2)
 rows_choice = sc.control(rows_col.radio, "Models", "dn_models", options=sc.PARAMS["dn_models"].choices(),
                          format_func=lambda v: "every preset of the family" if v == "family"
                          else "the largest preset of each family", horizontal=True)
-family = sc.control(family_col.selectbox, "Family", "family", options=list(cap.families()),
+family = sc.control(family_col.selectbox, "Family", "family", options=list(_capacity.families()),
                     disabled=rows_choice != "family")
 models = _devices.models(rows_choice, family)
 table_methods = _devices.methods(s)
@@ -95,7 +95,7 @@ jobs.update({(b, against): (cap.relative_model_size, (shape, b, method, mezo_sc)
              for b in budgets for against, method in (("BP", bp_sc), ("BP checkpointed", ckpt_sc))})
 variant_sc = sc.method_scenario("mezo")          # the sidebar's LoRA settings; BP without checkpointing
 jobs.update({("variants", family): (inverse.fits_table, (budget, variant_sc, None, family))
-             for family in cap.families()})
+             for family in _capacity.families()})
 jobs[("variants", "scaled")] = (inverse.fits_table, (budget, variant_sc, shape, None))
 answers = _background.compute(jobs)
 
@@ -124,7 +124,7 @@ st.caption(f"The largest preset of each family that fits {fmt.md(sc.budget_label
            "QLoRA and 4-bit: NF4 with double quantization; BP without checkpointing. Each preset with its parameters "
            "and peak; models shaped like the sidebar's: same depth-to-width ratio, any size.")
 variant_rows = []
-for family in cap.families():
+for family in _capacity.families():
     for row in answers.values[("variants", family)]["rows"]:
         name = row.get("largest_preset")
         variant_rows.append({"family": family, "variant": row["variant"], "largest preset": name,

@@ -1,0 +1,58 @@
+"""capacity's answers that the pages ask for again and again, kept for the server's lifetime.
+
+Every page reruns its script from the top on each click, and What fits asks for the peak of
+every preset under four methods (capacity.largest_preset reloads and re-sorts every preset on
+each call: about a second per run). These are pure functions of frozen inputs (a ModelShape,
+a Scenario) and of the preset data shipped with capacity, so their answers can be kept: an
+interaction then computes only what changed (a new batch: the presets' peaks under the new
+methods; a new budget: nothing but the comparisons).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import capacity as cap
+
+ESTIMATES_KEPT = 8192      # an Estimate is a few hundred bytes; What fits keeps ~300 per scenario
+
+
+@functools.cache
+def families() -> dict[str, tuple[str, ...]]:
+    """capacity.families(), once: family name -> its presets, smallest first."""
+    return {family: tuple(names) for family, names in cap.families().items()}
+
+
+@functools.cache
+def preset(name: str) -> "cap.ModelShape":
+    """A preset's shape (capacity.load_preset), once per name."""
+    return cap.load_preset(name)
+
+
+@functools.lru_cache(maxsize=ESTIMATES_KEPT)
+def estimate(shape: "cap.ModelShape", scenario: "cap.Scenario") -> "cap.Estimate":
+    """capacity.estimate, kept per (shape, scenario): both are frozen, the answer too.
+    A ValueError (a scenario capacity refuses) is not kept and is raised again each time."""
+    return cap.estimate(shape, scenario)
+
+
+def largest_preset(family: str, budget: int, scenario: "cap.Scenario"):
+    """capacity.largest_preset (capacity/inverse.py) on the kept presets and estimates: the
+    largest preset of `family` whose peak fits `budget`, (name, Estimate), or (None, None).
+    The same walk as capacity's (tests/test_app.py checks the answers agree)."""
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
+        raise ValueError(f"budget: must be a positive number of bytes, got {budget!r}")
+    if family not in families():
+        raise ValueError(f"family: unknown {family!r}; known: {', '.join(families())}")
+    best = (None, None)
+    for name in families()[family]:
+        est = estimate(preset(name), scenario)
+        if est.peak_bytes <= budget:
+            best = (name, est)
+    return best
+
+
+def forget() -> None:
+    """Drop the kept answers (tests that replace a capacity function)."""
+    for kept in (families, preset, estimate):
+        kept.cache_clear()
