@@ -244,6 +244,13 @@ class Architecture:
       forward_keeps_unrotated_qk: the unrotated q and k stay referenced beside their rotated
         copies: NeoX (v is a view of the fused projection, which holds q and k), Phi with a
         partial rotation (the pass-through slices `query_pass`, `key_pass` are views of q, k).
+    What the model's output references:
+      output_cache_needs_use_cache: the base model returns its cache only when use_cache is
+        on (`past_key_values=past_key_values if use_cache else None`: GPT2Model,
+        MistralModel, Qwen2Model, GemmaModel, Qwen3Model, SmolLM3Model, Phi3Model); the
+        others return whatever cache they were given (LlamaModel: `past_key_values=
+        past_key_values`). It matters when a cache is given with use_cache off: peft's prefix
+        tuning passes its prefix as one, and a held output then keeps it, or not.
     How the parameters are laid out (what sharding over devices cuts: FSDP splits every
     tensor along its first dimension, capacity/sharding.py):
       transposed_weights: the projections store their weight as (fan_in, fan_out) (GPT-2's
@@ -274,6 +281,7 @@ class Architecture:
     forward_keeps_position_output: str = ""
     forward_keeps_attention_output: bool = False
     forward_keeps_unrotated_qk: bool = False
+    output_cache_needs_use_cache: bool = False
     transposed_weights: bool = False
     final_norm_in_base_model: bool = True
 

@@ -187,9 +187,18 @@ def cache_above_bytes(s: ModelShape, sc: Scenario) -> int:
     """One layer's share of the KV cache that backward cannot free with the layer: with the
     output held, the cache still references the k and v the attention kept (when they are
     the cache's own tensors), after that layer's backward has run."""
-    if not builds_kv_cache(s, sc) or not sc.loop.hold_outputs or act.kv_repeat_copies(s, sc):
+    if not builds_kv_cache(s, sc) or not output_holds_cache(s, sc) or act.kv_repeat_copies(s, sc):
         return 0
     return kv_cache_bytes(s, sc)
+
+
+def output_holds_cache(s: ModelShape, sc: Scenario) -> bool:
+    """Whether the step's held output references the KV cache through backward: the loop
+    holds its output, and the model returns the cache (with use_cache on, or always for the
+    families that return whatever cache they were given: Architecture.
+    output_cache_needs_use_cache). peft's prefix is a cache given with use_cache as the loop
+    sets it; once the output drops it, the cache's entries live only in what attention keeps."""
+    return sc.loop.hold_outputs and (sc.loop.use_cache or not s.arch.output_cache_needs_use_cache)
 
 
 def gradients_live_at_forward(sc: Scenario) -> bool:
@@ -274,12 +283,12 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     lp = sc.loop
     held = logits if lp.hold_outputs else 0
     cache = bp_kv_cache_bytes(s, sc)
-    cache_held = cache if lp.hold_outputs else 0
+    cache_held = cache if output_holds_cache(s, sc) else 0
     inputs = input_bytes(s, sc)
     g_all = gradients_bytes(s, sc)
     # Gradient accumulation with outputs held: the previous micro-batch's output is still
     # referenced (`out`) until the next forward returns.
-    previous_out = logits + cache if lp.hold_outputs and lp.grad_accum > 1 else 0
+    previous_out = logits + cache_held if lp.hold_outputs and lp.grad_accum > 1 else 0
 
     phases: dict[str, dict[str, int]] = {}
     forward = {**state, "activations": saved + inputs + cache,

@@ -4,6 +4,8 @@ apart from h / a, tied embeddings."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..architecture import Norm
 from ..shape import ModelShape
 from . import llama
@@ -27,6 +29,8 @@ def read(c: ConfigReader, name: str) -> ModelShape:
     activation = c.activation("hidden_act", aliases={"gelu": "gelu_pytorch_tanh"})
     bias = c.boolean("attention_bias")
     arch = llama.architecture(activation, qkv_bias=bias, out_bias=bias, norm=NORM, embedding_scale=True)
+    # The base model returns its cache only with use_cache on (Architecture.output_cache_needs_use_cache).
+    arch = replace(arch, output_cache_needs_use_cache=True)
     return llama.read_llama_like(c, name, MODEL_TYPE, arch)
 
 

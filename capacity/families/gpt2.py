@@ -34,6 +34,8 @@ def architecture(activation: str) -> Architecture:
         forward_keeps_attention_output=True,
         # Conv1D stores its weight as (in, out).
         transposed_weights=True,
+        # GPT2Model returns its cache only with use_cache on.
+        output_cache_needs_use_cache=True,
     )
 
 

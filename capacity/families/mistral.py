@@ -3,6 +3,8 @@ no biases, a sliding window on every layer (4096 by default; null for none)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..shape import ModelShape
 from . import llama
 from .config import ConfigReader, Family
@@ -20,8 +22,9 @@ def read(c: ConfigReader, name: str) -> ModelShape:
     # `sliding_window: null` is full attention (the default applies only to an absent key).
     window = 0 if "sliding_window" in c.cfg and c.cfg["sliding_window"] is None \
         else c.integer("sliding_window")
-    return llama.read_llama_like(c, name, MODEL_TYPE, llama.architecture(c.activation("hidden_act")),
-                                 windows=[window])
+    # The base model returns its cache only with use_cache on (Architecture.output_cache_needs_use_cache).
+    arch = replace(llama.architecture(c.activation("hidden_act")), output_cache_needs_use_cache=True)
+    return llama.read_llama_like(c, name, MODEL_TYPE, arch, windows=[window])
 
 
 def write(s: ModelShape) -> dict:

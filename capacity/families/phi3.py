@@ -38,7 +38,9 @@ def architecture(activation: str, rotary_fraction: float) -> Architecture:
                    mlp=Mlp(inputs=("gate_up_proj",), out="down_proj", gated=True, activation=activation),
                    rotary_fraction=rotary_fraction, rotary_by_concat=True,
                    # The unrotated q and k are slices of the fused projection, which v keeps alive.
-                   forward_keeps_unrotated_qk=True)
+                   forward_keeps_unrotated_qk=True,
+                   # Phi3Model returns its cache only with use_cache on.
+                   output_cache_needs_use_cache=True)
 
 
 def read(c: ConfigReader, name: str) -> ModelShape:

@@ -40,7 +40,10 @@ def windows(c: ConfigReader, layers: int) -> list[int]:
 
 def read(c: ConfigReader, name: str) -> ModelShape:
     # Qwen2Model builds the full causal mask whatever its layers are (causal_mask_mapping).
-    arch = replace(llama.architecture(c.activation("hidden_act"), qkv_bias=True), masks_always_built=("full",))
+    # Qwen2Model builds the full causal mask whatever its layers are (causal_mask_mapping), and
+    # returns its cache only with use_cache on (Architecture.output_cache_needs_use_cache).
+    arch = replace(llama.architecture(c.activation("hidden_act"), qkv_bias=True), masks_always_built=("full",),
+                   output_cache_needs_use_cache=True)
     layers = c.integer("num_hidden_layers")
     return llama.read_llama_like(c, name, MODEL_TYPE, arch, windows=windows(c, layers))
 

@@ -26,7 +26,8 @@ DEFAULTS = {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 2201
 def read(c: ConfigReader, name: str) -> ModelShape:
     bias = c.boolean("attention_bias")
     arch = llama.architecture(c.activation("hidden_act"), qkv_bias=bias, out_bias=bias)
-    arch = replace(arch, attention=replace(arch.attention, qk_norm="head"))
+    arch = replace(arch, attention=replace(arch.attention, qk_norm="head"),
+                   output_cache_needs_use_cache=True)   # Qwen3Model: `past_key_values if use_cache else None`
     layers = c.integer("num_hidden_layers")
     return llama.read_llama_like(c, name, MODEL_TYPE, arch, windows=qwen2.windows(c, layers))
 

@@ -8,6 +8,8 @@ sliding-window attention only in those NoPE layers, only with use_sliding_window
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..architecture import LayerKind
 from ..shape import MAX_DIM, ModelShape, repeating_pattern
 from . import llama
@@ -58,6 +60,8 @@ def read(c: ConfigReader, name: str) -> ModelShape:
     bias = c.boolean("attention_bias")
     arch = llama.architecture(c.activation("hidden_act"), qkv_bias=bias, out_bias=bias,
                               mlp_bias=c.boolean("mlp_bias"))
+    # The base model returns its cache only with use_cache on (Architecture.output_cache_needs_use_cache).
+    arch = replace(arch, output_cache_needs_use_cache=True)
     return llama.read_llama_like(c, name, MODEL_TYPE, arch,
                                  kinds=kinds(c, c.integer("num_hidden_layers")))
 
