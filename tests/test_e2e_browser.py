@@ -130,9 +130,12 @@ def wait_for_url_part(pg, part: str) -> None:
 
 
 def chart_drawn(pg, required: bool = True) -> None:
+    """Wait until every chart on the page is drawn; required: until there is one (a page
+    whose chart waits on background work draws it on a later run, after a progress bar)."""
     if not required and pg.locator(".js-plotly-plot").count() == 0:
         return
-    pg.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].every(p => p.querySelector('.main-svg'))",
+    pg.wait_for_function("() => { const plots = [...document.querySelectorAll('.js-plotly-plot')];"
+                         " return plots.length > 0 && plots.every(p => p.querySelector('.main-svg')); }",
                          polling=50)
     assert pg.locator(".js-plotly-plot").count() >= 1
 

@@ -37,6 +37,7 @@ TRACED = [
     ("gemma", dict(step="mezo", lora_rank=64)),                                 # MeZO-LoRA, every linear
     ("gpt_neox", dict(loop="trainer", keep=1.0)),                               # transformers.Trainer, KV cache
     ("opt", dict(lora_dropout=0.05, loop="trainer")),                           # ReLU's output in the recompute
+    ("qwen3", dict(attention="eager", peft="prefix", step="bp")),               # prefix cache dropped with the output
 ]
 QUANTIZED = [
     ("llama", dict(keep=0.0, weights_bits=4, lora_dropout=0.1)),                 # QLoRA all-linear, checkpointed
@@ -63,3 +64,21 @@ def test_traced_peft_within_2_percent(model_type, want):
 def test_quantized_base_within_3_percent_of_a_cpu_run(model_type, want):
     pytest.importorskip("bitsandbytes")
     _check(model_type, _case(quantized_matrix, model_type, **want), "cpu", CPU_TOLERANCE_PCT)
+
+
+def test_the_held_output_keeps_the_prefix_cache_only_where_the_model_returns_it():
+    """A prefix is a cache peft gives with use_cache off (the plain loop): Llama's output
+    references it, Qwen3's does not (`past_key_values if use_cache else None`:
+    Architecture.output_cache_needs_use_cache). Priced as if Qwen3's output held it, the
+    prediction is off its trace by the cache entries (grouped-query heads: attention keeps
+    repeated copies, not the cache's tensors)."""
+    from dataclasses import replace
+    cfg = dict(accuracy_models()["qwen3"])
+    sc = _case(peft_matrix, "qwen3", attention="eager", peft="prefix", step="bp")
+    shape = from_hf_config(cfg)
+    assert shape.arch.output_cache_needs_use_cache and not from_hf_config(dict(accuracy_models()["llama"])).arch.output_cache_needs_use_cache
+    measured = compare(cfg, sc, steps=2, device="trace")["measured_peak_bytes"]
+    held = replace(shape, arch=replace(shape.arch, output_cache_needs_use_cache=False))
+    as_if_held = 100 * (estimate(held, sc).peak_bytes - measured) / measured
+    as_described = 100 * (estimate(shape, sc).peak_bytes - measured) / measured
+    assert abs(as_described) <= TRACE_TOLERANCE_PCT < as_if_held, (as_described, as_if_held)
