@@ -502,10 +502,15 @@ def fuzz(kind: str, n: int, files: Files, counters: _Counters) -> list[Outcome]:
 
 
 def warm_up() -> None:
-    """Import torch and transformers before any timed call (a refusal is timed without them)."""
+    """Import torch and transformers (and transformers.Trainer, the default loop's, imported
+    lazily by transformers) before any timed call: a refusal is timed without them, and in
+    this one process a --timeout that fired in the middle of a first import would leave that
+    module half imported for every later call (a command-line run is a fresh process, which
+    the timeout ends)."""
     import torch  # noqa: F401
     import transformers  # noqa: F401
-    from capacity.validation import measurement  # noqa: F401
+    from transformers import Trainer  # noqa: F401
+    from capacity.validation import measurement, trainer_loop  # noqa: F401
 
 
 def main() -> int:

@@ -351,3 +351,29 @@ def test_runner_cancel_during_import_still_reports():
     run.cancel()
     r = run.wait()
     assert run.status == "cancelled" and run.returncode == 6 and r["exit_code"] == 6
+
+
+def test_a_stop_inside_a_finalizer_is_raised_again_not_printed(capfd):
+    """A signal that lands while a __del__ runs raises Stopped there, where Python swallows
+    it ("Exception ignored in ..."): the engine raises it again a moment later instead
+    (found by bench/fuzz.py: --timeout 0.05 firing during garbage collection)."""
+    import os
+    import signal as signals
+    import time
+
+    from capacity.validation.cli import Stopped, _StopSignals
+
+    class StoppedWhileFinalized:
+        def __del__(self):
+            os.kill(os.getpid(), signals.SIGINT)      # the handler runs inside this __del__
+
+    stops = _StopSignals()
+    try:
+        with pytest.raises(Stopped, match="Ctrl-C"):
+            StoppedWhileFinalized()                  # dropped at once: __del__ runs here
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:       # the stop arrives again in this loop
+                time.sleep(0.001)
+    finally:
+        stops.restore()
+    assert "Exception ignored" not in capfd.readouterr().err

@@ -143,27 +143,46 @@ class Stopped(Exception):
 class _StopSignals:
     """SIGTERM, SIGINT and the --timeout alarm raise Stopped in the main thread, once: a
     second signal while the run reports the first is ignored. `finish()` disarms them before
-    the result is written; `restore()` puts the previous handlers back."""
+    the result is written; `restore()` puts the previous handlers back.
+
+    A signal that lands while a finalizer (`__del__`) runs raises Stopped there, where Python
+    swallows it (it reports it through sys.unraisablehook as "Exception ignored in ..."):
+    that report is replaced by raising Stopped again a millisecond later, in the code that
+    runs next, so the stop is neither lost nor printed as a traceback."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)
+    REFIRE_S = 0.001
 
     def __init__(self):
         self.reason: str | None = None
+        self._refire = False
         self.previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
+        self._previous_hook = sys.unraisablehook
+        sys.unraisablehook = self._on_unraisable
 
     def _on_signal(self, signum, frame):
-        if self.reason is not None:
+        if self.reason is not None and not self._refire:
             return
-        self.reason = {signal.SIGTERM: "cancelled (SIGTERM)", signal.SIGINT: "cancelled (Ctrl-C)"}.get(
-            signum, "timed out")
+        if not self._refire:
+            self.reason = {signal.SIGTERM: "cancelled (SIGTERM)", signal.SIGINT: "cancelled (Ctrl-C)"}.get(
+                signum, "timed out")
+        self._refire = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         raise Stopped(self.reason)
+
+    def _on_unraisable(self, unraisable) -> None:
+        if isinstance(unraisable.exc_value, Stopped) and self.reason not in (None, "finished"):
+            self._refire = True
+            signal.setitimer(signal.ITIMER_REAL, self.REFIRE_S)
+            return
+        self._previous_hook(unraisable)
 
     def arm(self, seconds: float) -> None:
         signal.setitimer(signal.ITIMER_REAL, seconds)
 
     def finish(self) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
+        self._refire = False
         if self.reason is None:
             self.reason = "finished"
 
@@ -171,6 +190,7 @@ class _StopSignals:
         self.finish()
         for s, handler in self.previous.items():
             signal.signal(s, handler)
+        sys.unraisablehook = self._previous_hook
 
 
 class Progress:
