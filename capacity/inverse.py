@@ -25,15 +25,17 @@ def fits(shape: ModelShape, sc: Scenario, budget: int) -> bool:
     return estimate(shape, sc).peak_bytes <= budget
 
 
-def largest_preset(family: str, budget: int, sc: Scenario) -> tuple[str | None, Estimate | None]:
-    """The largest preset of `family` whose peak fits `budget` (None if none does)."""
+def largest_preset(family: str, budget: int, sc: Scenario,
+                   estimate_of=estimate) -> tuple[str | None, Estimate | None]:
+    """The largest preset of `family` whose peak fits `budget` (None if none does).
+    estimate_of(shape, sc): the estimate to use (the app passes the one it keeps answers of)."""
     _check_budget(budget)
     fams = families()
     if family not in fams:
         raise ValueError(f"family: unknown {family!r}; known: {', '.join(fams)}")
     best = (None, None)
     for name in fams[family]:
-        est = estimate(load_preset(name), sc)
+        est = estimate_of(load_preset(name), sc)
         if est.peak_bytes <= budget:
             best = (name, est)
     return best

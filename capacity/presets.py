@@ -35,16 +35,29 @@ def preset_family(name: str) -> str:
 
 
 def load_preset(name: str) -> ModelShape:
+    """A preset's shape (frozen, so read once and shared)."""
+    preset_config(name)              # the unknown-name message
+    return _preset_shape(name)
+
+
+@lru_cache(maxsize=None)
+def _preset_shape(name: str) -> ModelShape:
     return from_hf_config(preset_config(name), name=name)
 
 
 def families() -> dict[str, list[str]]:
-    """Family name -> its presets, smallest first (by parameter count)."""
+    """Family name -> its presets, smallest first (by parameter count). A new dict each call
+    (the order itself is worked out once)."""
+    return {family: list(names) for family, names in _family_order()}
+
+
+@lru_cache(maxsize=None)
+def _family_order() -> tuple[tuple[str, tuple[str, ...]], ...]:
     from .params import parameter_count
     out: dict[str, list[str]] = {}
     for name, entry in _models().items():
         out.setdefault(entry["family"], []).append(name)
-    return {f: sorted(names, key=lambda n: parameter_count(load_preset(n))) for f, names in out.items()}
+    return tuple((f, tuple(sorted(names, key=lambda n: parameter_count(load_preset(n))))) for f, names in out.items())
 
 
 def find_family(text: str) -> str:

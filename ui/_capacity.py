@@ -1,8 +1,7 @@
 """capacity's answers that the pages ask for again and again, kept for the server's lifetime.
 
 Every page reruns its script from the top on each click, and What fits asks for the peak of
-every preset under four methods (capacity.largest_preset reloads and re-sorts every preset on
-each call: about a second per run). These are pure functions of frozen inputs (a ModelShape,
+every preset under four methods. These are pure functions of frozen inputs (a ModelShape,
 a Scenario) and of the preset data shipped with capacity, so their answers can be kept: an
 interaction then computes only what changed (a new batch: the presets' peaks under the new
 methods; a new budget: nothing but the comparisons).
@@ -13,6 +12,7 @@ from __future__ import annotations
 import functools
 
 import capacity as cap
+from capacity import inverse
 
 ESTIMATES_KEPT = 8192      # an Estimate is a few hundred bytes; What fits keeps ~300 per scenario
 
@@ -37,19 +37,8 @@ def estimate(shape: "cap.ModelShape", scenario: "cap.Scenario") -> "cap.Estimate
 
 
 def largest_preset(family: str, budget: int, scenario: "cap.Scenario"):
-    """capacity.largest_preset (capacity/inverse.py) on the kept presets and estimates: the
-    largest preset of `family` whose peak fits `budget`, (name, Estimate), or (None, None).
-    The same walk as capacity's (tests/test_app.py checks the answers agree)."""
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
-        raise ValueError(f"budget: must be a positive number of bytes, got {budget!r}")
-    if family not in families():
-        raise ValueError(f"family: unknown {family!r}; known: {', '.join(families())}")
-    best = (None, None)
-    for name in families()[family]:
-        est = estimate(preset(name), scenario)
-        if est.peak_bytes <= budget:
-            best = (name, est)
-    return best
+    """capacity.largest_preset on the kept estimates: (name, Estimate), or (None, None)."""
+    return inverse.largest_preset(family, budget, scenario, estimate_of=estimate)
 
 
 def forget() -> None:
