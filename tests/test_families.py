@@ -76,8 +76,8 @@ def layer_by_layer(s, sc):
     flow = act.stream_bytes(sc) * sc.tokens * s.hidden_size
     embed = act.embedding_saved_bytes(s, sc, output_grad=trainable.below_layers_grad(s, sc),
                                       trained=trainable.embedding_trained(sc)) + memory.leaf_embedding_output_bytes(s, sc)
-    # The loop's tensors held through backward: its token tensors, a held output's KV cache.
-    extra = memory.input_bytes(s, sc) + (memory.bp_kv_cache_bytes(s, sc) if sc.loop.hold_outputs else 0)
+    # The loop's token tensors, and the KV cache when the held output references it.
+    extra = memory.input_bytes(s, sc) + (memory.bp_kv_cache_bytes(s, sc) if memory.output_holds_cache(s, sc) else 0)
     worst = None
     for i in range(L - 1, -1, -1):
         is_ckpt, c = i < ckpt, cost[i]
