@@ -11,6 +11,7 @@ from .context import check_context, context_note, longest_runnable_context
 from .families import FAMILIES, family
 from .hf_config import from_hf_config, load_hf_config, parse_hf_config_text, shape_to_hf_config
 from .inverse import (DEVICE_COUNTS, devices_needed_table, fewest_devices, largest_batch, largest_preset,
+                      largest_preset_of_all,
                       largest_preset_on_devices, largest_scaled_model, longest_context, on_devices,
                       relative_model_size)
 from .memory import CUDA_CONTEXT_BYTES, TERMS, attention_note, estimate, runnable_attention

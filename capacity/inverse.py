@@ -41,6 +41,26 @@ def largest_preset(family: str, budget: int, sc: Scenario,
     return best
 
 
+def largest_preset_of_all(budget: int, sc: Scenario,
+                          estimate_of=estimate) -> tuple[str | None, Estimate | None]:
+    """The largest preset (by parameters) of any family that fits `budget`. A family that
+    cannot run `sc` (e.g. LoRA on a mixture of experts) is passed over; if every family
+    refuses, the first family's reason is raised."""
+    best, errors, ran = (None, None), [], False
+    for family in families():
+        try:
+            name, est = largest_preset(family, budget, sc, estimate_of)
+        except ValueError as err:
+            errors.append(err)
+            continue
+        ran = True
+        if name is not None and (best[1] is None or est.params > best[1].params):
+            best = (name, est)
+    if not ran:
+        raise errors[0]
+    return best
+
+
 def _largest_int(ok, low: int, high: int) -> int:
     """Largest x in [low, high] with ok(x), assuming ok is monotone; low - 1 if none."""
     if not ok(low):
@@ -221,6 +241,7 @@ def fits_table(budget: int, sc: Scenario, shape: ModelShape | None = None, famil
     the Calculator's side-by-side variants: one row per variant with the largest preset of
     `family` (name, parameters, peak) and the largest member of `shape`'s continuous family
     (parameters), and P_MeZO / P_BP for each pairing (PAIRINGS) of the scaled models.
+    With neither `family` nor `shape`: the largest preset of any family.
 
     A variant the model cannot run (e.g. LoRA with no default targets for its type) gets
     "error" instead of numbers. Returns {"budget_bytes", "rows": [...], "ratios": [...]}."""
@@ -232,8 +253,9 @@ def fits_table(budget: int, sc: Scenario, shape: ModelShape | None = None, famil
         try:
             vsc = variant_scenario(name, sc)
             row.update(method=vsc.method, peft=vsc.to_dict()["peft"])
-            if family is not None:
-                preset, est = largest_preset(family, budget, vsc)
+            if family is not None or shape is None:
+                preset, est = (largest_preset(family, budget, vsc) if family is not None
+                               else largest_preset_of_all(budget, vsc))
                 row.update(largest_preset=preset, largest_preset_params=est.params if est else 0,
                            largest_preset_peak_bytes=est.peak_bytes if est else None)
             if shape is not None:

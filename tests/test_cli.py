@@ -97,6 +97,31 @@ def test_fit_without_a_model_answers_across_families():
     assert res["largest_preset"] == max(sizes, key=sizes.get)
 
 
+def test_fit_without_a_model_lists_every_way_of_fine_tuning_across_families():
+    """The variants table of `fit` with no model: each way's largest preset of any family
+    that can run it (it printed empty rows before)."""
+    r = run("fit", "--budget", "8GB", "--json")
+    assert r.returncode == 0, r.stderr
+    from capacity import Scenario, families, largest_preset
+    from capacity.inverse import variant_scenario
+    rows = json.loads(r.stdout)["variants"]["rows"]
+    assert len(rows) > 3
+    for row in rows:
+        vsc = variant_scenario(row["variant"], Scenario())
+        found = []
+        for f in families():
+            try:
+                name, est = largest_preset(f, 8 * 10**9, vsc)
+            except ValueError:
+                continue
+            if name:
+                found.append((est.params, name))
+        assert row["largest_preset"] == max(found)[1], row["variant"]
+    out = run("fit", "--budget", "8GB").stdout
+    ways = out[out.index("by way of fine-tuning"):].splitlines()[1:len(rows) + 1]
+    assert all("preset " in line for line in ways), ways
+
+
 def test_family_names_ignore_case():
     lower, exact = (json.loads(run("fit", "--budget", "17GB", "--family", f, "--json").stdout) for f in ("llama-2", "Llama-2"))
     assert lower == exact and lower["mezo"]["largest_preset"] == "llama-2-7b"
