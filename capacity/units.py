@@ -57,6 +57,10 @@ def _short(text) -> str:
     return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
-def format_bytes(n: int) -> str:
-    """'14.23 GB (13.25 GiB)': both units, labelled."""
+def format_bytes(n: int, scale: int | None = None) -> str:
+    """'14.23 GB (13.25 GiB)': both units, labelled. Below 0.1 GB (judged on `scale`, n by
+    default: pass a report's largest figure so all its lines share one unit) in MB and MiB,
+    so a small model's figures do not all read 0.00 GB."""
+    if (n if scale is None else scale) < GB // 10:
+        return f"{n / MB:,.2f} MB ({n / MiB:,.2f} MiB)"
     return f"{n / GB:,.2f} GB ({n / GiB:,.2f} GiB)"

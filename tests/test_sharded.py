@@ -135,3 +135,17 @@ def test_validate_command_line_sharded(tmp_path):
     bad = subprocess.run(base + ["--devices", "2", "--sharding", "fsdp", "--device", "cpu"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "traced" in bad.stderr
+
+
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_comparable_breakdown_names_the_same_classes_on_both_sides(sharding):
+    """`validate`'s per-device table compares classes both sides name (the tracker's
+    activations/temporaries against the model's activations/logits): each side adds up to
+    its peak, and on a tiny traced run every class agrees within 3% of the peak."""
+    r = sharded.compare_sharded(LLAMA, scenario(sharding, 2), steps=2)
+    pair = r["breakdown"]["comparable"]
+    assert set(pair["measured"]) == set(pair["predicted"])
+    assert sum(pair["measured"].values()) == r["measured_peak_bytes"]
+    assert sum(pair["predicted"].values()) == r["predicted_peak_bytes"]
+    for name, measured in pair["measured"].items():
+        assert abs(pair["predicted"][name] - measured) <= 0.03 * r["measured_peak_bytes"], name

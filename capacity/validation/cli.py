@@ -512,8 +512,11 @@ def format_result(r: dict) -> str:
     """A plain-text report: the peak and each term, measured against predicted."""
     from ..units import format_bytes
 
+    # One unit for the whole report, chosen by its largest figure (MB for a tiny model).
+    scale = max(int(r.get(k) or 0) for k in ("measured_peak_bytes", "predicted_peak_bytes", "peak_bytes"))
+
     def fmt(n):
-        return "n/a" if n is None else format_bytes(int(n))
+        return "n/a" if n is None else format_bytes(int(n), scale=scale or None)
 
     lines = [f"{r['model']}: {r['method']}"
              + (f" ({r['optimizer']})" if r.get("optimizer") else "")

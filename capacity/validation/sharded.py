@@ -753,4 +753,40 @@ def compare_sharded(model, scenario: Scenario, steps: int = 3, **kwargs) -> dict
                            if estimate is not None and measured else None)
     result["breakdown"] = {"measured": result.get("measured_breakdown"),
                            "predicted": dict(estimate.breakdown) if estimate is not None else None}
+    if estimate is not None and result.get("measured_breakdown"):
+        result["breakdown"]["comparable"] = comparable_breakdown(result["measured_breakdown"], estimate)
     return result
+
+
+# What the tracker files as activations, temporaries, buffers or inputs, the model prices as
+# activations, the logits and loss and temporaries (the names differ, the sum does not). A
+# unit's unsharded gradients are temporaries to FSDPMemTracker (they are not yet any
+# parameter's .grad) and gradients_unsharded to the model: the same class here.
+_ACTIVATION_LIKE = ("activations", "temporaries", "buffers", "inputs", "other", "logits_and_loss",
+                    "gradients_unsharded")
+
+
+def comparable_breakdown(measured: dict, estimate) -> dict:
+    """Measured and predicted per-device breakdowns in classes both sides name, each side
+    adding up to its peak: the sharding's own terms (sharded and gathered weights, gradients,
+    buckets, collective buffers, optimizer states) by name; mixed precision's fp32 master
+    weights are the tracker's parameters; the optimizer step's temporaries are its states
+    (as the one-device comparison files them, memory.by_tracker_class); the rest is
+    activations_and_temporaries."""
+    def classes(b: dict, step_temporaries: bool) -> dict:
+        out: dict = {}
+        for name, value in b.items():
+            if not isinstance(value, (int, float)):
+                continue
+            if name == "master_weights":
+                name = "weights"
+            elif name == "temporaries" and step_temporaries:
+                name = "optimizer_states"
+            elif name in _ACTIVATION_LIKE:
+                name = "activations_and_temporaries"
+            out[name] = out.get(name, 0) + int(value)
+        return out
+    m = classes(measured, False)
+    p = classes(dict(estimate.breakdown), estimate.phase == "optimizer step")
+    keep = [k for k in dict.fromkeys([*p, *m]) if m.get(k, 0) or p.get(k, 0)]
+    return {"measured": {k: m.get(k, 0) for k in keep}, "predicted": {k: p.get(k, 0) for k in keep}}
