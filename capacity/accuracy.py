@@ -127,7 +127,7 @@ def loop_matrix() -> list[Scenario]:
 
 # Many devices (docs/sharding.md): models at full size (traced per rank in seconds by the
 # fast trace), device counts, and the scenarios each is traced under.
-SHARDING_MODELS = ("llama-2-7b", "llama-2-70b", "opt-66b")
+SHARDING_MODELS = ("llama-2-7b", "llama-3.1-70b", "opt-66b")
 SHARDING_DEVICES = (2, 8, 64)
 
 
@@ -136,19 +136,26 @@ def sharding_matrix() -> list[tuple[str, Scenario]]:
     FULL_SHARD on 2, 8 and 64 devices for BP with AdamW under mixed precision in the
     default loop (transformers.Trainer: fused AdamW, decay groups, the output dropped, the
     KV cache) and in the plain loop (foreach AdamW, the output held), and MeZO; on 8 devices
-    also zero2, ddp and FSDP with the optimizer offloaded. (LoRA over several devices waits
-    for the PEFT model in capacity.)"""
+    also zero2, ddp and FSDP with the optimizer offloaded. LoRA at peft's defaults (r 8,
+    the model type's default targets) over the bf16 base, without mixed precision (PEFT
+    with mixed precision is not modelled): BP in the default loop and MeZO under FSDP on 2,
+    8 and 64 devices, and BP on 8 under zero2, ddp and FSDP with the optimizer offloaded."""
     from .scenario import DEFAULT_LOOP, Parallel
 
-    def sc(method="bp", loop=DEFAULT_LOOP, sharding="fsdp", devices=8, offload=False):
+    def sc(method="bp", loop=DEFAULT_LOOP, sharding="fsdp", devices=8, offload=False, peft="none"):
         return Scenario(method=method, optimizer="adamw", batch=1, seq=512, dtype="bf16",
-                        mixed_precision=method == "bp", target="cpu", loop=loop_preset(loop),
-                        parallel=Parallel(devices=devices, sharding=sharding, offload_optimizer=offload))
+                        mixed_precision=method == "bp" and peft == "none", target="cpu", loop=loop_preset(loop),
+                        parallel=Parallel(devices=devices, sharding=sharding, offload_optimizer=offload),
+                        peft=Peft(method=peft))
     out = []
     for preset in SHARDING_MODELS:
         for n in SHARDING_DEVICES:
             out += [(preset, sc(devices=n)), (preset, sc(loop="plain", devices=n)), (preset, sc("mezo", devices=n))]
         out += [(preset, sc(sharding="zero2")), (preset, sc(sharding="ddp")), (preset, sc(offload=True))]
+        for n in SHARDING_DEVICES:
+            out += [(preset, sc(devices=n, peft="lora")), (preset, sc("mezo", devices=n, peft="lora"))]
+        out += [(preset, sc(sharding="zero2", peft="lora")), (preset, sc(sharding="ddp", peft="lora")),
+                (preset, sc(offload=True, peft="lora"))]
     return out
 
 

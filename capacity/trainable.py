@@ -168,6 +168,29 @@ def lora_params(lin: Linear, rank: int) -> int:
     return rank * (lin.fan_in + lin.fan_out)
 
 
+def lora_tensors(s: ModelShape, pf: Peft, kind: LayerKind | None = None) -> list[tuple[int, int]]:
+    """The adapter tensors of one decoder layer as (rows, elements per row), in registration
+    order: each adapted linear's lora_A.weight (r, n_in) then lora_B.weight (n_out, r)
+    (peft/tuners/lora/layer.py: nn.Linear(n_in, r) and nn.Linear(r, n_out), whatever the
+    base layer's own layout)."""
+    r = pf.lora_rank
+    return [t for lin in lora_linears(s, pf, kind) for t in ((r, lin.fan_in), (lin.fan_out, r))]
+
+
+def classed_parameter_tensors(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> dict:
+    """params.parameter_tensors with each tensor's class, (rows, elements per row, trained),
+    and the tensors a method adds where they are registered: LoRA's adapters in the decoder
+    layer that holds their linear. What FSDP shards, unit by unit. Full fine-tuning trains
+    every tensor; LoRA none of the base model's."""
+    from .params import parameter_tensors
+    base_trained = sc.peft.method == "none"
+    out = {group: [(rows, row, base_trained) for rows, row in tensors]
+           for group, tensors in parameter_tensors(s, kind).items()}
+    if sc.peft.method == "lora":
+        out["layer"] += [(rows, row, True) for rows, row in lora_tensors(s, sc.peft, kind)]
+    return out
+
+
 def prefix_params(s: ModelShape, pf: Peft) -> int:
     """PrefixEncoder.embedding: P x (2·L·K)."""
     return pf.prefix_tokens * 2 * s.num_layers * s.kv_dim
@@ -298,10 +321,7 @@ def check_peft(s: ModelShape, sc: Scenario) -> None:
     if s.arch.norm_placement in ("branch_out", "sandwich"):
         raise ValueError("peft: parameter-efficient or quantized fine-tuning of a model with norms on its "
                          "branch outputs (OLMo 2, Gemma 2 and 3) is not modelled yet")
-    pl = sc.parallel
-    if pl.devices != 1 or pl.sharding != "none" or pl.offload_optimizer:
-        raise ValueError("peft: parameter-efficient or quantized fine-tuning over several devices "
-                         "(--devices, --sharding, --offload-optimizer) is not modelled yet")
+    check_peft_sharded(sc)
     if sc.mixed_precision:
         raise ValueError("peft: mixed precision with a PEFT method or a quantized base is not modelled; "
                          "use a 16-bit dtype without --mixed-precision")
@@ -318,6 +338,28 @@ def check_peft(s: ModelShape, sc: Scenario) -> None:
     if pf.method == "prefix" and sc.method == "bp" and round(sc.keep * s.num_layers) < s.num_layers:
         raise ValueError("prefix tuning with checkpointing (keep below 1) does not run: transformers drops "
                          "the prefix key/values in checkpointed layers (modeling_layers.py)")
+
+
+# What is modelled over several devices (capacity/sharding.py): LoRA over a 16-bit base, its
+# adapters the only parameters with gradients, reduce-scatters and optimizer states.
+SHARDED_PEFT_METHODS = ("none", "lora")
+
+
+def check_peft_sharded(sc: Scenario) -> None:
+    """ValueError, naming the setting, for a PEFT setting over several devices (--devices,
+    --sharding, --offload-optimizer) that is not modelled: quantized bases (bitsandbytes'
+    packed weights, which accelerate leaves out of FSDP2's sharding), prefix tuning and
+    top layers (not traced over several devices yet)."""
+    pl, pf = sc.parallel, sc.peft
+    if pl.devices == 1 and pl.sharding == "none" and not pl.offload_optimizer:
+        return
+    if pf.weights_bits != 16:
+        raise ValueError(f"weights_bits {pf.weights_bits}: a quantized base (QLoRA, 8-bit) over several devices "
+                         "(--devices, --sharding, --offload-optimizer) is not modelled; LoRA over a 16-bit base is")
+    if pf.method not in SHARDED_PEFT_METHODS:
+        name = {"prefix": "prefix tuning", "freeze": "training the top layers"}[pf.method]
+        raise ValueError(f"peft {pf.method}: {name} over several devices (--devices, --sharding, "
+                         "--offload-optimizer) is not modelled yet; LoRA is")
 
 
 # ------------------------------------------------------------------ totals the memory model reads

@@ -72,6 +72,7 @@ from ..scenario import Scenario
 from .faithful import real_run_code_paths
 from .fast_trace import (NotExtrapolable, SAMPLE_LAYERS, _expand, _mark_layers, _roles, _sample_config,
                          extrapolated_peak, plan)
+from . import peft_models
 from .mezo import MeZO, default_chunk_elements
 from .models import (TORCH_DTYPES, checkpoint_first_layers, construct, decoder_layers, hf_config,
                      num_checkpointed_layers)
@@ -143,12 +144,15 @@ def _untracked_propagation():
 
 # ------------------------------------------------------------------ the tracker
 
-def _recording(base):
+def _recording(base, frozen: bool = False):
     """A tracker class (MemTracker or FSDPMemTracker) that also keeps the live bytes after
     every op (total, then each category), in parts for the fast trace's extrapolation, and
-    the peak of each phase of the step."""
+    the peak of each phase of the step. frozen: the model has frozen parameters (PEFT),
+    which take no gradient hook (tracker.FrozenParamsSafe)."""
+    from .tracker import FrozenParamsSafe
+    bases = (FrozenParamsSafe, base) if frozen else (base,)
 
-    class Recording(base):
+    class Recording(*bases):
         def setup(self, categories):
             self.categories = list(categories)     # category names, in vector order
             self.parts, self._ops = [], []
@@ -208,11 +212,12 @@ def _ddp_ref_type():
 def _tracker(model, optimizer, fsdp: bool, buckets=()):
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker, _FSDPRefType
     from torch.distributed._tools.mem_tracker import MemTracker
+    frozen = any(not p.requires_grad for p in model.parameters())
     if fsdp:
-        tracker = _recording(FSDPMemTracker)(model, optimizer)
+        tracker = _recording(FSDPMemTracker, frozen)(model, optimizer)
         tracker.setup([r.value for r in _FSDPRefType])
         return tracker
-    tracker = _recording(MemTracker)()
+    tracker = _recording(MemTracker, frozen)()
     ref = _ddp_ref_type()
     tracker._ref_class = ref
     tracker.track_external(model, optimizer)
@@ -322,6 +327,9 @@ class ShardedRun:
         model = construct(config if config is not None else hf_config(cfg), TORCH_DTYPES[build_dtype],
                           scenario.attention)
         self.params = sum(p.numel() for p in model.parameters())
+        # A PEFT model as a user's code makes it: get_peft_model (or the frozen top layers)
+        # before the wrap, as Trainer and accelerate see it (peft_models.prepare).
+        model = peft_models.prepare(model, scenario.peft, "trace", TORCH_DTYPES[scenario.dtype])
         self.layers = decoder_layers(model)
         self.checkpointed = checkpoint_first_layers(model, checkpointed) if scenario.method == "bp" else []
         self.buckets: dict = {}
@@ -348,7 +356,7 @@ class ShardedRun:
             # steps.py's optimizer, on the wrapped model's (sharded) parameters; with the
             # Trainer's decay and no-decay groups when the loop has them.
             params = (decay_parameter_groups(self.model) if scenario.loop.split_decay_groups
-                      else list(self.model.parameters()))
+                      else [p for p in self.model.parameters() if p.requires_grad])
             cls, kwargs = optimizer_class_and_kwargs(scenario.optimizer, impl, lr)
             if sharding == "zero1":
                 from torch.distributed.optim import ZeroRedundancyOptimizer
@@ -573,8 +581,8 @@ def measure_sharded(model, scenario: Scenario, steps: int = 3, trace_mode: str =
                          f"not with {pl.sharding}")
     if steps < 2:
         raise ValueError("steps: at least 2 (the peak is measured after the first step)")
-    if scenario.peft.method != "none" or scenario.peft.weights_bits != 16:
-        raise ValueError("sharding: PEFT and quantized bases are not traced over several devices yet")
+    if scenario.peft.weights_bits != 16:
+        raise ValueError("sharding: quantized bases (QLoRA, 8-bit) are not traced over several devices")
     say = progress or (lambda step, total, message: None)
     from .measurement import check_transformers_accepts
     from .preflight import check_tensor_sizes
@@ -605,7 +613,9 @@ def measure_sharded(model, scenario: Scenario, steps: int = 3, trace_mode: str =
     start = time.perf_counter()
     chunk = None
     if scenario.method == "mezo":
-        chunk = default_chunk_elements(_whole_params(cfg, L, scenario))
+        # MeZO's default chunk over the whole model's trained parameters (its own default
+        # on one device: mezo.MeZO over the parameters that require grad)
+        chunk = default_chunk_elements(_whole_params(cfg, L, scenario, trained=True))
     rank = 0
     while True:
         try:
@@ -723,12 +733,17 @@ def _trace_samples(cfg, scenario, rank, ids_shape, samples, c, L, reduce_fp32, s
     return traces, info
 
 
-def _whole_params(cfg: dict, L: int, scenario: Scenario) -> int:
-    """The whole model's parameter count from a 1-layer model (layers are identical)."""
+def _whole_params(cfg: dict, L: int, scenario: Scenario, trained: bool = False) -> int:
+    """The whole model's parameter count from a 1-layer model (layers are identical);
+    trained: of the parameters the scenario's PEFT method trains (peft_models.prepare)."""
     with FakeTensorMode():
         model = construct(_sample_config(cfg, 1), torch.float32, scenario.attention)
-        per_layer = sum(p.numel() for p in decoder_layers(model)[0].parameters())
-        return sum(p.numel() for p in model.parameters()) + (L - 1) * per_layer
+        if trained:
+            model = peft_models.prepare(model, scenario.peft, "trace", TORCH_DTYPES[scenario.dtype])
+
+        def count(module) -> int:
+            return sum(p.numel() for p in module.parameters() if p.requires_grad or not trained)
+        return count(model) + (L - 1) * count(decoder_layers(model)[0])
 
 
 def compare_sharded(model, scenario: Scenario, steps: int = 3, **kwargs) -> dict:

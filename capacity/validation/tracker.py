@@ -80,17 +80,9 @@ def _register_multi_grad_hook_no_cycle(tensors, fn, *, mode="all"):
     return _MultiHandle(handles)
 
 
-class Tracker(MemTracker):
-    """MemTracker that hooks the gradients of trainable parameters only, whose module
-    hooks keep no autograd graph alive, and that keeps the global peak only (no per-module
-    peaks)."""
-
-    def _update_peak_stats(self, peak_state) -> None:
-        # MemTracker._update_peak_stats (torch 2.13), its second loop: the global peak.
-        for dev, dev_snap in self._curr_mem_snap.items():
-            if self._peak_mem.get(dev, 0) < dev_snap[_TOTAL_KEY]:
-                self._peak_mem[dev] = dev_snap[_TOTAL_KEY]
-                self._peak_mem_snap[dev] = dict(dev_snap)   # its values are ints: a copy is a deep copy
+class FrozenParamsSafe:
+    """A mixin for MemTracker and its subclasses (FSDPMemTracker too): gradient hooks on
+    trainable parameters only, and module hooks that keep no autograd graph alive."""
 
     def __enter__(self):
         _mod_tracker.register_multi_grad_hook = _register_multi_grad_hook_no_cycle
@@ -128,6 +120,20 @@ class Tracker(MemTracker):
             winfos = self._update_and_maybe_create_winfos(buffer, _MemRefType.BUFFER)
             buffer_memory += sum(w.mem_consumed for w in winfos)
         return param_memory, buffer_memory
+
+
+
+class Tracker(FrozenParamsSafe, MemTracker):
+    """MemTracker that hooks the gradients of trainable parameters only, whose module
+    hooks keep no autograd graph alive, and that keeps the global peak only (no per-module
+    peaks)."""
+
+    def _update_peak_stats(self, peak_state) -> None:
+        # MemTracker._update_peak_stats (torch 2.13), its second loop: the global peak.
+        for dev, dev_snap in self._curr_mem_snap.items():
+            if self._peak_mem.get(dev, 0) < dev_snap[_TOTAL_KEY]:
+                self._peak_mem[dev] = dev_snap[_TOTAL_KEY]
+                self._peak_mem_snap[dev] = dict(dev_snap)   # its values are ints: a copy is a deep copy
 
     def track_weights(self, *tensors) -> None:
         """Track tensors created before the tracker as weights (PARAM): the block statistics

@@ -1,0 +1,133 @@
+"""LoRA over several devices: capacity's per-device prediction (capacity/sharding.py with the
+parameter classes of capacity/trainable.py) against rank 0's peak traced with torch's own
+DDP, ZeroRedundancyOptimizer and FSDP2 (accelerate's wrapping of a peft model, built with
+get_peft_model before the wrap as Trainer does) under fake tensors and a fake process group.
+Small configs; the whole matrix at 7B-70B is in bench/accuracy.py --sharding."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+pytest.importorskip("peft")
+
+import capacity  # noqa: E402
+from capacity.scenario import Loop, Parallel, Peft, Scenario  # noqa: E402
+from capacity.sharding import fsdp_layout  # noqa: E402
+from capacity.validation import sharded  # noqa: E402
+from capacity.validation.sharded import measure_sharded  # noqa: E402
+from capacity.validation.source import resolve_model  # noqa: E402
+
+LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 3,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 515,
+         "max_position_embeddings": 512, "tie_word_embeddings": False}
+TIED = dict(LLAMA, vocab_size=4099, tie_word_embeddings=True)
+OPT = {"model_type": "opt", "hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4, "ffn_dim": 256,
+       "vocab_size": 515, "max_position_embeddings": 128, "word_embed_proj_dim": 64, "do_layer_norm_before": True}
+
+TOLERANCE_PCT = 3.0
+LORA = Peft(method="lora")
+
+
+def scenario(sharding, devices, method="bp", offload=False, keep=1.0, seq=32, peft=LORA, loop="plain",
+             impl="foreach"):
+    return Scenario(method=method, optimizer="adamw", batch=2, seq=seq, dtype="bf16", keep=keep, target="cpu",
+                    loop=Loop(name=loop, optimizer_impl=impl), peft=peft,
+                    parallel=Parallel(devices=devices, sharding=sharding, offload_optimizer=offload))
+
+
+CASES = [
+    ("llama fsdp", LLAMA, scenario("fsdp", 4)),
+    ("llama fsdp N=64 (padded adapters)", LLAMA, scenario("fsdp", 64)),
+    ("llama fsdp checkpointed", LLAMA, scenario("fsdp", 2, keep=0.0)),
+    ("llama zero2", LLAMA, scenario("zero2", 4)),
+    ("llama fsdp offload", LLAMA, scenario("fsdp", 4, offload=True)),
+    ("llama ddp", LLAMA, scenario("ddp", 2)),
+    ("llama zero1", LLAMA, scenario("zero1", 4)),
+    ("llama mezo fsdp", LLAMA, scenario("fsdp", 4, method="mezo")),
+    ("tied fsdp", TIED, scenario("fsdp", 4)),
+    ("opt fsdp all-linear", OPT, scenario("fsdp", 4, peft=Peft(method="lora", lora_targets=("q_proj", "v_proj", "fc1")))),
+]
+
+
+@pytest.mark.parametrize("name,cfg,sc", CASES, ids=[c[0] for c in CASES])
+def test_lora_per_device_peak_matches_the_trace(name, cfg, sc):
+    r = measure_sharded(cfg, sc, steps=3, trace_mode="full")
+    shape, _ = resolve_model(cfg)
+    est = capacity.estimate(shape, sc)
+    traced = r["measured_peak_bytes"]
+    assert abs(est.peak_bytes - traced) <= TOLERANCE_PCT / 100 * traced, (name, est.peak_bytes, traced)
+    if sc.parallel.offload_optimizer:
+        assert est.host_bytes == r["host_peak_bytes"]
+
+
+def test_lora_adapters_alone_carry_optimizer_state_on_every_strategy():
+    """AdamW's states on rank 0 as the next step's forward finds them: the adapters' (padded
+    shards under FSDP2; the rank's whole tensors under ZeRO-1; all of them under DDP),
+    never the frozen base's; the prediction's the same bytes. (Inside the optimizer step
+    the tracker files the step's temporaries as states too; ZeroRedundancyOptimizer's
+    local states are not filed as states at all: its totals are checked above.)"""
+    shape, _ = resolve_model(LLAMA)
+    for sharding, n in (("fsdp", 4), ("zero2", 2), ("ddp", 2)):
+        sc = scenario(sharding, n)
+        r = measure_sharded(LLAMA, sc, steps=2, trace_mode="full")
+        traced = r["measured_phase_breakdown"]["forward"]["optimizer_states"]
+        assert capacity.estimate(shape, sc).breakdown["optimizer_states"] == traced, sharding
+
+
+def test_ddp_is_the_one_device_lora_step_plus_buckets_of_the_adapters():
+    """N = 1 equivalence: DDP's rank runs the one-device step; what it adds is its gradient
+    buckets, which cover only the parameters that require grad (the fp32 adapters)."""
+    from capacity.validation import measure
+    one = Scenario(method="bp", optimizer="adamw", batch=2, seq=32, dtype="bf16", target="cpu",
+                   loop=Loop(name="plain", optimizer_impl="foreach"), peft=LORA)
+    single = measure(LLAMA, one, steps=3, device="trace", trace_mode="full")
+    r = measure_sharded(LLAMA, scenario("ddp", 2), steps=3, trace_mode="full")
+    from capacity.trainable import trainable_value_bytes
+    shape, _ = resolve_model(LLAMA)
+    adapters = trainable_value_bytes(shape, one)
+    assert r["gradient_bucket_bytes"] == adapters == 4 * single["trainable_params"]
+    assert r["measured_peak_bytes"] == single["measured_peak_bytes"] + adapters
+
+
+def test_accelerate_leaves_a_lora_models_final_norm_to_the_root():
+    """fsdp_utils._find_final_norm looks through PeftModel to the causal LM, whose children
+    hold no norm: the tail unit is the head alone (capacity.sharding.final_norm_in_tail),
+    and every decoder layer's unit holds its frozen weights and its adapters together."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed.fsdp import FSDPModule
+    shape, _ = resolve_model(LLAMA)
+    sc = scenario("fsdp", 2)
+    lay = fsdp_layout(shape, 2, sc)
+    with sharded.fake_world(2) as mesh, FakeTensorMode():
+        run = sharded.ShardedRun(LLAMA, sc, "fsdp", mesh=mesh)
+        groups = {}
+        for name, module in run.model.named_modules():
+            if isinstance(module, FSDPModule):
+                group = module._get_fsdp_state()._fsdp_param_group
+                if group is not None:
+                    groups[name] = ([fp for fp in group.fsdp_params])
+    tail = groups["base_model.model.lm_head"]
+    assert sum(fp._orig_size.numel() for fp in tail) == lay.tail.params == lay.head.params
+    root = groups[""]
+    assert sum(fp._orig_size.numel() for fp in root) == lay.root.params == shape.hidden_size
+    layer = groups["base_model.model.model.layers.0"]
+    assert sum(fp._orig_size.numel() for fp in layer) == lay.layer(0).params
+    assert sum(fp._orig_size.numel() for fp in layer if fp.sharded_param.requires_grad) == lay.layer(0).trained_params
+
+
+def test_peft_over_several_devices_refuses_what_is_not_modelled_by_name():
+    shape, _ = resolve_model(LLAMA)
+    ok = capacity.estimate(shape, scenario("fsdp", 8))
+    assert ok.trainable_params > 0 and ok.peak_bytes > 0
+    for peft, words in ((Peft(method="lora", weights_bits=4), "quantized base"),
+                        (Peft(method="lora", weights_bits=8), "quantized base"),
+                        (Peft(method="prefix"), "prefix tuning"),
+                        (Peft(method="freeze"), "top layers")):
+        for sharding, n, offload in (("fsdp", 8, False), ("ddp", 2, False), ("zero2", 4, True)):
+            with pytest.raises(ValueError, match=words):
+                capacity.estimate(shape, scenario(sharding, n, offload=offload, peft=peft))
+    # one device: unchanged (QLoRA and prefix tuning are modelled there)
+    assert capacity.estimate(shape, Scenario(method="bp", dtype="bf16", peft=Peft(method="prefix"))).peak_bytes > 0
+    with pytest.raises(ValueError, match="quantized"):
+        measure_sharded(LLAMA, scenario("fsdp", 2, peft=Peft(method="lora", weights_bits=4)), steps=2)
