@@ -787,8 +787,10 @@ def estimate_sharded(s: ModelShape, sc: Scenario) -> Estimate:
     totals = {name: sum(terms.values()) for name, terms in phases.items()}
     phase = max(totals, key=totals.get)
     host = host_bytes(s, sc)
+    from .params import active_parameter_count
     from .trainable import all_params, trainable_params
     return Estimate(peak_bytes=totals[phase], breakdown={t: phases[phase].get(t, 0) for t in TERMS},
                     phase=phase, phases=totals, textbook=textbook_bytes(s, sc), params=all_params(s, sc),
+                    active_params=active_parameter_count(s) + all_params(s, sc) - parameter_count(s),
                     trainable_params=trainable_params(s, sc) if sc.method != "inference" else 0,
                     host_bytes=sum(host.values()), host_breakdown=host)

@@ -556,6 +556,33 @@ def a100_budget():
     return dev.memory_bytes - dev.os_reserve_bytes
 
 
+def test_lora_over_several_devices_is_figures_and_what_is_not_modelled_a_way_out():
+    """LoRA over a 16-bit base is modelled over several devices (capacity/sharding.py): the
+    Devices and Fine-tuning sections together give per-device figures, capacity's; a
+    quantized base or prefix tuning there is a refusal naming it, with a button to LoRA."""
+    at = open_page("calculator", query={"peft": "lora", "devices": "8", "sharding": "fsdp"})
+    assert_clean(at)
+    shape = cap.load_preset("llama-2-7b")
+    metrics = {m.label: m.value for m in at.metric}
+    pf = cap_scenario.Peft(method="lora", lora_rank=at.number_input(key="w_lora_r").value)
+    r = pf.lora_rank
+    labels = ["Inference", f"MeZO-LoRA r={r}", f"BP-LoRA r={r}", f"BP-LoRA r={r} checkpointed (L'/L=0.25)"]
+    for label, (_, method, keep) in zip(labels, COLUMNS):
+        est = cap.estimate(shape, scenario(method, keep, parallel=on(8, "fsdp"), peft=pf))
+        assert metrics[label] == gb(est.peak_bytes), label
+    assert est.breakdown["all_gather_buffers"] > 0 and est.trainable_params < est.params
+    for query, words, fix in (({"wbits": "4", "peft": "lora"}, "quantized base (QLoRA, 8-bit) over several devices",
+                               "Use a 16-bit base (LoRA over several devices is modelled)"),
+                              ({"peft": "prefix"}, "prefix tuning over several devices",
+                               "Train LoRA adapters (modelled over several devices)")):
+        at = open_page("calculator", query={**query, "devices": "8", "sharding": "fsdp"})
+        assert not at.exception
+        assert words in messages(at) and not at.metric
+        next(b for b in at.button if b.label == fix).click().run()
+        assert_clean(at)
+        assert at.metric and words not in messages(at)
+
+
 def test_an_old_link_without_devices_is_one_device():
     at = open_page("calculator", query={"batch": "2"})
     assert_clean(at)

@@ -161,7 +161,9 @@ def test_peft_estimate_json_matches_library_and_peft_count():
 
 
 @pytest.mark.parametrize("args,word", [
-    (["--preset", "llama-2-7b", "--peft", "lora", "--devices", "2", "--sharding", "fsdp"], "several devices"),
+    (["--preset", "llama-2-7b", "--peft", "prefix", "--devices", "2", "--sharding", "fsdp"], "several devices"),
+    (["--preset", "llama-2-7b", "--peft", "lora", "--weights-bits", "4", "--devices", "8", "--sharding", "ddp"],
+     "quantized base"),
     (["--preset", "mixtral-8x7b", "--peft", "lora"], "mixture of experts"),
     (["--preset", "llama-2-7b", "--peft", "freeze", "--weights-bits", "4"], "frozen"),
     (["--preset", "llama-2-7b", "--peft", "lora", "--lora-targets", ","], "--lora-targets"),
@@ -171,6 +173,20 @@ def test_peft_bad_input_is_one_line_exit_2(args, word):
     r = run("estimate", "--method", "bp", *args)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert word in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 2
+
+
+def test_lora_over_several_devices_is_capacitys_per_device_estimate():
+    r = run("estimate", "--method", "bp", "--preset", "llama-2-7b", "--peft", "lora", "--devices", "8",
+            "--sharding", "fsdp", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    from capacity.scenario import Parallel, Peft
+    est = estimate(load_preset("llama-2-7b"), Scenario(method="bp", peft=Peft(method="lora"),
+                                                       parallel=Parallel(devices=8, sharding="fsdp")))
+    assert out["peak_bytes"] == est.peak_bytes and sum(out["breakdown"].values()) == out["peak_bytes"]
+    # peft's print_trainable_parameters for Llama-2-7B, r=8 on q_proj and v_proj: 4,194,304
+    assert out["trainable_params"] == 4_194_304
+    assert out["breakdown"]["all_gather_buffers"] > 0
 
 
 def test_peft_fit_variants_side_by_side():

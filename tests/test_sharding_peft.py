@@ -131,3 +131,16 @@ def test_peft_over_several_devices_refuses_what_is_not_modelled_by_name():
     assert capacity.estimate(shape, Scenario(method="bp", dtype="bf16", peft=Peft(method="prefix"))).peak_bytes > 0
     with pytest.raises(ValueError, match="quantized"):
         measure_sharded(LLAMA, scenario("fsdp", 2, peft=Peft(method="lora", weights_bits=4)), steps=2)
+
+
+def test_fast_trace_of_a_lora_model_is_exact():
+    """The 3- and 4-layer samples are peft models too (ShardedRun builds the peft model from
+    each sample's config): extrapolated, a 5-layer LoRA model's trace is the whole trace."""
+    cfg = dict(LLAMA, num_hidden_layers=5)
+    for sc in (scenario("fsdp", 4), scenario("fsdp", 2, keep=0.0),
+               scenario("fsdp", 4, method="mezo")):
+        full = measure_sharded(cfg, sc, steps=3, trace_mode="full")
+        fast = measure_sharded(cfg, sc, steps=3, trace_mode="extrapolated")
+        assert fast["trace_mode"] == "extrapolated"
+        for key in ("measured_peak_bytes", "measured_breakdown", "measured_phases"):
+            assert fast[key] == full[key], (sc.parallel.sharding, key)

@@ -636,6 +636,11 @@ def peft_cli_args() -> list[str]:
 # A refusal of a PEFT setting (words of capacity's message) and the change that answers it.
 PEFT_FIXES = [
     ("peft: mixed precision", "Turn mixed precision off", {"mixed": False}),
+    # over several devices LoRA over a 16-bit base is modelled (capacity/trainable.py:
+    # check_peft_sharded); a quantized base, prefix tuning and top layers are not
+    ("a quantized base (QLoRA, 8-bit) over several devices", "Use a 16-bit base (LoRA over several devices is "
+     "modelled)", {"wbits": "16"}),
+    ("over several devices (--devices", "Train LoRA adapters (modelled over several devices)", {"peft": "lora"}),
     ("prefix tuning with checkpointing", "Use L'/L = 1 (no checkpointing)", {"keep": 1.0}),
     ("quantized base weights are frozen", "Train LoRA adapters on this base", {"peft": "lora"}),
     ("computes in a 16-bit dtype", "Use bf16", {"dtype": "bf16"}),

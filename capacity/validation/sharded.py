@@ -603,7 +603,7 @@ def measure_sharded(model, scenario: Scenario, steps: int = 3, trace_mode: str =
               "batch": scenario.batch, "seq": scenario.seq, "dtype": scenario.dtype,
               "mixed_precision": scenario.mixed_precision, "keep": scenario.keep,
               "attention": scenario.attention, "device": "trace", "steps": steps,
-              "parallel": dict(pl.__dict__),
+              "parallel": dict(pl.__dict__), "peft": scenario.to_dict()["peft"],
               "reduce_dtype": ("fp32" if reduce_fp32 else scenario.dtype) if scenario.mixed_precision else None,
               "losses": [None] * steps, "step_seconds": [], "oom": False}
     if pl.sharding == "zero1":
