@@ -390,6 +390,8 @@ def sharding_label(sc) -> str:
     what = "MeZO" if sc.method == "mezo" else f"BP {lp.name} ({sc.optimizer} {sc.optimizer_impl})"
     if sc.peft.method == "lora":
         what += f" + LoRA r{sc.peft.lora_rank}"
+    elif sc.peft.method == "prefix":
+        what += f" + prefix {sc.peft.prefix_tokens}"
     return f"{pl.sharding}{' + offload' if pl.offload_optimizer else ''}, {what}"
 
 
@@ -421,8 +423,8 @@ def run_sharding(presets: list[str] | None) -> int:
                       f"{pred:,} B | {err:+.3f}% | {phase} | {f'{host / 1e9:.2f} GB' if host else ''} | {mode} | {secs:.0f} |")
     section = [SHARDING_BEGIN, "",
                f"Produced by `python bench/accuracy.py --sharding` ({len(rows)} traced ranks in {seconds:.0f} s on "
-               "2 shared cores): batch 1 per device, context 512, bf16 (BP: mixed precision; BP with LoRA: "
-               "a bf16 base and fp32 adapters, peft's defaults, no mixed precision), eager attention, "
+               "2 shared cores): batch 1 per device, context 512, bf16 (BP: mixed precision; with LoRA or a "
+               "prefix: a bf16 base and fp32 adapters or table, peft's defaults, no mixed precision), eager attention, "
                "target cpu. Error = (predicted − traced) / traced.", "",
                "### Summary", ""] + summary + ["", "### Every case", ""] + detail + ["", SHARDING_END]
     _replace_section(SHARDING_DOC, SHARDING_BEGIN, SHARDING_END, section, "Many devices")

@@ -139,7 +139,8 @@ def sharding_matrix() -> list[tuple[str, Scenario]]:
     also zero2, ddp and FSDP with the optimizer offloaded. LoRA at peft's defaults (r 8,
     the model type's default targets) over the bf16 base, without mixed precision (PEFT
     with mixed precision is not modelled): BP in the default loop and MeZO under FSDP on 2,
-    8 and 64 devices, and BP on 8 under zero2, ddp and FSDP with the optimizer offloaded."""
+    8 and 64 devices, and BP on 8 under zero2, ddp and FSDP with the optimizer offloaded;
+    prefix tuning (20 virtual tokens) by BP and MeZO under FSDP on 8."""
     from .scenario import DEFAULT_LOOP, Parallel
 
     def sc(method="bp", loop=DEFAULT_LOOP, sharding="fsdp", devices=8, offload=False, peft="none"):
@@ -155,7 +156,8 @@ def sharding_matrix() -> list[tuple[str, Scenario]]:
         for n in SHARDING_DEVICES:
             out += [(preset, sc(devices=n, peft="lora")), (preset, sc("mezo", devices=n, peft="lora"))]
         out += [(preset, sc(sharding="zero2", peft="lora")), (preset, sc(sharding="ddp", peft="lora")),
-                (preset, sc(offload=True, peft="lora"))]
+                (preset, sc(offload=True, peft="lora")),
+                (preset, sc(peft="prefix")), (preset, sc("mezo", peft="prefix"))]
     return out
 
 

@@ -60,7 +60,7 @@ from math import ceil
 from . import memory
 from . import optimizers as optim
 from .memory import (FP32, BackwardThroughLayers, ForwardThroughLayers, _LayerSums, _PatternSum,
-                     _bp_phases, _state_bytes_per_value, inference_forward_moments,
+                     _bp_phases, _state_bytes_per_value, builds_kv_cache, inference_forward_moments,
                      mezo_chunk_elements)
 from .params import parameter_count, parameter_tensor_count, parameter_tensors
 from .scenario import Estimate, Parallel, Scenario
@@ -164,7 +164,7 @@ def fsdp_layout(s: ModelShape, devices: int, sc: Scenario | None = None) -> Fsdp
     norm_in_tail = final_norm_in_tail(s, sc)
     norm = unit(t["final_norm"] if norm_in_tail else [], devices)
     head = unit(t["embedding"] + t["head"] if s.tie_embeddings else t["head"], devices)
-    root = unit(t["positions"] + t["projections"] + ([] if norm_in_tail else t["final_norm"]), devices)
+    root = unit(t["positions"] + t["projections"] + ([] if norm_in_tail else t["final_norm"]) + t["prefix"], devices)
     kinds = {kind: unit(classed_parameter_tensors(s, sc, kind)["layer"], devices) for kind in dict.fromkeys(s.layers)}
     return FsdpLayout(devices=devices, root=root,
                       embedding=Unit() if s.tie_embeddings else unit(t["embedding"], devices),
@@ -259,7 +259,7 @@ def registration_order(s: ModelShape, sc: Scenario | None = None) -> list[tuple[
     def trained(group: list) -> list:
         return [(rows, row) for rows, row, *how in group if not how or how[0]]
     t = parameter_tensors(s) if sc is None else classed_parameter_tensors(s, sc)
-    out = trained(t["embedding"] + t["positions"] + t["projections"])
+    out = trained(t["embedding"] + t["positions"] + t["projections"] + t.get("prefix", []))
     L, period = s.num_layers, len(s.layers)
     for i in sorted({*range(min(L, period + 1)), L - 1}):
         kind = s.layer_kind(i)
@@ -685,15 +685,28 @@ def _fsdp_forward_only_moments(s: ModelShape, sc: Scenario, lay: FsdpLayout) -> 
     first_ag = T if lay.tied else E
     moments, keep = _moments(sc)
 
+    # A forward that fills a KV cache (prefix tuning: peft passes the prefix as a cache)
+    # grows it at each layer: the layer's update (cache_utils.DynamicLayer.update) replaces
+    # its entry, the prefix's P keys and values, by their concatenation with the s new ones,
+    # 2·p·b·s·K more. inference_forward_moments' figures are the top layer's; a layer i
+    # below it holds L - 1 - i such growths fewer.
+    cache = 2 * sc.bytes_per_value * sc.batch * sc.seq * s.kv_dim if builds_kv_cache(s, sc) else 0
+
+    def fewer_entries(i: int) -> int:
+        return (L - 1 - i) * cache
+
     keep("forward (embedding)", _moment(**base, weights_unsharded=R + first_ag,
-                                        all_gather_buffers=R + first_ag, activations=inf["between"]))
-    for i in range(min(L, len(lay.layer_units) + 1)):
+                                        all_gather_buffers=R + first_ag, activations=inf["between"] - L * cache))
+    period = len(lay.layer_units)
+    for i in sorted({*range(min(L, period + 1)), *range(max(0, L - period), L)}):
         Gi = g(lay.layer(i))
         previous = g(lay.layer(i - 1)) if i else first_ag
         keep("forward (layers)", _moment(**base, weights_unsharded=R + tail_held + Gi,
-                                         all_gather_buffers=Gi, activations=inf["layer"]))
+                                         all_gather_buffers=Gi, activations=inf["layer"] - fewer_entries(i)))
+        # at layer i's pre-forward, layers 0..i-1 done
         keep("forward (layers)", _moment(**base, weights_unsharded=R + tail_held + Gi,
-                                         all_gather_buffers=previous + Gi, activations=inf["between"]))
+                                         all_gather_buffers=previous + Gi,
+                                         activations=inf["between"] - fewer_entries(i) - cache))
     top = g(lay.layer(L - 1))
     head = sum(inf["head"])
     if lay.tied:

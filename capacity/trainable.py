@@ -188,6 +188,9 @@ def classed_parameter_tensors(s: ModelShape, sc: Scenario, kind: LayerKind | Non
            for group, tensors in parameter_tensors(s, kind).items()}
     if sc.peft.method == "lora":
         out["layer"] += [(rows, row, True) for rows, row in lora_tensors(s, sc.peft, kind)]
+    # prefix tuning's table (PrefixEncoder.embedding: P x 2·L·K) belongs to the peft model
+    # itself, outside the causal LM: FSDP's root unit
+    out["prefix"] = [(sc.peft.prefix_tokens, 2 * s.num_layers * s.kv_dim, True)] if sc.peft.method == "prefix" else []
     return out
 
 
@@ -340,26 +343,28 @@ def check_peft(s: ModelShape, sc: Scenario) -> None:
                          "the prefix key/values in checkpointed layers (modeling_layers.py)")
 
 
-# What is modelled over several devices (capacity/sharding.py): LoRA over a 16-bit base, its
-# adapters the only parameters with gradients, reduce-scatters and optimizer states.
-SHARDED_PEFT_METHODS = ("none", "lora")
+# What is modelled over several devices (capacity/sharding.py): LoRA and prefix tuning over a
+# 16-bit base, their adapters or table the only parameters with gradients, reduce-scatters
+# and optimizer states.
+SHARDED_PEFT_METHODS = ("none", "lora", "prefix")
 
 
 def check_peft_sharded(sc: Scenario) -> None:
     """ValueError, naming the setting, for a PEFT setting over several devices (--devices,
     --sharding, --offload-optimizer) that is not modelled: quantized bases (bitsandbytes'
-    packed weights, which accelerate leaves out of FSDP2's sharding), prefix tuning and
-    top layers (not traced over several devices yet)."""
+    packed weights, which accelerate leaves out of FSDP2's sharding, and which the trace
+    cannot build on fake tensors) and top layers (units wholly trained or wholly frozen,
+    different from layer to layer: not modelled or traced over several devices yet)."""
     pl, pf = sc.parallel, sc.peft
     if pl.devices == 1 and pl.sharding == "none" and not pl.offload_optimizer:
         return
     if pf.weights_bits != 16:
         raise ValueError(f"weights_bits {pf.weights_bits}: a quantized base (QLoRA, 8-bit) over several devices "
-                         "(--devices, --sharding, --offload-optimizer) is not modelled; LoRA over a 16-bit base is")
+                         "(--devices, --sharding, --offload-optimizer) is not modelled; LoRA or prefix tuning over "
+                         "a 16-bit base is")
     if pf.method not in SHARDED_PEFT_METHODS:
-        name = {"prefix": "prefix tuning", "freeze": "training the top layers"}[pf.method]
-        raise ValueError(f"peft {pf.method}: {name} over several devices (--devices, --sharding, "
-                         "--offload-optimizer) is not modelled yet; LoRA is")
+        raise ValueError(f"peft {pf.method}: training the top layers over several devices (--devices, --sharding, "
+                         "--offload-optimizer) is not modelled yet; LoRA and prefix tuning are")
 
 
 # ------------------------------------------------------------------ totals the memory model reads

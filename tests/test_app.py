@@ -559,7 +559,7 @@ def a100_budget():
 def test_lora_over_several_devices_is_figures_and_what_is_not_modelled_a_way_out():
     """LoRA over a 16-bit base is modelled over several devices (capacity/sharding.py): the
     Devices and Fine-tuning sections together give per-device figures, capacity's; a
-    quantized base or prefix tuning there is a refusal naming it, with a button to LoRA."""
+    quantized base or the top layers there is a refusal naming it, with a way out."""
     at = open_page("calculator", query={"peft": "lora", "devices": "8", "sharding": "fsdp"})
     assert_clean(at)
     shape = cap.load_preset("llama-2-7b")
@@ -573,7 +573,7 @@ def test_lora_over_several_devices_is_figures_and_what_is_not_modelled_a_way_out
     assert est.breakdown["all_gather_buffers"] > 0 and est.trainable_params < est.params
     for query, words, fix in (({"wbits": "4", "peft": "lora"}, "quantized base (QLoRA, 8-bit) over several devices",
                                "Use a 16-bit base (LoRA over several devices is modelled)"),
-                              ({"peft": "prefix"}, "prefix tuning over several devices",
+                              ({"peft": "freeze"}, "training the top layers over several devices",
                                "Train LoRA adapters (modelled over several devices)")):
         at = open_page("calculator", query={**query, "devices": "8", "sharding": "fsdp"})
         assert not at.exception

@@ -161,7 +161,7 @@ def test_peft_estimate_json_matches_library_and_peft_count():
 
 
 @pytest.mark.parametrize("args,word", [
-    (["--preset", "llama-2-7b", "--peft", "prefix", "--devices", "2", "--sharding", "fsdp"], "several devices"),
+    (["--preset", "llama-2-7b", "--peft", "freeze", "--devices", "2", "--sharding", "fsdp"], "several devices"),
     (["--preset", "llama-2-7b", "--peft", "lora", "--weights-bits", "4", "--devices", "8", "--sharding", "ddp"],
      "quantized base"),
     (["--preset", "mixtral-8x7b", "--peft", "lora"], "mixture of experts"),

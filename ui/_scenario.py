@@ -636,8 +636,8 @@ def peft_cli_args() -> list[str]:
 # A refusal of a PEFT setting (words of capacity's message) and the change that answers it.
 PEFT_FIXES = [
     ("peft: mixed precision", "Turn mixed precision off", {"mixed": False}),
-    # over several devices LoRA over a 16-bit base is modelled (capacity/trainable.py:
-    # check_peft_sharded); a quantized base, prefix tuning and top layers are not
+    # over several devices LoRA and prefix tuning over a 16-bit base are modelled
+    # (capacity/trainable.py: check_peft_sharded); a quantized base and top layers are not
     ("a quantized base (QLoRA, 8-bit) over several devices", "Use a 16-bit base (LoRA over several devices is "
      "modelled)", {"wbits": "16"}),
     ("over several devices (--devices", "Train LoRA adapters (modelled over several devices)", {"peft": "lora"}),
