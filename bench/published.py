@@ -420,9 +420,9 @@ def across_devices(slack: float) -> list[str]:
         "(ours / published). FT: FSDP full sharding on more than one GPU; MeZO: FSDP (the paper's "
         "MeZO spread the layers with `device_map='auto'`, which holds one layer's worth less per "
         "GPU than FSDP's gathers; the answers are the same). OPT-175B from the OPT paper's sizes "
-        "(there is no public Hugging Face config). Prefix FT: capacity prices prefix tuning on one "
-        "device without mixed precision (docs/peft.md); the paper's prefix runs used fp16 AMP and, from 2 GPUs on, "
-        "several devices, neither of which is modelled for PEFT yet (trainable.check_peft refuses them): not "
+        "(there is no public Hugging Face config). Prefix FT: capacity prices prefix tuning without "
+        "mixed precision, on one device and over several (docs/peft.md, docs/sharding.md); the paper's prefix "
+        "runs used fp16 AMP, which is not modelled for PEFT yet (trainable.check_peft refuses it): not "
         "reproduced.",
         "",
         *fig_rows,

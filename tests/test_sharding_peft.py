@@ -138,6 +138,10 @@ def test_peft_over_several_devices_refuses_what_is_not_modelled_by_name():
     assert capacity.estimate(shape, Scenario(method="bp", dtype="bf16", peft=Peft(method="prefix"))).peak_bytes > 0
     with pytest.raises(ValueError, match="quantized"):
         measure_sharded(LLAMA, scenario("fsdp", 2, peft=Peft(method="lora", weights_bits=4)), steps=2)
+    with pytest.raises(ValueError, match="top layers"):
+        measure_sharded(LLAMA, scenario("ddp", 2, peft=Peft(method="freeze")), steps=2)
+    with pytest.raises(ValueError, match="checkpointing"):
+        measure_sharded(LLAMA, scenario("fsdp", 2, keep=0.0, peft=PREFIX), steps=2)
 
 
 def test_fast_trace_of_a_lora_model_is_exact():

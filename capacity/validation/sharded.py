@@ -583,6 +583,8 @@ def measure_sharded(model, scenario: Scenario, steps: int = 3, trace_mode: str =
         raise ValueError("steps: at least 2 (the peak is measured after the first step)")
     if scenario.peft.weights_bits != 16:
         raise ValueError("sharding: quantized bases (QLoRA, 8-bit) are not traced over several devices")
+    if scenario.peft.method == "freeze":
+        raise ValueError("sharding: training the top layers is not traced over several devices")
     say = progress or (lambda step, total, message: None)
     from .measurement import check_transformers_accepts
     from .preflight import check_tensor_sizes
@@ -591,6 +593,7 @@ def measure_sharded(model, scenario: Scenario, steps: int = 3, trace_mode: str =
     check_tensor_sizes(shape, scenario)
     L = shape.num_layers
     c = num_checkpointed_layers(L, scenario.keep) if scenario.method == "bp" else 0
+    peft_models.check(scenario.peft, "trace", checkpointing=c > 0)     # e.g. a prefix with checkpointing
     steps_traced = min(steps, 3)     # steps after the third repeat it (fast_trace.py)
     # A trace's token ids are fake too (their values play no part in a fake step; `data`
     # is accepted for the command line's sake): (batch, seq) int64, one per traced step.
