@@ -42,6 +42,14 @@ _fsdp_param_group.py, _fsdp_collectives.py, read and checked against traces: doc
 b_m bytes of the stored parameters (4 under mixed precision, else the dtype), b_c of the
 compute dtype, b_r of the reduce dtype (b_c).
 
+Parameter-efficient fine-tuning (LoRA, prefix tuning over a 16-bit base): every tensor is
+classed trained or frozen (trainable.classed_parameter_tensors); a unit's frozen tensors are
+sharded, gathered and stored like the others, in their own dtype, while only its trained
+ones get unsharded gradients, a reduce-scatter input, a reduced shard and optimizer states
+(_Bytes); DDP's buckets and ZeroRedundancyOptimizer's partition cover the trained tensors
+only. Where accelerate puts the final norm depends on how peft wraps the model
+(final_norm_in_tail). docs/sharding.md, "LoRA and prefix tuning over several devices".
+
 MeZO over a sharded model gathers each unit to run it and never holds gradients (every unit
 is resharded after each forward: a unit kept gathered would hold a stale copy that MeZO's
 perturbation of the shards never reaches). Under ddp and zero1 MeZO runs the plain model.
@@ -62,7 +70,7 @@ from . import optimizers as optim
 from .memory import (FP32, BackwardThroughLayers, ForwardThroughLayers, _LayerSums, _PatternSum,
                      _bp_phases, _state_bytes_per_value, builds_kv_cache, inference_forward_moments,
                      mezo_chunk_elements)
-from .params import parameter_count, parameter_tensor_count, parameter_tensors
+from .params import parameter_count, parameter_tensors
 from .scenario import Estimate, Parallel, Scenario
 from .shape import ModelShape
 

@@ -790,13 +790,14 @@ def comparable_breakdown(measured: dict, estimate) -> dict:
     buckets, collective buffers, optimizer states) by name; mixed precision's fp32 master
     weights are the tracker's parameters; the optimizer step's temporaries are its states
     (as the one-device comparison files them, memory.by_tracker_class); the rest is
-    activations_and_temporaries."""
+    activations_and_temporaries. (With a frozen 16-bit base and fp32 adapters in one FSDP
+    unit the tracker files the unit's gathered parameters as activations: docs/sharding.md.)"""
     def classes(b: dict, step_temporaries: bool) -> dict:
         out: dict = {}
         for name, value in b.items():
             if not isinstance(value, (int, float)):
                 continue
-            if name == "master_weights":
+            if name in ("master_weights", "trainable_weights"):    # (a PEFT model's adapters too)
                 name = "weights"
             elif name == "temporaries" and step_temporaries:
                 name = "optimizer_states"
