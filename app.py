@@ -10,8 +10,14 @@ which opens the linked page.
 import logging
 
 import streamlit as st
+from streamlit import delta_generator
 
 from ui import _background, _format, _runs, _scenario
+
+# Before its first element in a process, Streamlit asks whether it runs in a Python REPL
+# (to print a warning there) by reading the source of every frame on the stack: 0.1 s of a
+# fresh server's first page. Under `streamlit run` it never is, so skip the check.
+delta_generator._use_warning_has_been_displayed = True
 
 st.set_page_config(page_title="BP vs MeZO memory calculator", page_icon=":material/calculate:", layout="wide")
 

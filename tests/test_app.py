@@ -51,12 +51,15 @@ def scenario(method, keep=1.0, **changes):
     return cap.Scenario(method=method, keep=keep, **{**PAPER, **changes})
 
 
-def open_page(page, query=None):
-    """Run app.py once (the default page), then the page itself."""
+def open_page(page, query=None, opened=()):
+    """Run app.py once (the default page), then the page itself, with the expanders whose
+    keys are in `opened` open (ui/_expander.lazy: their content is drawn only when open)."""
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.query_params.update(query or {})
     at.run()
     at.switch_page(f"ui/{page}.py")
+    for key in opened:
+        at.session_state[key] = True
     at.run()
     return at
 
@@ -130,7 +133,13 @@ def test_calculator_shows_what_capacity_returns():
     mezo, bp = estimates["MeZO"].peak_bytes, estimates["BP"].peak_bytes
     assert metrics["MeZO / BP memory"].value == f"{mezo / bp:.3f}"
 
-    in_gb, in_gib = at.dataframe[0].value, at.dataframe[1].value     # the GB and GiB tabs
+    in_gb = at.dataframe[0].value                  # one table, in the units chosen above it
+    assert not [c for c in in_gb.columns if "GiB" in c]
+    at.segmented_control(key="w_units").set_value("binary").run()
+    assert_clean(at)
+    in_gib = at.dataframe[0].value
+    assert not [c for c in in_gib.columns if "[GB]" in c]
+    assert _scenario.url_params(at.session_state["scenario"]) == {"units": "binary"}      # in the link
     for label, est in estimates.items():
         assert in_gb.loc["total (peak)", f"{label} [GB]"] == round(est.peak_bytes / 1e9, 3)
         assert in_gib.loc["total (peak)", f"{label} [GiB]"] == round(est.peak_bytes / 2**30, 3)
@@ -161,14 +170,14 @@ def test_accuracy_expander_shows_the_summary_or_says_it_is_missing(tmp_path, mon
                    "worst abs error | within 3% |\n|---|---|---|---|---|\n| all | 9 | 0.65% | 1.5% | 9/9 |\n\n"
                    "## Details\n\nnot in the summary\n")
     monkeypatch.setattr(_accuracy, "ACCURACY_DOC", doc)
-    at = open_page("calculator")
+    at = open_page("calculator", opened=["open_accuracy"])
     accuracy = next(e for e in at.expander if e.label == "How accurate is this?")
     shown_text = " ".join(m.value for m in accuracy.markdown)
     assert "How it was measured." in shown_text and "| all | 9 | 0.65% |" in shown_text
     assert "not in the summary" not in shown_text
     assert "9 cases, median error 0.65%, worst 1.5%" in captions(at)
     monkeypatch.setattr(_accuracy, "ACCURACY_DOC", tmp_path / "missing.md")
-    at = open_page("calculator")
+    at = open_page("calculator", opened=["open_accuracy"])
     accuracy = next(e for e in at.expander if e.label == "How accurate is this?")
     assert "not there yet" in accuracy.info[0].value
     assert "no accuracy report" in captions(at)
@@ -268,14 +277,14 @@ TINY = {"model_type": "gpt2", "n_embd": 128, "n_layer": 2, "n_head": 4, "vocab_s
 def test_an_uploaded_config_becomes_the_model_named_by_its_own_name():
     config = {**TINY, "_name_or_path": "acme/tiny-gpt2"}
     text = json.dumps(config).encode()
-    at = open_page("calculator", query={"batch": "1", "seq": "64"})
+    at = open_page("calculator", query={"batch": "1", "seq": "64", "units": "binary"})
     at.file_uploader[0].set_value(("config.json", text, "application/json")).run()
     assert_clean(at)
     shape = cap.parse_hf_config_text(text)
     est = cap.estimate(shape, scenario("bp", batch=1, seq=64))
     assert est.peak_bytes < 10**8     # a small model: shown in MB and MiB, not as 0.00 GB
     assert {m.label: m.value for m in at.metric}["BP"] == mb(est.peak_bytes)
-    assert at.dataframe[1].value.loc["total (peak)", "BP [MiB]"] == round(est.peak_bytes / 2**20, 3)
+    assert at.dataframe[0].value.loc["total (peak)", "BP [MiB]"] == round(est.peak_bytes / 2**20, 3)
     name = at.session_state["uploaded_name"]
     assert name == f"acme/tiny-gpt2 (gpt2, {_format.params_text(cap.parameter_count(shape))})"
     assert name in captions(at)
@@ -356,7 +365,7 @@ def test_an_oversized_upload_is_refused_with_a_reason():
 
 
 def test_memory_vs_context_plots_what_capacity_returns():
-    at = open_page("memory_vs_context")
+    at = open_page("memory_vs_context", opened=["open_numbers"])
     assert_clean(at)
     data = at.dataframe[0].value
     shape = cap.load_preset("llama-2-7b")
@@ -373,7 +382,7 @@ def test_memory_vs_context_plots_what_capacity_returns():
 def test_memory_vs_context_opens_readable_with_round_ratio_ticks():
     """Log axes by default (BP, MeZO and the budget all readable); the linear view is
     clipped at a multiple of the budget; the ratio axis ticks at round steps."""
-    at = open_page("memory_vs_context")
+    at = open_page("memory_vs_context", opened=["open_numbers"])
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert spec["layout"]["xaxis"]["type"] == "log" and spec["layout"]["yaxis"]["type"] == "log"
     ratio_axis = spec["layout"]["yaxis2"]
@@ -621,7 +630,7 @@ def test_the_devices_section_shards_every_figure_and_says_per_device():
     # The link carries the devices; a new session opens on them (Memory vs context here).
     params = _scenario.url_params(at.session_state["scenario"])
     assert params == {"device": A100, "devices": "8", "sharding": "fsdp"}
-    again = open_page("memory_vs_context", query=params)
+    again = open_page("memory_vs_context", query=params, opened=["open_numbers"])
     assert_clean(again)
     assert again.number_input(key="w_devices").value == 8 and again.selectbox(key="w_sharding").value == "fsdp"
     assert "per device (8 × A100 80GB, FSDP full shard)" in again.title[0].value
@@ -645,7 +654,7 @@ def test_optimizer_offload_shows_the_host_memory():
         assert est.host_bytes > 0
         assert metrics[label] == gb(est.peak_bytes)
         assert metrics[f"{label}: host"] == _format.size_text(est.host_bytes)
-    host = at.dataframe[2].value                         # after the device's terms in GB and GiB
+    host = at.dataframe[1].value                         # after the device's terms
     assert host.loc["total (peak)", "BP [GB]"] == round(est.host_bytes / 1e9, 3)
     assert "per device (8 × A100 80GB, FSDP full shard)" in at.title[0].value
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
@@ -711,7 +720,8 @@ def assert_devices_needed(table, expected):
 
 
 def test_what_fits_devices_needed_is_capacitys_table():
-    at = open_page("what_fits", query={"device": A100, "devices": "8", "sharding": "fsdp", "family": "OPT"})
+    at = open_page("what_fits", query={"device": A100, "devices": "8", "sharding": "fsdp", "family": "OPT"},
+                   opened=["open_devices_needed"])
     assert_clean(at)
     methods = devices_needed_methods(on(8, "fsdp"), on(2, "fsdp", True))
     models = {name: cap.load_preset(name) for name in cap.families()["OPT"]}
@@ -758,7 +768,8 @@ def test_the_devices_needed_csv_carries_capacitys_numbers():
 
 
 def test_a_model_capacity_refuses_is_a_note_in_the_devices_needed_table():
-    at = open_page("what_fits", query={"family": "GPT-2", "seq": "2048", "model": "llama-2-7b"})
+    at = open_page("what_fits", query={"family": "GPT-2", "seq": "2048", "model": "llama-2-7b"},
+                   opened=["open_devices_needed"])
     assert_clean(at)
     table = at.dataframe[1].value
     with pytest.raises(ValueError) as refused:
@@ -1031,7 +1042,7 @@ def test_a_rope_context_beyond_its_trained_length_is_answered_with_a_note():
 
 
 def test_memory_vs_context_stops_at_a_learned_position_table():
-    at = open_page("memory_vs_context", query={"model": "opt-1.3b"})
+    at = open_page("memory_vs_context", query={"model": "opt-1.3b"}, opened=["open_numbers"])
     assert_clean(at)
     assert at.dataframe[0].value["context"].max() == 2048
     assert "2,048 positions" in " ".join(shown(i.value) for i in at.info)
@@ -1253,7 +1264,7 @@ def test_every_page_names_the_variant_and_figures_carry_it():
 
 def test_what_fits_shows_every_way_of_fine_tuning_as_capacity_answers():
     query = {"peft": "lora", "lora_r": "16", "device": "Jetson Orin Nano 8GB", "model": "gpt2"}
-    at = wait_for_background(open_page("what_fits", query=query))
+    at = wait_for_background(open_page("what_fits", query=query, opened=["open_variant_families"]))
     assert_clean(at)
     budget = cap.load_device("Jetson Orin Nano 8GB").usable_memory_bytes
     base = peft_scenario("mezo", peft=cap_scenario.Peft(method="lora", lora_rank=16))
@@ -1285,8 +1296,29 @@ def test_what_fits_shows_every_way_of_fine_tuning_as_capacity_answers():
     assert "CPU runs" in captions(at) and "CUDA" in captions(at)    # what the quantized figures were checked against
 
 
+def test_secondary_tables_are_drawn_only_when_their_expander_is_open():
+    """A table in a closed st.expander still costs the browser most of a page load, so the
+    secondary ones (ui/_expander.lazy) are computed and drawn only once opened."""
+    at = open_page("calculator")
+    assert_clean(at)
+    assert len(at.dataframe) == 1                                   # the terms at the peak, in one unit
+    assert "Every way of fine-tuning side by side" in at.expander[0].label
+    at.session_state["open_variants"] = True                        # what opening it sets
+    at.run()
+    assert_clean(at)
+    assert len(at.dataframe) == 2 and "variant" in at.dataframe[1].value.columns
+    fits = wait_for_background(open_page("what_fits"))
+    closed = len(fits.dataframe)
+    for key in ("open_devices_needed", "open_variant_families", "open_device_presets"):
+        fits.session_state[key] = True
+    fits.run()
+    assert_clean(fits)
+    assert len(fits.dataframe) == closed + 3
+
+
 def test_calculator_sets_every_variant_side_by_side():
-    at = open_page("calculator", query={"model": "gpt2", "peft": "lora", "lora_targets": "all-linear"})
+    at = open_page("calculator", query={"model": "gpt2", "peft": "lora", "lora_targets": "all-linear"},
+                   opened=["open_variants"])
     assert_clean(at)
     table = next(d.value for d in at.dataframe if "variant" in d.value.columns).set_index("variant")
     shape = cap.load_preset("gpt2")

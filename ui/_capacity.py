@@ -9,6 +9,7 @@ methods; a new budget: nothing but the comparisons).
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import capacity as cap
@@ -41,7 +42,19 @@ def largest_preset(family: str, budget: int, scenario: "cap.Scenario"):
     return inverse.largest_preset(family, budget, scenario, estimate_of=estimate)
 
 
+@functools.lru_cache(maxsize=1024)
+def _devices_needed_row(name: str, shape: "cap.ModelShape", methods: tuple, budget: int) -> dict:
+    return cap.devices_needed_table({name: shape}, dict(methods), budget)[0]
+
+
+def devices_needed_row(name: str, shape: "cap.ModelShape", methods: dict, budget: int) -> dict:
+    """capacity.devices_needed_table's row of one model, kept per (model, methods, budget):
+    each row tries every device count under every method (tens of estimates). A copy, so
+    that a caller may change it; a ValueError is raised again each time."""
+    return copy.deepcopy(_devices_needed_row(name, shape, tuple(methods.items()), budget))
+
+
 def forget() -> None:
     """Drop the kept answers (tests that replace a capacity function)."""
-    for kept in (families, preset, estimate):
+    for kept in (families, preset, estimate, _devices_needed_row):
         kept.cache_clear()

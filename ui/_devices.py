@@ -37,12 +37,13 @@ def methods(s: dict) -> dict:
 
 
 def rows(models: dict, methods: dict, budget: int) -> list[dict]:
-    """capacity.devices_needed_table, one model at a time, so that a model capacity refuses
-    (a context beyond its positions) is a note on its row, not a missing table."""
+    """capacity.devices_needed_table, one model at a time (each row kept: ui/_capacity.py),
+    so that a model capacity refuses (a context beyond its positions) is a note on its row,
+    not a missing table."""
     out = []
     for name, shape in models.items():
         try:
-            out += cap.devices_needed_table({name: shape}, methods, budget)
+            out.append(_capacity.devices_needed_row(name, shape, methods, budget))
         except ValueError as err:
             out.append({"model": name, "params": cap.parameter_count(shape), "methods": {}, "note": str(err)})
     return out

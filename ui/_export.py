@@ -161,7 +161,9 @@ def slug(text: str) -> str:
 
 def show_figure(fig: go.Figure, name: str, data: pd.DataFrame) -> None:
     """The chart, then downloads: PNG and SVG (drawn on click) and its data as CSV."""
-    st.plotly_chart(fig, config=PLOTLY_CONFIG, key=f"chart-{name}")
+    # theme=None: the figure's own look (the one exported), without Streamlit's theme pass
+    # over it in the browser (a page load's cost).
+    st.plotly_chart(fig, config=PLOTLY_CONFIG, key=f"chart-{name}", theme=None)
     png, svg, csv = st.columns(3)
     ok = export_available()
     name = slug(name)
@@ -171,7 +173,7 @@ def show_figure(fig: go.Figure, name: str, data: pd.DataFrame) -> None:
     svg.download_button("Download SVG", data=functools.partial(figure_bytes, fig, "svg"),
                         file_name=f"{name}.svg", mime="image/svg+xml", on_click="ignore",
                         disabled=not ok, key=f"svg-{name}", width="stretch")
-    csv.download_button("Download data (CSV)", data=functools.partial(_csv, data),
+    csv.download_button("Download data (CSV)", data=csv_on_click(data),
                         file_name=f"{name}.csv", mime="text/csv", on_click="ignore",
                         key=f"csv-{name}", width="stretch")
     if ok:
@@ -183,3 +185,9 @@ def show_figure(fig: go.Figure, name: str, data: pd.DataFrame) -> None:
 
 def _csv(data: pd.DataFrame) -> bytes:
     return data.to_csv(index=False).encode()
+
+
+def csv_on_click(data: pd.DataFrame):
+    """A download button's data: `data` as CSV, written when the button is clicked (not on
+    every run of the page)."""
+    return functools.partial(_csv, data)

@@ -180,12 +180,22 @@ def terms_table(breakdowns: dict, terms, totals: dict, unit: str = "GB", name_of
 ROW_PX = 35                   # st.dataframe's row height
 
 
-def unit_tabs(table: pd.DataFrame, unit: str = "GB") -> None:
-    """A table with '[GB]' and '[GiB]' columns as two tabs, one per unit (names kept)."""
-    binary = UNITS[unit][1]
-    tabs = st.tabs([f"{unit} ({'10⁹' if unit == 'GB' else '10⁶'} bytes)",
-                    f"{binary} ({'2³⁰' if unit == 'GB' else '2²⁰'} bytes)"])
-    for tab, name in zip(tabs, (unit, binary)):
-        # tall enough for every row (a sharded run has a dozen terms): no scrolling inside
-        tab.dataframe(table[[c for c in table.columns if c.endswith(f"[{name}]")]], width="stretch",
-                      height=ROW_PX * (len(table) + 1) + 3)
+def unit_name(unit: str = "GB", binary: bool = False) -> str:
+    """The unit a table shows: `unit` (GB, MB) or its binary twin (GiB, MiB)."""
+    return UNITS[unit][1] if binary else unit
+
+
+def unit_choice_text(unit: str, binary: bool) -> str:
+    """'GB (10⁹ bytes)', 'GiB (2³⁰ bytes)', 'MB (10⁶ bytes)' or 'MiB (2²⁰ bytes)'."""
+    size = {"GB": "10⁹", "GiB": "2³⁰", "MB": "10⁶", "MiB": "2²⁰"}
+    name = unit_name(unit, binary)
+    return f"{name} ({size[name]} bytes)"
+
+
+def unit_table(table: pd.DataFrame, unit: str = "GB", binary: bool = False) -> None:
+    """A table with '[GB]' and '[GiB]' columns (or MB and MiB), drawn in one of the two
+    units: the page's units control chooses (one table drawn, not one per unit)."""
+    name = unit_name(unit, binary)
+    # tall enough for every row (a sharded run has a dozen terms): no scrolling inside
+    st.dataframe(table[[c for c in table.columns if c.endswith(f"[{name}]")]], width="stretch",
+                 height=ROW_PX * (len(table) + 1) + 3)

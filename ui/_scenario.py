@@ -27,7 +27,7 @@ import capacity as cap
 from capacity import scenario as cap_scenario
 from capacity import sharding as cap_sharding
 from ui import _capacity
-from ui._format import gb_text, params_text, plain
+from ui._format import gb_text, params_text, plain, unit_choice_text
 
 CUSTOM = "Custom budget"
 UPLOADED = "uploaded"          # the `model` value when the model is an uploaded config.json
@@ -122,6 +122,8 @@ PARAMS: dict[str, Param] = {
     "steps": Param(1000, 1, 10**9),             # BP-equivalent steps
     "mult": Param(float(cap.MEZO_STEPS_MULTIPLIER), 1.0, 10_000.0),
     "eff": Param(1.0, 0.01, 1.0),               # share of peak throughput reached
+    # the calculator's tables: GB and MB (decimal) or GiB and MiB (binary)
+    "units": Param("decimal", choices=lambda: ["decimal", "binary"]),
     # the memory figure
     "ctx_max": Param(8192, 128, 1 << 20),       # longest context shown
     "log": Param(True),                         # logarithmic axes (memory and context)
@@ -230,6 +232,15 @@ def control(widget, label: str, key: str, **kwargs):
     st.session_state[wkey] = scenario()[key]
     widget(label, key=wkey, on_change=store, args=(key,), **kwargs)
     return scenario()[key]
+
+
+def binary_units(unit: str = "GB") -> bool:
+    """The units control of a page's tables (the scenario's `units`, so in the link too):
+    True for the binary unit (GiB, or MiB beside MB), False for the decimal one."""
+    choice = control(st.segmented_control, "Units of the tables", "units", options=PARAMS["units"].choices(),
+                     format_func=lambda v: unit_choice_text(unit, v == "binary"), required=True,
+                     help="GB = 10⁹ bytes, GiB = 2³⁰ bytes (MB = 10⁶, MiB = 2²⁰ for small models).")
+    return choice == "binary"
 
 
 def store(key: str, value=None) -> None:

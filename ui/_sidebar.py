@@ -11,7 +11,7 @@ import streamlit as st
 
 import capacity as cap
 from capacity import scenario as cap_scenario
-from ui import _scenario as sc
+from ui import _expander, _scenario as sc
 from ui._format import both_text, gb_text, md
 
 # --- the sections ---------------------------------------------------------------------
@@ -61,7 +61,11 @@ def training_section(s: dict) -> None:
                format_func=_loop_label,
                help="plain: `out = model(...); out.loss.backward(); opt.step()`. trainer: what "
                     "transformers.Trainer does with its defaults.")
-    with st.expander("Loop settings", expanded=any(s[k] != sc.DEFAULTS[k] for k in ("opt_impl", "hold", "accum"))):
+    loop_box = _expander.lazy("Loop settings", "open_loop_settings",
+                              expanded=any(s[k] != sc.DEFAULTS[k] for k in ("opt_impl", "hold", "accum")))
+    if not loop_box.open:
+        return
+    with loop_box:
         preset = cap_scenario.LOOPS[s["loop"]]
         sc.control(st.selectbox, "Optimizer implementation", "opt_impl", options=sc.PARAMS["opt_impl"].choices(),
                    format_func=lambda v: f"loop's ({_impl(preset, s)})" if v == sc.AUTO else v,

@@ -5,7 +5,36 @@ import streamlit as st
 
 import capacity as cap
 from capacity import inverse
-from ui import _accuracy, _capacity, _export, _format as fmt, _scenario as sc, _sidebar
+from ui import _accuracy, _capacity, _expander, _export, _format as fmt, _scenario as sc, _sidebar
+
+
+def variants_table(shape, budget: int) -> None:
+    """This model at these settings by each way of fine-tuning (capacity.inverse.VARIANTS):
+    peak, whether it fits `budget`, and the terms at each peak; with its CSV."""
+    st.caption(f"This model at these settings, by each way of fine-tuning (LoRA settings from the sidebar; QLoRA: "
+               f"4-bit NF4 with double quantization; BP without checkpointing). Budget {fmt.md(sc.budget_label())}. "
+               "Terms at each peak; full fine-tuning trains the weights themselves (no frozen base).")
+    base_sc = sc.method_scenario("mezo")
+    rows = []
+    for variant in inverse.VARIANTS:
+        try:
+            est = _capacity.estimate(shape, inverse.variant_scenario(variant, base_sc))
+        except ValueError as err:
+            rows.append({"variant": variant, "note": str(err)})
+            continue
+        # Full fine-tuning trains the weights themselves: none of them is a frozen base.
+        full = inverse.VARIANTS[variant][1]["method"] == "none"
+        parts = {"frozen base": 0 if full else est.breakdown.get("weights", 0),
+                 "trained weights": est.breakdown.get("trainable_weights", 0) + (est.breakdown.get("weights", 0) if full else 0),
+                 **{fmt.term_label(t): est.breakdown.get(t, 0) for t in ("gradients", "optimizer_states", "activations")}}
+        rows.append({"variant": variant, "trainable parameters": est.trainable_params,
+                     **fmt.gb_columns("peak", est.peak_bytes), "fits": "yes" if est.peak_bytes <= budget else "no",
+                     **{f"{name} [GB]": n / cap.GB for name, n in parts.items()}, "peak_bytes": est.peak_bytes, "note": ""})
+    variants = pd.DataFrame(rows)
+    st.dataframe(variants.drop(columns=["peak_bytes"], errors="ignore").round(3), width="stretch", hide_index=True)
+    st.download_button("Download the variants (CSV)", _export.csv_on_click(variants),
+                       f"variants-{_export.slug(sc.model_name())}.csv", "text/csv", on_click="ignore")
+
 
 _sidebar.start_page(sc.per_device("Memory calculator", with_offload=False))
 
@@ -83,57 +112,46 @@ fig = _export.figure(traces, layout, f"{sc.per_device('Peak memory by term')}: {
 _export.show_figure(fig, f"memory-by-term-{sc.model_name()}", data)
 
 st.subheader(sc.per_device("Terms at the peak", with_offload=False))
-fmt.unit_tabs(fmt.terms_table({label: est.breakdown for label, est in estimates.items()}, sc.terms(),
-                              {label: est.peak_bytes for label, est in estimates.items()}, unit, term_label), unit)
+in_binary = sc.binary_units(unit)
+fmt.unit_table(fmt.terms_table({label: est.breakdown for label, est in estimates.items()}, sc.terms(),
+                               {label: est.peak_bytes for label, est in estimates.items()}, unit, term_label),
+               unit, in_binary)
 if s["offload"]:
     st.subheader("Host memory per device (optimizer offload)")
     host_terms = [t for t in sc.HOST_TERMS if any(t in est.host_breakdown for est in estimates.values())]
-    fmt.unit_tabs(fmt.terms_table({label: est.host_breakdown for label, est in estimates.items()}, host_terms,
-                                  {label: est.host_bytes for label, est in estimates.items()}), "GB")
+    fmt.unit_table(fmt.terms_table({label: est.host_breakdown for label, est in estimates.items()}, host_terms,
+                                   {label: est.host_bytes for label, est in estimates.items()}), "GB", in_binary)
 if peft_on:
     st.caption("Base weights: the frozen model as stored (quantized weights with their block statistics). "
                "Trainable weights: the adapters, prefix or top layers; their gradients and optimizer states "
                "are the only ones BP keeps. Terms are what is live at each method's peak.")
 
-st.subheader("Every way of fine-tuning, side by side")
-st.caption(f"This model at these settings, by each way of fine-tuning (LoRA settings from the sidebar; QLoRA: "
-           f"4-bit NF4 with double quantization; BP without checkpointing). Budget {fmt.md(sc.budget_label())}. "
-           "Terms at each peak; full fine-tuning trains the weights themselves (no frozen base).")
-base_sc = sc.method_scenario("mezo")
-rows = []
-for variant in inverse.VARIANTS:
-    try:
-        est = _capacity.estimate(shape, inverse.variant_scenario(variant, base_sc))
-    except ValueError as err:
-        rows.append({"variant": variant, "note": str(err)})
-        continue
-    # Full fine-tuning trains the weights themselves: none of them is a frozen base.
-    full = inverse.VARIANTS[variant][1]["method"] == "none"
-    parts = {"frozen base": 0 if full else est.breakdown.get("weights", 0),
-             "trained weights": est.breakdown.get("trainable_weights", 0) + (est.breakdown.get("weights", 0) if full else 0),
-             **{fmt.term_label(t): est.breakdown.get(t, 0) for t in ("gradients", "optimizer_states", "activations")}}
-    rows.append({"variant": variant, "trainable parameters": est.trainable_params,
-                 **fmt.gb_columns("peak", est.peak_bytes), "fits": "yes" if est.peak_bytes <= budget else "no",
-                 **{f"{name} [GB]": n / cap.GB for name, n in parts.items()}, "peak_bytes": est.peak_bytes, "note": ""})
-variants = pd.DataFrame(rows)
-st.dataframe(variants.drop(columns=["peak_bytes"], errors="ignore").round(3), width="stretch", hide_index=True)
-st.download_button("Download the variants (CSV)", variants.to_csv(index=False).encode(),
-                   f"variants-{_export.slug(sc.model_name())}.csv", "text/csv", on_click="ignore")
+# Secondary answers, each computed and drawn only when its expander is open.
+variants_box = _expander.lazy("Every way of fine-tuning side by side: BP and MeZO, full, LoRA and quantized LoRA",
+                              "open_variants")
+if variants_box.open:
+    with variants_box:
+        variants_table(shape, budget)
 
-with st.expander("The textbook form (weights + gradients + optimizer states + Korthikanti activations)"):
-    textbook = {label: est.textbook for label, est in estimates.items()}
-    terms = list(dict.fromkeys(t for tb in textbook.values() for t in tb))
-    fmt.unit_tabs(fmt.terms_table(textbook, terms, {label: sum(tb.values()) for label, tb in textbook.items()}, unit),
-                  unit)
-    st.caption("The classic closed form, kept as the explanation; the peak above models the framework "
-               "(what torch.cuda.max_memory_allocated reports).")
+textbook_box = _expander.lazy("The textbook form (weights + gradients + optimizer states + Korthikanti activations)",
+                              "open_textbook")
+if textbook_box.open:
+    with textbook_box:
+        textbook = {label: est.textbook for label, est in estimates.items()}
+        terms = list(dict.fromkeys(t for tb in textbook.values() for t in tb))
+        fmt.unit_table(fmt.terms_table(textbook, terms, {label: sum(tb.values()) for label, tb in textbook.items()},
+                                       unit), unit, in_binary)
+        st.caption("The classic closed form, kept as the explanation; the peak above models the framework "
+                   "(what torch.cuda.max_memory_allocated reports).")
 
-with st.expander("How accurate is this?"):
-    summary = _accuracy.summary()
-    if summary is None:
-        st.info("The accuracy report (docs/accuracy.md) is not there yet: no measured-versus-predicted "
-                "figures have been published for this build. The Validate page measures your own GPU.")
-    else:
-        st.markdown(summary)
-        st.caption("Where the model is off and why, and every case: docs/accuracy.md "
-                   "(`python bench/accuracy.py` regenerates it).")
+accuracy_box = _expander.lazy("How accurate is this?", "open_accuracy")
+if accuracy_box.open:
+    with accuracy_box:
+        summary = _accuracy.summary()
+        if summary is None:
+            st.info("The accuracy report (docs/accuracy.md) is not there yet: no measured-versus-predicted "
+                    "figures have been published for this build. The Validate page measures your own GPU.")
+        else:
+            st.markdown(summary)
+            st.caption("Where the model is off and why, and every case: docs/accuracy.md "
+                       "(`python bench/accuracy.py` regenerates it).")

@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 import capacity as cap
-from ui import _capacity, _export, _format as fmt, _scenario as sc, _sidebar
+from ui import _capacity, _expander, _export, _format as fmt, _scenario as sc, _sidebar
 
 LINEAR_CLIP = 3        # the linear memory axis stops at this many budgets (or where MeZO and BP show)
 
@@ -139,5 +139,6 @@ if not log_axes and data["bp_bytes"].max() > LINEAR_CLIP * budget:
     st.caption(f"The memory axis stops near {LINEAR_CLIP}x the budget; BP reaches "
                f"{fmt.gb_text(data['bp_bytes'].max())} at {data['context'].max():,} tokens (the log axes show it all).")
 
-with st.expander("The numbers"):
-    st.dataframe(data.drop(columns=["bp_bytes", "mezo_bytes"]).round(3), width="stretch", hide_index=True)
+numbers_box = _expander.lazy("The numbers", "open_numbers")
+if numbers_box.open:
+    numbers_box.dataframe(data.drop(columns=["bp_bytes", "mezo_bytes"]).round(3), width="stretch", hide_index=True)

@@ -5,7 +5,7 @@ import streamlit as st
 
 import capacity as cap
 from capacity import inverse
-from ui import _accuracy, _background, _capacity, _devices, _export, _format as fmt, _scenario as sc, _sidebar
+from ui import _accuracy, _background, _capacity, _devices, _expander, _export, _format as fmt, _scenario as sc, _sidebar
 
 POLL_S = 0.3
 
@@ -64,25 +64,29 @@ for col, (label, _) in zip(st.columns(len(methods)), methods):
                    delta_color="off", delta_arrow="off", help=f"{row['family']} family; the largest across every family.")
     else:
         col.metric(label, "none fits")
-st.download_button("Download the table (CSV)", fits.drop(columns=["shown"]).to_csv(index=False).encode(),
+st.download_button("Download the table (CSV)", _export.csv_on_click(fits.drop(columns=["shown"])),
                    "largest-presets.csv", "text/csv", on_click="ignore")
 
-# How many devices of the chosen kind each model needs, by method.
-st.subheader("Devices needed")
-family_col, rows_col = st.columns(2)
-rows_choice = sc.control(rows_col.radio, "Models", "dn_models", options=sc.PARAMS["dn_models"].choices(),
-                         format_func=lambda v: "every preset of the family" if v == "family"
-                         else "the largest preset of each family", horizontal=True)
-family = sc.control(family_col.selectbox, "Family", "family", options=list(_capacity.families()),
-                    disabled=rows_choice != "family")
-models = _devices.models(rows_choice, family)
-table_methods = _devices.methods(s)
-dn_rows = _devices.rows(models, table_methods, budget)
-st.caption(_devices.caption(s, budget))
-st.dataframe(_devices.display(dn_rows, list(table_methods)), width="stretch")
-dn_data = _devices.data(dn_rows, list(table_methods))
-st.download_button("Download the devices-needed table (CSV)", dn_data.to_csv(index=False).encode(),
-                   "devices-needed.csv", "text/csv", on_click="ignore")
+# How many devices of the chosen kind each model needs, by method: computed and drawn when
+# the user opens it.
+devices_box = _expander.lazy("Devices needed: how many devices of this kind each model needs, by method",
+                             "open_devices_needed")
+if devices_box.open:
+    with devices_box:
+        family_col, rows_col = st.columns(2)
+        rows_choice = sc.control(rows_col.radio, "Models", "dn_models", options=sc.PARAMS["dn_models"].choices(),
+                                 format_func=lambda v: "every preset of the family" if v == "family"
+                                 else "the largest preset of each family", horizontal=True)
+        family = sc.control(family_col.selectbox, "Family", "family", options=list(_capacity.families()),
+                            disabled=rows_choice != "family")
+        models = _devices.models(rows_choice, family)
+        table_methods = _devices.methods(s)
+        dn_rows = _devices.rows(models, table_methods, budget)
+        st.caption(_devices.caption(s, budget))
+        st.dataframe(_devices.display(dn_rows, list(table_methods)), width="stretch")
+        dn_data = _devices.data(dn_rows, list(table_methods))
+        st.download_button("Download the devices-needed table (CSV)", _export.csv_on_click(dn_data),
+                           "devices-needed.csv", "text/csv", on_click="ignore")
 
 # Slow answers, computed in this session's background worker so that the page answers at
 # once: the continuous family of the sidebar's model (same depth-to-width ratio, any size),
@@ -166,14 +170,19 @@ if len(ratios):
                  .reindex(index=[v for v in variant_names if v in set(ratios["MeZO variant"])],
                           columns=[v for v in variant_names if v in set(ratios["BP variant"])]).round(2),
                  width="stretch")
-st.caption("For each family (scroll sideways for every variant):")
-st.dataframe(variant_fits.pivot(index="family", columns="variant", values="shown")[variant_names], width="stretch")
+families_box = _expander.lazy("By way of fine-tuning, for each family", "open_variant_families")
+if families_box.open:
+    with families_box:
+        st.caption("The largest preset of each family that fits, by each way of fine-tuning (scroll sideways for "
+                   "every variant):")
+        st.dataframe(variant_fits.pivot(index="family", columns="variant", values="shown")[variant_names],
+                     width="stretch")
 variant_csv = variant_fits.drop(columns=["shown"]).merge(
     scaled_rows.rename(columns={"largest model": "largest scaled model", "parameters": "largest scaled parameters",
                                 "note": "scaled note"}), on="variant", how="left")
-st.download_button("Download the fine-tuning variants (CSV)", variant_csv.to_csv(index=False).encode(),
+st.download_button("Download the fine-tuning variants (CSV)", _export.csv_on_click(variant_csv),
                    "fine-tuning-variants.csv", "text/csv", on_click="ignore")
-st.download_button("Download P_MeZO/P_BP by pairing (CSV)", ratios.to_csv(index=False).encode(),
+st.download_button("Download P_MeZO/P_BP by pairing (CSV)", _export.csv_on_click(ratios),
                    "fine-tuning-ratios.csv", "text/csv", on_click="ignore")
 st.caption(_accuracy.variants_statement())
 
@@ -211,11 +220,13 @@ if curve[["P_MeZO/P_BP", "P_MeZO/P_BP checkpointed"]].isin([float("inf")]).any()
     st.caption("Gaps: budgets where BP fits no model of this family (MeZO/BP is unbounded there).")
 _export.show_figure(fig, f"relative-size-vs-budget-{sc.model_name()}", curve)
 
-with st.expander("Device presets"):
-    devices = pd.DataFrame([
-        {"device": d.name, **fmt.gb_columns("memory", d.memory_bytes), **fmt.gb_columns("OS reserve", d.os_reserve_bytes),
-         "peak 16-bit [TFLOP/s]": d.peak_flops / 1e12, "bandwidth [GB/s]": d.bandwidth_bytes_s / cap.GB,
-         "source": d.source, "reserve source": d.os_reserve_source}
-        for d in map(cap.load_device, cap.device_names())
-    ])
-    st.dataframe(devices.round(2), width="stretch", hide_index=True)
+presets_box = _expander.lazy("Device presets", "open_device_presets")
+if presets_box.open:
+    with presets_box:
+        devices = pd.DataFrame([
+            {"device": d.name, **fmt.gb_columns("memory", d.memory_bytes), **fmt.gb_columns("OS reserve", d.os_reserve_bytes),
+             "peak 16-bit [TFLOP/s]": d.peak_flops / 1e12, "bandwidth [GB/s]": d.bandwidth_bytes_s / cap.GB,
+             "source": d.source, "reserve source": d.os_reserve_source}
+            for d in map(cap.load_device, cap.device_names())
+        ])
+        st.dataframe(devices.round(2), width="stretch", hide_index=True)
