@@ -498,7 +498,7 @@ def test_every_unified_memory_device_keeps_a_sourced_reserve():
 
 
 def test_time_tradeoff_uses_the_sidebar_device():
-    at = open_page("time_tradeoff", query={"device": "Jetson Orin Nano 8GB"})
+    at = open_page("time_tradeoff", query={"device": "Jetson Orin Nano 8GB"}, opened=["open_wall_clock"])
     assert_clean(at)
     dev = cap.load_device("Jetson Orin Nano 8GB")
     shape = cap.load_preset("llama-2-7b")

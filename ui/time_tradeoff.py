@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 import capacity as cap
-from ui import _capacity, _export, _format as fmt, _scenario as sc, _sidebar
+from ui import _capacity, _expander, _export, _format as fmt, _scenario as sc, _sidebar
 
 SECONDS_PER_HOUR = 3600
 
@@ -121,15 +121,20 @@ except ValueError as err:                  # e.g. a context beyond the small mod
     st.stop()
 st.dataframe(time_table(paper), width="stretch", hide_index=True)
 
-curve = wall_clock_curve(paper, steps)
-fig2 = _export.figure(
-    [{"type": "scatter", "x": list(part["BP-equivalent steps"]), "y": list(part["wall-clock [h]"]), "name": setup,
-      "mode": "lines", "hovertemplate": "%{x:,} steps: %{y:,.2f} h<extra>" + setup + "</extra>"}
-     for setup, part in curve.groupby("setup", sort=False)],
-    {"xaxis": {"title": {"text": "BP-equivalent steps"}}, "yaxis": {"title": {"text": "wall-clock time [hours]"}}},
-    f"Wall-clock time vs progress at {fmt.gb_text(budget)} on {device.name}",
-    sc.summary(with_model=False) + f" · efficiency {efficiency:g} · MeZO steps x{mult:g}")
-_export.show_figure(fig2, "paper-experiment-wall-clock", curve)
+# The same two setups as lines of wall-clock time against progress: drawn when opened (the
+# table above has their end points).
+chart_box = _expander.lazy("Wall-clock time against progress (chart)", "open_wall_clock")
+if chart_box.open:
+    with chart_box:
+        curve = wall_clock_curve(paper, steps)
+        fig2 = _export.figure(
+            [{"type": "scatter", "x": list(part["BP-equivalent steps"]), "y": list(part["wall-clock [h]"]),
+              "name": setup, "mode": "lines", "hovertemplate": "%{x:,} steps: %{y:,.2f} h<extra>" + setup + "</extra>"}
+             for setup, part in curve.groupby("setup", sort=False)],
+            {"xaxis": {"title": {"text": "BP-equivalent steps"}}, "yaxis": {"title": {"text": "wall-clock time [hours]"}}},
+            f"Wall-clock time vs progress at {fmt.gb_text(budget)} on {device.name}",
+            sc.summary(with_model=False) + f" · efficiency {efficiency:g} · MeZO steps x{mult:g}")
+        _export.show_figure(fig2, "paper-experiment-wall-clock", curve)
 st.caption("Time per step is capacity's roofline estimate, max(FLOPs / peak FLOP/s, bytes moved / bandwidth), "
            "each scaled by the efficiency: with efficiency 1 it is a lower bound. MeZO's steps are cheaper "
            "(two forward passes) but it needs more of them.")
