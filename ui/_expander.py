@@ -2,7 +2,7 @@
 
 A plain st.expander runs its content on every run and sends it to the browser, which
 builds every element inside it even while it is closed: a table in a closed expander costs
-a page load most of what an open one does (bench/ui_latency.py). With a key and
+a page load most of what an open one does (docs/ui_latency.md). With a key and
 on_change="rerun", Streamlit tracks whether the expander is open and reruns the page when
 the user opens or closes it, so a page draws a secondary table (variants, devices needed,
 the textbook form) only for the user who opens it.
