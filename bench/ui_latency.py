@@ -24,6 +24,10 @@ engine (OpenMP's idle threads asleep: capacity/validation/host.py, ENGINE_THREAD
 the first: on a machine shared with other work a step's time swings several-fold with the
 others' load, and the fastest step is the one least disturbed.
 
+Page reloads are also traced once more each (Chromium tracing, not timed) for the CPU time
+of the renderer's main thread, the browser's work to draw the page: on a busy machine that
+figure moves less than the wall time, which includes waiting for the CPU.
+
 Prints a table and exits 1 if any figure is over its target.
 """
 
@@ -159,6 +163,33 @@ def load(page, url: str, chart: bool) -> float:
     return time.perf_counter() - start
 
 
+def main_thread_cpu_seconds(trace: dict) -> float:
+    """CPU seconds of the renderer's main thread in a Chromium trace: the thread time (tdur)
+    of its top-level tasks (nested tasks are inside their parent's). Less sensitive to other
+    work on the machine than wall time (a busy machine delays the renderer more than it
+    lengthens its work)."""
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    names = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    mains = {key for key, name in names.items() if name == "CrRendererMain"}
+    tasks = sorted((e for e in events if (e.get("pid"), e.get("tid")) in mains and e.get("ph") == "X"
+                    and e.get("name") in ("ThreadControllerImpl::RunTask", "RunTask") and "tdur" in e),
+                   key=lambda e: e["ts"])
+    total, end = 0, -1
+    for e in tasks:
+        if e["ts"] >= end:
+            total, end = total + e["tdur"], e["ts"] + e["dur"]
+    return total / 1e6
+
+
+def load_cpu(browser, page, url: str, chart: bool) -> float:
+    """A reload's renderer main-thread CPU seconds (traced; the wall time is measured apart,
+    without tracing)."""
+    browser.start_tracing(page=page, categories=["toplevel", "devtools.timeline"])
+    load(page, url, chart)
+    return main_thread_cpu_seconds(json.loads(browser.stop_tracing()))
+
+
 def switch(page, link: str, title: str, chart: bool) -> float:
     """A page opened from the sidebar's navigation (same session, no reload)."""
     start = time.perf_counter()
@@ -223,10 +254,12 @@ def measure_trivial(browser, repeat: int) -> dict:
             first = load(page, server.url, chart=False)
             loads = [load(page, server.url, chart=False) for _ in range(repeat)]
             typed = [type_number(page, "Batch size", 10 + i, f"batch={10 + i}", chart=False) for i in range(repeat)]
+            cpu = [load_cpu(browser, page, server.url, chart=False) for _ in range(repeat)]
             page.context.close()
         finally:
             server.stop()
-    return {"first load": first, "load": statistics.median(loads), "interaction": statistics.median(typed)}
+    return {"first load": first, "load": statistics.median(loads), "interaction": statistics.median(typed),
+            "load cpu": statistics.median(cpu)}
 
 
 def plain_step_seconds(steps: int) -> float:
@@ -267,6 +300,7 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     rows: list[tuple[str, float, float, float]] = []     # (what, seconds, trivial seconds, target)
+    cpu_rows: list[tuple[str, float]] = []                # (page, renderer main-thread CPU s per reload)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         trivial = measure_trivial(browser, args.repeat)
@@ -285,6 +319,8 @@ def main() -> int:
                 seconds = [load(page, f"{server.url}/{path}", chart) for _ in range(args.repeat)]
                 rows.append((f"page load (browser reload): {label}", statistics.median(seconds), trivial["load"],
                              INTERACTION_S))
+                cpu_rows.append((label, statistics.median(load_cpu(browser, page, f"{server.url}/{path}", chart)
+                                                          for _ in range(args.repeat))))
             load(page, server.url, chart=True)
             switched: dict[str, list[float]] = {}
             for _ in range(args.repeat):
@@ -328,10 +364,15 @@ def main() -> int:
         over += bool(flag)
         print(f"{what:<58}{seconds:>9.2f}{reference:>11.2f}{seconds / reference:>8.2f}{target:>10.2f}{flag}")
     print(f"{len(rows) - over}/{len(rows)} within target")
+    if cpu_rows:
+        print(f"\nrenderer main-thread CPU per reload (traced; steadier than wall time on a busy machine), "
+              f"trivial page {trivial['load cpu']:.3f} s:")
+        for label, cpu in cpu_rows:
+            print(f"  {label:<20}{cpu:>7.3f} s{cpu / trivial['load cpu']:>7.2f}x")
     if args.out:
         Path(args.out).write_text(json.dumps({"trivial": trivial, "rows": [
             {"what": w, "seconds": s, "reference_seconds": r, "ratio": s / r, "target_seconds": t}
-            for w, s, r, t in rows]}, indent=1))
+            for w, s, r, t in rows], "reload_cpu_seconds": dict(cpu_rows)}, indent=1))
     return 0 if not over else 1
 
 
