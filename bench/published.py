@@ -422,8 +422,11 @@ def across_devices(slack: float) -> list[str]:
         "GPU than FSDP's gathers; the answers are the same). OPT-175B from the OPT paper's sizes "
         "(there is no public Hugging Face config). Prefix FT: capacity prices prefix tuning without "
         "mixed precision, on one device and over several (docs/peft.md, docs/sharding.md); the paper's prefix "
-        "runs used fp16 AMP, which is not modelled for PEFT yet (trainable.check_peft refuses it): not "
-        "reproduced.",
+        "runs used an fp32 model under fp16 AMP, which is not modelled for PEFT yet (trainable.check_peft "
+        "refuses it): not reproduced. Over several GPUs the FSDP2 stack we model cannot run it at all: "
+        "peft casts the prefix keys and values to the model's stored dtype (fp32) while FSDP2's mixed "
+        "precision (accelerate, no autocast) computes the keys in fp16, and the attention refuses the pair "
+        "(traced: tests/test_sharding_peft.py); the paper's FSDP1 ran the step under autocast, which casts them.",
         "",
         *fig_rows,
         "",

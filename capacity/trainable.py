@@ -325,6 +325,12 @@ def check_peft(s: ModelShape, sc: Scenario) -> None:
         raise ValueError("peft: parameter-efficient or quantized fine-tuning of a model with norms on its "
                          "branch outputs (OLMo 2, Gemma 2 and 3) is not modelled yet")
     check_peft_sharded(sc)
+    if sc.mixed_precision and pf.method == "prefix" and sc.parallel.sharding in ("zero2", "fsdp"):
+        # Traced: tests/test_sharding_peft.py::test_prefix_tuning_under_fsdp_mixed_precision_does_not_run.
+        raise ValueError("prefix tuning with mixed precision under FSDP (--sharding fsdp or zero2) does not run: "
+                         "peft casts the prefix keys and values to the model's stored dtype (fp32; peft_model.py, "
+                         "get_prompt) while FSDP's mixed precision computes the layers' keys in 16 bits, and the "
+                         "attention (eager's matmul, SDPA) refuses the two dtypes")
     if sc.mixed_precision:
         raise ValueError("peft: mixed precision with a PEFT method or a quantized base is not modelled; "
                          "use a 16-bit dtype without --mixed-precision")

@@ -144,6 +144,24 @@ def test_peft_over_several_devices_refuses_what_is_not_modelled_by_name():
         measure_sharded(LLAMA, scenario("fsdp", 2, keep=0.0, peft=PREFIX), steps=2)
 
 
+def test_prefix_tuning_under_fsdp_mixed_precision_does_not_run(monkeypatch):
+    """capacity refuses prefix tuning with mixed precision under FSDP as a run that fails,
+    and the real stack does fail: with the refusal lifted, the traced step (peft's prefix,
+    accelerate's FSDP2 mixed precision) stops at the attention's matmul of 16-bit queries
+    and the fp32 prefix keys (peft casts them to the model's stored dtype), eager or SDPA."""
+    from dataclasses import replace
+    from capacity import trainable
+    mixed = replace(scenario("fsdp", 2, peft=PREFIX, loop="trainer", impl=None), mixed_precision=True)
+    shape, _ = resolve_model(LLAMA)
+    with pytest.raises(ValueError, match="does not run"):
+        capacity.estimate(shape, mixed)
+    check = trainable.check_peft
+    monkeypatch.setattr(trainable, "check_peft", lambda s, sc: check(s, replace(sc, mixed_precision=False)))
+    for attention, words in (("eager", "expected scalar type"), ("sdpa", "same dtype")):
+        with pytest.raises(RuntimeError, match=words):
+            measure_sharded(LLAMA, replace(mixed, attention=attention), steps=2)
+
+
 def test_fast_trace_of_a_lora_model_is_exact():
     """The 3- and 4-layer samples are peft models too (ShardedRun builds the peft model from
     each sample's config): extrapolated, a 5-layer LoRA model's trace is the whole trace."""
