@@ -389,7 +389,7 @@ def sharding_label(sc) -> str:
     pl, lp = sc.parallel, sc.loop
     what = "MeZO" if sc.method == "mezo" else f"BP {lp.name} ({sc.optimizer} {sc.optimizer_impl})"
     if sc.peft.method == "lora":
-        what += f" + LoRA r{sc.peft.lora_rank}"
+        what += f" + LoRA r{sc.peft.lora_rank}" + (", mixed precision" if sc.mixed_precision else "")
     elif sc.peft.method == "prefix":
         what += f" + prefix {sc.peft.prefix_tokens}"
     return f"{pl.sharding}{' + offload' if pl.offload_optimizer else ''}, {what}"

@@ -137,15 +137,17 @@ def sharding_matrix() -> list[tuple[str, Scenario]]:
     default loop (transformers.Trainer: fused AdamW, decay groups, the output dropped, the
     KV cache) and in the plain loop (foreach AdamW, the output held), and MeZO; on 8 devices
     also zero2, ddp and FSDP with the optimizer offloaded. LoRA at peft's defaults (r 8,
-    the model type's default targets) over the bf16 base, without mixed precision (PEFT
-    with mixed precision is not modelled): BP in the default loop and MeZO under FSDP on 2,
-    8 and 64 devices, and BP on 8 under zero2, ddp and FSDP with the optimizer offloaded;
-    prefix tuning (20 virtual tokens) by BP and MeZO under FSDP on 8."""
+    the model type's default targets) over the bf16 base, without mixed precision: BP in
+    the default loop and MeZO under FSDP on 2, 8 and 64 devices, and BP on 8 under zero2,
+    ddp and FSDP with the optimizer offloaded; LoRA with mixed precision (an fp32 model under
+    accelerate's MixedPrecisionPolicy) by BP under FSDP and zero2 on 8; prefix tuning (20
+    virtual tokens) by BP and MeZO under FSDP on 8."""
     from .scenario import DEFAULT_LOOP, Parallel
 
-    def sc(method="bp", loop=DEFAULT_LOOP, sharding="fsdp", devices=8, offload=False, peft="none"):
+    def sc(method="bp", loop=DEFAULT_LOOP, sharding="fsdp", devices=8, offload=False, peft="none", mixed=None):
         return Scenario(method=method, optimizer="adamw", batch=1, seq=512, dtype="bf16",
-                        mixed_precision=method == "bp" and peft == "none", target="cpu", loop=loop_preset(loop),
+                        mixed_precision=(method == "bp" and peft == "none") if mixed is None else mixed,
+                        target="cpu", loop=loop_preset(loop),
                         parallel=Parallel(devices=devices, sharding=sharding, offload_optimizer=offload),
                         peft=Peft(method=peft))
     out = []
@@ -157,6 +159,7 @@ def sharding_matrix() -> list[tuple[str, Scenario]]:
             out += [(preset, sc(devices=n, peft="lora")), (preset, sc("mezo", devices=n, peft="lora"))]
         out += [(preset, sc(sharding="zero2", peft="lora")), (preset, sc(sharding="ddp", peft="lora")),
                 (preset, sc(offload=True, peft="lora")),
+                (preset, sc(peft="lora", mixed=True)), (preset, sc(sharding="zero2", peft="lora", mixed=True)),
                 (preset, sc(peft="prefix")), (preset, sc("mezo", peft="prefix"))]
     return out
 

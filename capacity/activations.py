@@ -24,7 +24,7 @@ from .architecture import LayerKind
 from .params import Linear, attention_linears, mlp_linears
 from .scenario import Scenario
 from .shape import ModelShape
-from .trainable import ADAPTER_BYTES, FULL, LayerGrads
+from .trainable import FULL, LayerGrads, adapter_bytes
 
 FP32 = 4
 INT64 = 8
@@ -580,8 +580,9 @@ def mlp_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None, 
 
 
 def _lora_mask_bytes(sc: Scenario) -> int:
-    """LoRA dropout of the adapter's fp32 input: CUDA keeps a bool mask, the CPU an fp32 noise."""
-    return 1 if sc.target == "cuda" else ADAPTER_BYTES
+    """LoRA dropout of the adapter's input (fp32, or the model's dtype: adapter_bytes): CUDA
+    keeps a bool mask, the CPU a noise tensor of the input's dtype."""
+    return 1 if sc.target == "cuda" else adapter_bytes(sc)
 
 
 def lora_saved_bytes(s: ModelShape, sc: Scenario, linears: list[Linear], input_grad: bool,
@@ -598,14 +599,14 @@ def lora_saved_bytes(s: ModelShape, sc: Scenario, linears: list[Linear], input_g
     requires grad."""
     if not linears:
         return 0
-    n, r = sc.tokens, sc.peft.lora_rank
-    total = sum(ADAPTER_BYTES * n * r for _ in linears)
+    n, r, ab = sc.tokens, sc.peft.lora_rank, adapter_bytes(sc)
+    total = sum(ab * n * r for _ in linears)
     if sc.peft.lora_dropout > 0:
         m = _lora_mask_bytes(sc) if input_grad else 0
-        return total + sum((ADAPTER_BYTES + m) * n * lin.fan_in for lin in linears)
-    if sc.bytes_per_value == ADAPTER_BYTES:
-        return total + (0 if shared_input else ADAPTER_BYTES * n * linears[0].fan_in)
-    return total + sum(ADAPTER_BYTES * n * lin.fan_in for lin in linears)
+        return total + sum((ab + m) * n * lin.fan_in for lin in linears)
+    if sc.bytes_per_value == ab:
+        return total + (0 if shared_input else ab * n * linears[0].fan_in)
+    return total + sum(ab * n * lin.fan_in for lin in linears)
 
 
 def quantized_inputs_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None,
@@ -628,6 +629,16 @@ def quantized_inputs_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None =
     return {"attention": attn, "mlp": mlp}
 
 
+def relu_output_kept(s: ModelShape, g: LayerGrads = FULL) -> bool:
+    """Whether a ReLU MLP (OPT) keeps its output, the tensor the down projection reads
+    (mlp_saved_bytes): a LoRA adapter on the down projection computing in the same dtype
+    keeps that same tensor, adding nothing (lora_saved_bytes' shared_input)."""
+    mlp = s.arch.mlp
+    if mlp.gated or mlp.activation != "relu":
+        return False
+    return bool(layer_flow(s, g).mlp_in[mlp.inputs[0]]) or g.weights
+
+
 def mlp_freed_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None, g: LayerGrads = FULL) -> int:
     """What the MLP part keeps that is released before its activation's backward: the
     output projection's backward has run, freeing its kept input (the product, kept for its
@@ -635,7 +646,8 @@ def mlp_freed_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None, 
     adapter's tensors."""
     f = layer_flow(s, g)
     down = mlp_linears(s, kind)[-1]
-    adapter = lora_saved_bytes(s, sc, [down] if down.name in g.lora else [], f.product)
+    adapter = lora_saved_bytes(s, sc, [down] if down.name in g.lora else [], f.product,
+                               shared_input=relu_output_kept(s, g))
     relu_shares = not s.arch.mlp.gated and s.arch.mlp.activation == "relu"
     product = _act_bytes(sc) * sc.tokens * s.intermediate_size if g.weights and not relu_shares else 0
     return adapter + product
@@ -689,7 +701,7 @@ def layer_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None
     # keeps its tensors: an fp32 adapter or an 8-bit base keeping it adds nothing.
     out_kept = sc.attention == "sdpa" and f.attn_ctx and not (s.attn_dropout > 0 and sc.target == "cpu")
     o_extra = lora_saved_bytes(s, sc, adapted([o_proj]), f.attn_ctx, shared_input=out_kept)
-    down_extra = lora_saved_bytes(s, sc, adapted([down]), f.product)
+    down_extra = lora_saved_bytes(s, sc, adapted([down]), f.product, shared_input=relu_output_kept(s, g))
     quantized = quantized_inputs_bytes(s, sc, kind, g)
     norm_in = norm_saved_bytes(s, sc, input_grad=g.input, weight_grad=g.weights)
     if arch.parallel_residual and arch.shared_norm:

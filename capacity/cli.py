@@ -117,7 +117,7 @@ def cmd_estimate(args) -> int:
         return 0
     print(f"{shape.name}: {est.params:,} parameters; {sc.method}, batch {sc.batch}, seq {sc.seq}, "
           f"{sc.dtype}{' mixed' if sc.mixed_precision else ''}, L'/L={sc.keep}, {sc.attention}")
-    print(f"Trained: {describe_peft(sc.peft)}; {est.trainable_params:,} trainable parameters")
+    print(f"Trained: {describe_peft(sc.peft, sc.mixed_precision)}; {est.trainable_params:,} trainable parameters")
     print(f"Loop: {describe_loop(shape, sc)}")
     if pl.sharding != "none":
         print(f"{pl.devices} devices, sharding {pl.sharding}"

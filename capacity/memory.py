@@ -507,7 +507,7 @@ def _new_weight_gradient_bytes(lin, sc: Scenario, g: trainable.LayerGrads = trai
     the incoming gradient (counted apart)."""
     new = _state_bytes_per_value(sc) * lin.fan_in * lin.fan_out if g.weights else 0
     if lin.name in g.lora:
-        new += trainable.ADAPTER_BYTES * trainable.lora_params(lin, sc.peft.lora_rank)
+        new += trainable.adapter_bytes(sc) * trainable.lora_params(lin, sc.peft.lora_rank)
     return sc.bytes_per_value * sc.tokens * lin.fan_in + new
 
 
@@ -542,12 +542,12 @@ def _recompute_mlp_bytes(s: ModelShape, sc: Scenario, kind: LayerKind, g: traina
     n, h, p = sc.tokens, s.hidden_size, sc.bytes_per_value
     arch, mlp = s.arch, s.arch.mlp
     f = act.layer_flow(s, g)
-    fp32_base = p == trainable.ADAPTER_BYTES
+    fp32_base = p == trainable.adapter_bytes(sc)
     dropout = pf.lora_dropout > 0
     width = p * n * s.intermediate_size
     down_adapted = down.name in g.lora
     if down_adapted:
-        waiting = (0 if fp32_base else p * n * down.fan_out) + trainable.ADAPTER_BYTES * n * down.fan_out
+        waiting = (0 if fp32_base else p * n * down.fan_out) + trainable.adapter_bytes(sc) * n * down.fan_out
     elif quantized:
         waiting = p * n * down.fan_in
     else:
@@ -566,8 +566,8 @@ def _recompute_mlp_bytes(s: ModelShape, sc: Scenario, kind: LayerKind, g: traina
         base = quantization.forward_peak_bytes(lin, pf.weights_bits, pf.double_quant, n, p) if quantized else out
         if lin.name not in g.lora:
             return base
-        cast = trainable.ADAPTER_BYTES * n * lin.fan_in if dropout and not fp32_base else 0
-        return max(base, out + cast + 2 * trainable.ADAPTER_BYTES * n * lin.fan_out)
+        cast = trainable.adapter_bytes(sc) * n * lin.fan_in if dropout and not fp32_base else 0
+        return max(base, out + cast + 2 * trainable.adapter_bytes(sc) * n * lin.fan_out)
 
     worst = 0
     for i, lin in enumerate(ins):
@@ -586,7 +586,7 @@ def _recompute_mlp_bytes(s: ModelShape, sc: Scenario, kind: LayerKind, g: traina
         # output every saved tensor of the layer is there, with the base output and the
         # dropout's cast input; a quantized base dequantized its weight just before.
         down_saved = act.lora_saved_bytes(s, sc, [down], f.product)
-        cast = trainable.ADAPTER_BYTES * n * down.fan_in if dropout and not fp32_base else 0
+        cast = trainable.adapter_bytes(sc) * n * down.fan_in if dropout and not fp32_base else 0
         worst = max(worst, held + down_saved + p * n * down.fan_out + cast)
         if quantized:
             worst = max(worst, held + quantization.forward_peak_bytes(down, pf.weights_bits, pf.double_quant, n, p))
@@ -1082,8 +1082,8 @@ def _linear_peak_bytes(s: ModelShape, sc: Scenario, lin) -> int:
     base = quantization.forward_peak_bytes(lin, pf.weights_bits, pf.double_quant, n, p) if quantized else out
     if not adapted:
         return base
-    cast = trainable.ADAPTER_BYTES * n * lin.fan_in if p != trainable.ADAPTER_BYTES else 0
-    return max(base, out + cast + 2 * trainable.ADAPTER_BYTES * n * lin.fan_out)
+    cast = trainable.adapter_bytes(sc) * n * lin.fan_in if p != trainable.adapter_bytes(sc) else 0
+    return max(base, out + cast + 2 * trainable.adapter_bytes(sc) * n * lin.fan_out)
 
 
 def mezo_chunk_bytes(s: ModelShape, sc: Scenario) -> int:

@@ -51,14 +51,15 @@ def peft_from_args(args) -> Peft:
                 weights_bits=args.weights_bits, quant=args.quant, double_quant=args.double_quant)
 
 
-def describe_peft(pf: Peft) -> str:
-    """One line: what is trained, and how the base weights are stored."""
+def describe_peft(pf: Peft, mixed_precision: bool = False) -> str:
+    """One line: what is trained, and how the base weights are stored (fp32 under mixed
+    precision)."""
     what = {"none": "every parameter",
             "lora": f"LoRA r={pf.lora_rank} alpha={pf.lora_alpha:g} dropout={pf.lora_dropout:g} "
                     f"targets={','.join(pf.lora_targets) or 'peft default'}",
             "prefix": f"prefix tuning, {pf.prefix_tokens} virtual tokens",
             "freeze": f"the top {pf.trainable_layers} layers"}[pf.method]
-    bits = {16: "16-bit base" if pf.method != "none" else "",
+    bits = {16: ("fp32 base (mixed precision)" if mixed_precision else "16-bit base") if pf.method != "none" else "",
             8: "8-bit base (bitsandbytes LLM.int8)",
             4: f"4-bit {pf.quant} base{' with double quantization' if pf.double_quant else ''} (bitsandbytes)"}
     return ", ".join(x for x in (what, bits[pf.weights_bits]) if x)

@@ -155,6 +155,7 @@ DEFAULT_LOOP = "trainer"
 PEFT_METHODS = ("none", "lora", "prefix", "freeze")
 WEIGHT_BITS = (16, 8, 4)
 QUANT_TYPES = ("nf4", "fp4")
+ADAPTER_DTYPES = ("fp32", "model")
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,10 @@ class Peft:
       but the head).
     weights_bits: 16 (the model's dtype), 8 (bitsandbytes int8) or 4 (bitsandbytes 4-bit,
       `quant` nf4 or fp4, `double_quant` quantising the block statistics too).
+    adapter_dtype (LoRA): the dtype LoRA's adapters are stored and computed in: "fp32"
+      (get_peft_model's autocast_adapter_dtype=True, its default) or "model" (False: the
+      model's dtype). FSDP's mixed precision computes them in the 16-bit dtype whatever
+      they are stored in (capacity/sharding.py).
     """
 
     method: str = "none"
@@ -180,6 +185,7 @@ class Peft:
     weights_bits: int = 16
     quant: str = "nf4"
     double_quant: bool = False
+    adapter_dtype: str = "fp32"
 
     def __post_init__(self) -> None:
         validate_peft(self)
@@ -203,6 +209,9 @@ def validate_peft(pf: Peft) -> None:
         raise ValueError(f"weights_bits: must be one of 16, 8, 4, got {pf.weights_bits!r}")
     _check_choice("quant", pf.quant, QUANT_TYPES)
     _check_bool("double_quant", pf.double_quant)
+    _check_choice("adapter_dtype", pf.adapter_dtype, ADAPTER_DTYPES)
+    if pf.adapter_dtype != "fp32" and pf.method != "lora":
+        raise ValueError(f"adapter_dtype: {pf.adapter_dtype!r} applies to LoRA adapters, not to peft {pf.method!r}")
 
 
 # ------------------------------------------------------------------ many devices

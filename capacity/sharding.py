@@ -193,16 +193,17 @@ def sharded_elements(layout: FsdpLayout, s: ModelShape, field: str = "shard") ->
 class _Bytes:
     """Bytes per value, of the trained parameters: m stored (sharded) and of their
     gradients and optimizer states; c gathered (the compute dtype) and of their unsharded
-    gradients; r of the reduce-scatter; and of the frozen ones: f stored and gathered."""
+    gradients; r of the reduce-scatter; and of the frozen ones: f gathered, fs stored."""
 
     m: int
     c: int
     r: int
     f: int
+    fs: int
 
     def stored(self, u: Unit) -> int:
         """Bytes rank 0 keeps of unit u (its shards)."""
-        return self.m * u.trained_shard + self.f * (u.shard - u.trained_shard)
+        return self.m * u.trained_shard + self.fs * (u.shard - u.trained_shard)
 
     def gathered(self, u: Unit) -> int:
         """Bytes of u's all-gather output, and of its unsharded parameters (FSDP2 gathers
@@ -226,20 +227,25 @@ class _Bytes:
 def _bytes(sc: Scenario) -> _Bytes:
     """Under mixed precision accelerate upcasts the trainable parameters to fp32
     (fsdp2_prepare_model: `param.requires_grad and param.dtype != torch.float32`) and sets
-    MixedPrecisionPolicy(param_dtype = reduce_dtype = the 16-bit dtype); frozen parameters
-    keep their dtype. Without it every parameter is gathered and reduced in its own dtype:
-    LoRA's fp32 adapters in fp32 beside a 16-bit base."""
+    MixedPrecisionPolicy(param_dtype = reduce_dtype = the 16-bit dtype), which gathers every
+    parameter in the 16-bit dtype; frozen parameters keep the dtype they were loaded in, fp32
+    under mixed precision (a LoRA model's frozen base). Without it every parameter is
+    gathered and reduced in its own dtype: LoRA's fp32 adapters in fp32 beside a 16-bit base."""
     from .trainable import trained_value_bytes
     m = _state_bytes_per_value(sc) if sc.peft.method == "none" else trained_value_bytes(sc)
     c = sc.bytes_per_value if sc.mixed_precision else m
-    return _Bytes(m=m, c=c, r=c, f=sc.bytes_per_value)
+    return _Bytes(m=m, c=c, r=c, f=sc.bytes_per_value, fs=_state_bytes_per_value(sc))
 
 
 def _compute_scenario(sc: Scenario) -> Scenario:
     """The single-device step whose activations a rank of FSDP2 runs: accelerate's mixed
     precision casts the parameters to the 16-bit dtype without autocast, so the step
-    computes as a pure 16-bit model."""
-    return replace(sc, mixed_precision=False, parallel=Parallel())
+    computes as a pure 16-bit model, LoRA's adapters included (gathered in 16 bits: peft's
+    `_cast_input_dtype(x, lora_A.weight.dtype)` then casts nothing)."""
+    peft = sc.peft
+    if sc.mixed_precision and peft.method == "lora":
+        peft = replace(peft, adapter_dtype="model")
+    return replace(sc, mixed_precision=False, parallel=Parallel(), peft=peft)
 
 
 def _optimizer_state_bytes(sc: Scenario, elements: int, tensors: int, value_bytes: int | None = None) -> int:

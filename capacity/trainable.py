@@ -54,6 +54,13 @@ FP32 = 4
 # peft keeps LoRA adapters and the prefix table in fp32 under a 16-bit base
 # (get_peft_model(..., autocast_adapter_dtype=True)), and in fp32 under an fp32 one.
 ADAPTER_BYTES = FP32
+
+
+def adapter_bytes(sc: Scenario) -> int:
+    """Bytes per value of LoRA's adapters (and a prefix table), as stored and as they
+    compute: fp32 (ADAPTER_BYTES, peft's default) or the model's dtype (Peft.adapter_dtype
+    "model": get_peft_model(..., autocast_adapter_dtype=False))."""
+    return ADAPTER_BYTES if sc.peft.adapter_dtype == "fp32" else sc.bytes_per_value
 ALL_LINEAR = "all-linear"
 
 
@@ -288,7 +295,8 @@ def _parameter_classes(s: ModelShape, sc: Scenario) -> list[ParamClass]:
                     for kind in s.layer_counts()}
         n = sum(count * per_kind[kind] for kind, count in s.layer_counts().items())
         tensors = sum(count * 2 * len(lora_linears(s, pf, kind)) for kind, count in s.layer_counts().items())
-        out.append(ParamClass("lora adapters", n, tensors, n * ADAPTER_BYTES, True, ADAPTER_BYTES))
+        a = adapter_bytes(sc)
+        out.append(ParamClass("lora adapters", n, tensors, n * a, True, a))
     else:
         n = prefix_params(s, pf)
         out.append(ParamClass("prefix", n, 1, n * ADAPTER_BYTES, True, ADAPTER_BYTES))
@@ -312,6 +320,12 @@ def _trained_top_tensors(s: ModelShape, k: int) -> int:
     return sum(s.layers_of_kind(kind, L - k, L) * _layer_tensors(s, kind) for kind in s.layer_counts())
 
 
+# Where a PEFT method runs with mixed precision in the model: LoRA under FSDP, whose mixed
+# precision computes the step in 16 bits without autocast (sharding._compute_scenario);
+# one device and DDP/ZeRO-1 run autocast over the fp32 model, which is not modelled for PEFT.
+MIXED_PEFT_SHARDINGS = ("zero2", "fsdp")
+
+
 def check_peft(s: ModelShape, sc: Scenario) -> None:
     """ValueError for a PEFT setting this model cannot run (peft, bitsandbytes or
     transformers would refuse it), before anything is priced."""
@@ -327,13 +341,14 @@ def check_peft(s: ModelShape, sc: Scenario) -> None:
     check_peft_sharded(sc)
     if sc.mixed_precision and pf.method == "prefix" and sc.parallel.sharding in ("zero2", "fsdp"):
         # Traced: tests/test_sharding_peft.py::test_prefix_tuning_under_fsdp_mixed_precision_does_not_run.
-        raise ValueError("prefix tuning with mixed precision under FSDP (--sharding fsdp or zero2) does not run: "
-                         "peft casts the prefix keys and values to the model's stored dtype (fp32; peft_model.py, "
-                         "get_prompt) while FSDP's mixed precision computes the layers' keys in 16 bits, and the "
-                         "attention (eager's matmul, SDPA) refuses the two dtypes")
-    if sc.mixed_precision:
-        raise ValueError("peft: mixed precision with a PEFT method or a quantized base is not modelled; "
-                         "use a 16-bit dtype without --mixed-precision")
+        raise ValueError("prefix tuning with mixed precision under FSDP (fsdp, zero2) does not run: peft casts "
+                         "the prefix keys and values to the stored fp32 (peft_model.py, get_prompt), FSDP computes "
+                         "the keys in 16 bits, and attention refuses the mix")
+    if sc.mixed_precision and not (pf.method == "lora" and pf.weights_bits == 16
+                                   and sc.parallel.sharding in MIXED_PEFT_SHARDINGS):
+        raise ValueError("peft: mixed precision (fp32 weights under autocast) with a PEFT method or a quantized "
+                         "base is not modelled (LoRA over a 16-bit base with --sharding fsdp or zero2 is); use a "
+                         "16-bit dtype without --mixed-precision")
     if pf.weights_bits != 16 and pf.method not in ("lora", "prefix"):
         raise ValueError(f"weights_bits {pf.weights_bits}: quantized base weights are frozen; train them with "
                          "--peft lora (QLoRA) or --peft prefix")
@@ -414,7 +429,7 @@ def largest_trainable_tensor(s: ModelShape, sc: Scenario) -> tuple[int, int]:
         return max(lin.fan_in * lin.fan_out for kind in kinds for lin in layer_linears(s, kind)), _state_bytes(sc)
     if pf.method == "lora":
         return max(pf.lora_rank * max(lin.fan_in, lin.fan_out) for kind in s.layer_counts()
-                   for lin in lora_linears(s, pf, kind)), ADAPTER_BYTES
+                   for lin in lora_linears(s, pf, kind)), adapter_bytes(sc)
     return prefix_params(s, pf), ADAPTER_BYTES
 
 
@@ -427,7 +442,7 @@ def layer_gradient_bytes(s: ModelShape, sc: Scenario, kind: LayerKind, g: LayerG
     if g.weights:
         total += _state_bytes(sc) * (mlp_params(s, kind) if mlp_only else layer_params(s, kind))
     linears = mlp_linears(s, kind) if mlp_only else layer_linears(s, kind)
-    total += sum(ADAPTER_BYTES * lora_params(lin, sc.peft.lora_rank) for lin in linears if lin.name in g.lora)
+    total += sum(adapter_bytes(sc) * lora_params(lin, sc.peft.lora_rank) for lin in linears if lin.name in g.lora)
     return total
 
 
@@ -436,7 +451,7 @@ def linear_gradient_bytes(s: ModelShape, sc: Scenario, lin: Linear, g: LayerGrad
     dtype when the layer's weights are trained, its LoRA adapter's in fp32."""
     total = _state_bytes(sc) * lin.params if g.weights else 0
     if lin.name in g.lora:
-        total += ADAPTER_BYTES * lora_params(lin, sc.peft.lora_rank)
+        total += adapter_bytes(sc) * lora_params(lin, sc.peft.lora_rank)
     return total
 
 
@@ -466,7 +481,7 @@ def trains_part(sc: Scenario) -> bool:
 def trained_value_bytes(sc: Scenario) -> int:
     """Bytes per value of the trained parameters (and their gradients and states) under a
     PEFT method: fp32 adapters and prefix; the top layers in their state dtype."""
-    return _state_bytes(sc) if sc.peft.method == "freeze" else ADAPTER_BYTES
+    return _state_bytes(sc) if sc.peft.method == "freeze" else adapter_bytes(sc)
 
 
 def no_decay_trained_params(s: ModelShape, sc: Scenario) -> int:

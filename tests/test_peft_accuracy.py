@@ -82,3 +82,33 @@ def test_the_held_output_keeps_the_prefix_cache_only_where_the_model_returns_it(
     as_if_held = 100 * (estimate(held, sc).peak_bytes - measured) / measured
     as_described = 100 * (estimate(shape, sc).peak_bytes - measured) / measured
     assert abs(as_described) <= TRACE_TOLERANCE_PCT < as_if_held, (as_described, as_if_held)
+
+
+# Adapters in the model's dtype (get_peft_model(..., autocast_adapter_dtype=False), Peft.
+# adapter_dtype "model": what FSDP's mixed precision computes them in), and an fp32 base:
+# a LoRA adapter on OPT's fc2 reads ReLU's kept output itself, adding nothing.
+OPT_TINY = {"model_type": "opt", "hidden_size": 64, "ffn_dim": 256, "num_hidden_layers": 3, "num_attention_heads": 4,
+            "vocab_size": 257, "max_position_embeddings": 256, "word_embed_proj_dim": 64}
+LLAMA_TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 3,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 257, "max_position_embeddings": 256,
+              "tie_word_embeddings": False}
+SAME_DTYPE = [
+    ("llama bf16 adapters", LLAMA_TINY, "bf16", "model", ("all-linear",), 0.0, "plain"),
+    ("llama bf16 adapters, dropout", LLAMA_TINY, "bf16", "model", ("all-linear",), 0.1, "trainer"),
+    ("opt bf16 adapters", OPT_TINY, "bf16", "model", ("all-linear",), 0.0, "trainer"),
+    ("opt fp32 base, fc2", OPT_TINY, "fp32", "fp32", ("fc2",), 0.0, "plain"),
+]
+
+
+@pytest.mark.parametrize("name,cfg,dtype,adapter_dtype,targets,dropout,loop", SAME_DTYPE, ids=[c[0] for c in SAME_DTYPE])
+def test_adapters_in_the_models_dtype_within_2_percent(name, cfg, dtype, adapter_dtype, targets, dropout, loop):
+    from capacity.scenario import Peft, Scenario, loop_preset
+    sc = Scenario(method="bp", optimizer="adamw", batch=2, seq=32, dtype=dtype, attention="eager", target="cpu",
+                  peft=Peft(method="lora", adapter_dtype=adapter_dtype, lora_targets=targets, lora_dropout=dropout),
+                  loop=loop_preset(loop))
+    r = compare(cfg, sc, steps=2, device="trace")
+    assert abs(r["error_pct"]) <= TRACE_TOLERANCE_PCT, (name, r["error_pct"])
+    if adapter_dtype == "model":
+        fp32 = compare(cfg, sc.__class__(**{**sc.__dict__, "peft": Peft(method="lora", lora_targets=targets,
+                                                                         lora_dropout=dropout)}), steps=2, device="trace")
+        assert r["measured_peak_bytes"] < fp32["measured_peak_bytes"]      # the setting reaches the real code

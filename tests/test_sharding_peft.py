@@ -4,6 +4,8 @@ DDP, ZeroRedundancyOptimizer and FSDP2 (accelerate's wrapping of a peft model, b
 get_peft_model before the wrap as Trainer does) under fake tensors and a fake process group.
 Small configs; the whole matrix at 7B-70B is in bench/accuracy.py --sharding."""
 
+from dataclasses import replace
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -54,6 +56,11 @@ CASES = [
     ("llama prefix mezo zero2 (a growing prefix cache)", LLAMA, scenario("zero2", 8, method="mezo", peft=PREFIX)),
     ("opt prefix fsdp offload", OPT, scenario("fsdp", 4, offload=True, peft=PREFIX)),
     ("tied prefix fsdp", TIED, scenario("fsdp", 4, peft=PREFIX)),
+    # Mixed precision (an fp32 model, accelerate's MixedPrecisionPolicy): the frozen base
+    # stored in fp32, everything gathered and computed in bf16, the adapters included.
+    ("llama fsdp mixed precision", LLAMA, replace(scenario("fsdp", 4, loop="trainer", impl=None), mixed_precision=True)),
+    ("opt zero2 mixed precision", OPT, replace(scenario("zero2", 4), mixed_precision=True)),
+    ("opt mezo fsdp mixed precision", OPT, replace(scenario("fsdp", 8, method="mezo"), mixed_precision=True)),
 ]
 
 
@@ -134,6 +141,12 @@ def test_peft_over_several_devices_refuses_what_is_not_modelled_by_name():
         for sharding, n, offload in (("fsdp", 8, False), ("ddp", 2, False), ("zero2", 4, True)):
             with pytest.raises(ValueError, match=words):
                 capacity.estimate(shape, scenario(sharding, n, offload=offload, peft=peft))
+    # mixed precision: LoRA under FSDP (16-bit compute, no autocast); autocast over the fp32
+    # model (one device, ddp, zero1) is not modelled for PEFT
+    assert capacity.estimate(shape, replace(scenario("fsdp", 8), mixed_precision=True)).peak_bytes > 0
+    for sharding, n in (("ddp", 2), ("zero1", 4), ("none", 1)):
+        with pytest.raises(ValueError, match="mixed precision"):
+            capacity.estimate(shape, replace(scenario(sharding, n), mixed_precision=True))
     # one device: unchanged (QLoRA and prefix tuning are modelled there)
     assert capacity.estimate(shape, Scenario(method="bp", dtype="bf16", peft=Peft(method="prefix"))).peak_bytes > 0
     with pytest.raises(ValueError, match="quantized"):

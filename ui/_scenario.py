@@ -612,7 +612,9 @@ def headline() -> str:
     if pf is None or (pf.method == "none" and pf.weights_bits == 16):
         return f"{pair}: full fine-tuning (every parameter)"
     base = base_text(pf)
-    return pair + (f", on {base}" if base else ", on a 16-bit base")
+    s = scenario()
+    plain = "an fp32 base (mixed precision)" if s["mixed"] and s["dtype"] != "fp32" else "a 16-bit base"
+    return pair + f", on {base or plain}"
 
 
 def peft_label_suffix() -> str:
@@ -647,6 +649,7 @@ def peft_cli_args() -> list[str]:
 # A refusal of a PEFT setting (words of capacity's message) and the change that answers it.
 PEFT_FIXES = [
     ("peft: mixed precision", "Turn mixed precision off", {"mixed": False}),
+    ("prefix tuning with mixed precision under FSDP", "Turn mixed precision off", {"mixed": False}),
     # over several devices LoRA and prefix tuning over a 16-bit base are modelled
     # (capacity/trainable.py: check_peft_sharded); a quantized base and top layers are not
     ("a quantized base (QLoRA, 8-bit) over several devices", "Use a 16-bit base (LoRA over several devices is "

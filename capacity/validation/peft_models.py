@@ -107,7 +107,8 @@ def prepare(model, peft: Peft, device: str, dtype: torch.dtype):
             # is_gradient_checkpointing, which peft reads, are not the user's concern here.
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", FutureWarning)
-            return get_peft_model(model, config)
+            # Peft.adapter_dtype "model": the adapters stay in the model's dtype.
+            return get_peft_model(model, config, autocast_adapter_dtype=peft.adapter_dtype == "fp32")
     except ValueError as err:   # e.g. no default targets for this model type
         raise UnsupportedPeft(f"peft: {str(err)[:200]}") from None
 
