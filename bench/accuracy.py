@@ -424,7 +424,8 @@ def run_sharding(presets: list[str] | None) -> int:
     section = [SHARDING_BEGIN, "",
                f"Produced by `python bench/accuracy.py --sharding` ({len(rows)} traced ranks in {seconds:.0f} s on "
                "2 shared cores): batch 1 per device, context 512, bf16 (BP: mixed precision; with LoRA or a "
-               "prefix: a bf16 base and fp32 adapters or table, peft's defaults, no mixed precision), eager attention, "
+               "prefix: a bf16 base and fp32 adapters or table, peft's defaults, no mixed precision, unless the row says "
+               "mixed precision: an fp32 model under accelerate's MixedPrecisionPolicy), eager attention, "
                "target cpu. Error = (predicted − traced) / traced.", "",
                "### Summary", ""] + summary + ["", "### Every case", ""] + detail + ["", SHARDING_END]
     _replace_section(SHARDING_DOC, SHARDING_BEGIN, SHARDING_END, section, "Many devices")
