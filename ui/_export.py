@@ -136,11 +136,30 @@ def _start_server() -> None:
     with _EXPORT_LOCK:
         try:
             kaleido.start_sync_server(silence_warnings=True)
-            atexit.register(kaleido.stop_sync_server, silence_warnings=True)
+            atexit.register(_stop_server)
             _to_image(go.Figure(go.Bar(x=[0], y=[1])), "svg")        # the first figure opens the page
             _SERVER["state"] = "on"
         except Exception:  # noqa: BLE001 - exports then start their own Chromium each time
             _SERVER["state"] = "failed"
+
+
+STOP_WAIT_S = 5.0
+
+
+def _stop_server() -> None:
+    """At exit: ask kaleido's server to close its Chromium and wait a bounded time.
+    kaleido's own exit hook joins its server thread without a timeout, and that thread logs
+    as it closes: a test process was seen waiting forever at exit on the logging module's
+    lock (py-spy: the server thread in Logger.isEnabledFor, the main thread in the join).
+    This hook runs first (atexit is last in, first out) and marks the server closed, so
+    kaleido's then returns at once; the thread is a daemon and goes with the process."""
+    import kaleido._sync_server as server_module
+    server = server_module.GlobalKaleidoServer()
+    if not server.is_running():
+        return
+    server._task_queue.put(None)                 # the server's own "close" message
+    server._thread.join(STOP_WAIT_S)
+    server._initialized = False
 
 
 def _to_image(fig: go.Figure, fmt: str) -> bytes:
