@@ -20,12 +20,7 @@ from capacity.validation import sharded  # noqa: E402
 from capacity.validation.sharded import measure_sharded  # noqa: E402
 from capacity.validation.source import resolve_model  # noqa: E402
 
-LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 3,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 515,
-         "max_position_embeddings": 512, "tie_word_embeddings": False}
-TIED = dict(LLAMA, vocab_size=4099, tie_word_embeddings=True)
-OPT = {"model_type": "opt", "hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4, "ffn_dim": 256,
-       "vocab_size": 515, "max_position_embeddings": 128, "word_embed_proj_dim": 64, "do_layer_norm_before": True}
+from test_sharding_accuracy import LLAMA, OPT, TIED  # noqa: E402  (the same small configs)
 
 TOLERANCE_PCT = 3.0
 LORA = Peft(method="lora")
