@@ -24,6 +24,7 @@ The published figures are integers of "GB"; they are read as GiB (2^30), see the
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from dataclasses import replace
@@ -335,7 +336,8 @@ def build(slack: float) -> str:
         "(fp32 weights, gradients and Adam states, fp16 autocast; torch's foreach Adam), `target='cuda'`, "
         "eager attention (OPT in transformers 4.28, the paper's version, has no SDPA path).",
         f"- CUDA context: `capacity.CUDA_CONTEXT_BYTES` = {ctx_gib:.2f} GiB per GPU, added once "
-        "per GPU the figure spans.",
+        "per GPU the figure spans: the median of device used less the allocator's pool measured on an "
+        "H100 (torch 2.11, docs/gpu_table.md; 1.18 to 1.32 GiB over 90 runs).",
         "- Several GPUs: a published figure above 80 spans ceil(figure / 80) GPUs (the column \"GPUs "
         "the published figure implies\"). FT there is FSDP full sharding (the MeZO repository's "
         "`finetune_fsdp.sh`), predicted per GPU by `capacity.estimate` with "
@@ -500,9 +502,10 @@ def explanation(slack: float, data: list[dict]) -> list[str]:
         f"{gib(p27['mezo']['reference_impl_ctx'])} against 7), where `capacity` models the chunked "
         "in-place update of our own MeZO step; (c) nvidia-smi sees everything the process ever "
         "reserved, which may include the evaluation passes the HF Trainer runs in the same "
-        "process; we do not model them. At these sizes the context (an assumption of "
-        f"{cap.CUDA_CONTEXT_BYTES / GiB:.2f} GiB; torch builds with many kernels loaded eagerly "
-        "can take more) is a large share of the total, so its uncertainty weighs most here.",
+        "process; we do not model them. At these sizes the context "
+        f"({cap.CUDA_CONTEXT_BYTES / GiB:.2f} GiB, the median measured on an H100 with torch 2.11; "
+        "the paper's A100, driver and torch 1.x loaded other libraries) is a large share of the total, "
+        "so its uncertainty weighs most here.",
         f"2. **MeZO, OPT-13B to 66B**: within 10% either way (context only "
         f"{min(d['err_ctx'] for d in big):+.1f}% to {max(d['err_ctx'] for d in big):+.1f}%; with a "
         f"{slack:.0%} slack {min(d['err_slack'] for d in big):+.1f}% to {max(d['err_slack'] for d in big):+.1f}%). "
@@ -556,11 +559,47 @@ def explanation(slack: float, data: list[dict]) -> list[str]:
         "the paper's 'step' included (gradient accumulation, evaluation) are outside this model. "
         "We report the ratio and do not adjust anything to it.",
         "",
-        "What would settle the open points: an nvidia-smi, max_memory_allocated and "
-        "max_memory_reserved measurement of OPT-1.3B/2.7B with both MeZO implementations and "
-        "both Adam implementations on one GPU (`python -m capacity validate --device cuda` "
-        "reports allocated, reserved and device-used separately).",
+        *measured_on_a_gpu(),
     ]
+
+
+GPU_RESULTS = Path(__file__).resolve().parent / "results" / "gpu-h100-2026-11-22.jsonl"
+
+
+def measured_on_a_gpu() -> list[str]:
+    """Table 22's one-GPU settings run on a real GPU (bench/gpu_table.py's stored results):
+    what nvidia-smi would show (device used) beside the published figure."""
+    if not GPU_RESULTS.exists():
+        return []
+    wanted = {("opt-2.7b", "bp"): 1, ("opt-13b", "mezo"): 0, ("opt-30b", "mezo"): 0}
+    rows = []
+    for line in GPU_RESULTS.read_text().splitlines():
+        r = json.loads(line)
+        res = r["result"]
+        key = (res.get("model"), res.get("method"))
+        if r["exit"] != 0 or key not in wanted or res.get("seq") != SEQ or res.get("batch") != 1:
+            continue
+        cuda, pub = res["cuda"], TABLE22[key[0]][wanted[key]]
+        used = cuda["device_used_bytes"]
+        rows.append(f"| {key[0]} | {'FT mixed-precision Adam' if key[1] == 'bp' else 'MeZO fp16'} | "
+                    f"{gib(res['measured_peak_bytes'])} | {gib(cuda['max_memory_reserved_bytes'])} | "
+                    f"{gib(used)} | {pub} | {100 * (used / GiB - pub) / pub:+.1f}% | `{r['row']}` |")
+    if not rows:
+        return []
+    return ["", "### Measured on one GPU (an H100 80GB lent on 2026-11-22)", "",
+            "Table 22's one-GPU settings (batch 1, 400 tokens, eager attention, fp16; FT an fp32 OPT "
+            "under fp16 autocast with Adam) run with `python -m capacity validate ... --device cuda` "
+            "(random weights; torch 2.11, transformers 5.23; docs/gpu_table.md has every row and "
+            "the predictions). `device used` is total − free memory, what nvidia-smi reports. "
+            "The published figures are an A100's, with the paper's own MeZO trainer and torch of "
+            "2023; the H100 has the same 80 GiB.", "",
+            "| model | method | allocated (GiB) | reserved (GiB) | device used (GiB) | published (GiB) | "
+            "device used vs published | command |", "|---|---|---|---|---|---|---|---|", *rows, "",
+            "Read as GiB, the published figures are what nvidia-smi shows for these steps: the device "
+            "used is within a few percent of them, so Table 22's one-GPU column is the live peak plus "
+            "the allocator's cached blocks plus the CUDA context, as the assumptions above price it. "
+            "OPT-1.3B/2.7B MeZO (the 4 and 7 GiB figures) and the paper's reference MeZO update were "
+            "not run on the GPU."]
 
 
 # ---------------------------------------------------------------- parameter-efficient fine-tuning

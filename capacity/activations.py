@@ -238,6 +238,29 @@ def sdpa_repeats_kv(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) 
     return s.num_kv_heads != s.num_heads and (sdpa_mask_present(s, sc, kind) or s.head_dim > 256)
 
 
+def sdpa_math_path(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> bool:
+    """Whether SDPA runs torch's math path (_scaled_dot_product_attention_math: scaled copies
+    of q and k, the softmax kept) instead of a fused kernel. On the CPU: with attention
+    dropout, which no fused CPU kernel takes. On CUDA: in fp32 when transformers passes
+    enable_gqa (grouped-query heads, no mask, head dim <= 256: sdpa_repeats_kv false): the
+    memory-efficient kernel, the only fused one that takes fp32, refuses enable_gqa, and
+    flash and cuDNN take 16-bit inputs only. Measured with torch._fused_sdp_choice on an
+    H100 (torch 2.11, bench/cuda_mechanisms.py); under mixed precision autocast hands SDPA
+    16-bit inputs (a fused kernel)."""
+    if sc.attention != "sdpa":
+        return False
+    if sc.target == "cpu":
+        return s.attn_dropout > 0
+    return (_act_bytes(sc) == FP32 and s.num_kv_heads != s.num_heads and key_length(s, sc) == sc.seq
+            and not sdpa_repeats_kv(s, sc, kind))
+
+
+def math_noise_bytes(sc: Scenario) -> int:
+    """Bytes per score of what the math path's dropout keeps beside its output: the CPU a
+    noise tensor in fp32 (its math path runs in fp32); CUDA's native_dropout a bool mask."""
+    return FP32 if sc.target == "cpu" else 1
+
+
 @dataclass(frozen=True)
 class _Flow:
     """Which tensors of one decoder layer require grad, front to back (from LayerGrads)."""
@@ -334,7 +357,8 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = 
     k_kept, v_kept = repeated_kv_parts(s, sc, kind)
     # v stays a view of a fused projection (NeoX) unless the cache's cat copied it.
     v_view = _v_is_view_of_fused_qkv(s) and not prefix
-    if sc.attention == "sdpa" and not (dropout and sc.target == "cpu"):
+    math = sdpa_math_path(s, sc, kind)
+    if sc.attention == "sdpa" and not math:
         if not f.attn_ctx:
             return out_input
         if prefix:
@@ -355,9 +379,11 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = 
         out_copy = out_input if _query_is_contiguous_by_head(s, kind) else 0
         mask = p * b * seq * seq if sdpa_mask_present(s, sc, kind) and not prefix else 0
         return qkv + p * n * qd + out_copy + FP32 * b * a * seq + mask
-    if sc.attention == "sdpa":
-        # CPU math fallback (dropout): q, k, v, softmax, noise and dropped probs in fp32.
-        return (2 * FP32 * n * qd + math_v_bytes(s, sc) + 3 * FP32 * scores if f.attn_ctx else 0) + out_input
+    if math:
+        # The math path (CPU with dropout, CUDA fp32 with enable_gqa): the scaled q and k and
+        # v at every head, the softmax, and with dropout its noise and the dropped probs, in fp32.
+        probs = FP32 * scores + ((FP32 + math_noise_bytes(sc)) * scores if dropout else 0)
+        return (2 * FP32 * n * qd + math_v_bytes(s, sc) + probs if f.attn_ctx else 0) + out_input
     q_kept = p * n * qd
     if prefix and s.arch.attention.fused_qkv and s.arch.positions != "rope" and sc.batch == 1:
         q_kept = p * n * (qd + 2 * kvd)   # q, a view of GPT-2's c_attn output, keeps all of it
@@ -441,11 +467,11 @@ def attention_backward_extra_bytes(s: ModelShape, sc: Scenario, kind: LayerKind 
     b, seq, n, p = sc.batch, sc.seq, sc.tokens, _act_bytes(sc)
     a, qd, kvd = s.num_heads, s.q_dim, s.kv_dim
     dropout = s.attn_dropout > 0
-    if sc.attention == "sdpa" and not (dropout and sc.target == "cpu"):
+    math = sdpa_math_path(s, sc, kind)
+    if sc.attention == "sdpa" and not math:
         # The output projection's input, when it is a copy of the output, is freed by then.
         grads = p * n * 3 * qd if sdpa_repeats_kv(s, sc, kind) else p * n * (qd + 2 * kvd)
         return grads - (p * n * qd if _query_is_contiguous_by_head(s, kind) and g.weights else 0)
-    math = sc.attention == "sdpa"
     keys = key_length(s, sc)
     scores = b * a * seq * keys
     fp32_softmax = s.arch.attention.softmax_fp32
@@ -457,7 +483,7 @@ def attention_backward_extra_bytes(s: ModelShape, sc: Scenario, kind: LayerKind 
     copy_path = math or (fp32_softmax and not (sc.target == "cuda" and sc.dtype == "fp16"))
     result = FP32 if copy_path else p
     kept_by_matmul_freed = pm if (dropout or (fp32_softmax and p != FP32)) else 0
-    noise_freed = (FP32 if math else dropout_noise_bytes(s, sc, kind)) if dropout else 0
+    noise_freed = (math_noise_bytes(sc) if math else dropout_noise_bytes(s, sc, kind)) if dropout else 0
     v_grad, out_proj_input = pm * n * qd, (p * n * qd if g.weights else 0)
     if not f.probs or v_held:
         v_freed = 0
@@ -473,11 +499,14 @@ def attention_backward_extra_bytes(s: ModelShape, sc: Scenario, kind: LayerKind 
 
 
 def math_v_bytes(s: ModelShape, sc: Scenario) -> int:
-    """SDPA's CPU math path (torch's _scaled_dot_product_attention_math, taken with dropout):
+    """SDPA's math path on CUDA (sdpa_math_path: enable_gqa repeats v, a copy at every head,
+    4NA). Its CPU math path (torch's _scaled_dot_product_attention_math, taken with dropout):
     it scales q and k into new fp32 tensors and keeps v as it gets it, upcast to fp32 (a
     copy at all heads, 4NA); in fp32 nothing upcasts it, and v as the model made it is kept:
     at batch 1 a view of one fused qkv projection (GPT-2's c_attn) holds all of it."""
     n = sc.tokens
+    if sc.target == "cuda":   # enable_gqa: the math path repeats v to every head (a copy)
+        return FP32 * n * s.q_dim
     if _act_bytes(sc) == FP32 and s.arch.attention.fused_qkv and sc.batch == 1:
         return FP32 * n * (s.q_dim + 2 * s.kv_dim)
     return FP32 * n * s.q_dim
@@ -621,7 +650,7 @@ def quantized_inputs_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None =
     f = layer_flow(s, g)
     n, p = sc.tokens, _act_bytes(sc)
     arch = s.arch
-    out_kept = sc.attention == "sdpa" and f.attn_ctx and not (s.attn_dropout > 0 and sc.target == "cpu")
+    out_kept = sc.attention == "sdpa" and f.attn_ctx and not sdpa_math_path(s, sc, kind)
     attn = (p * n * s.hidden_size if f.norm1_out else 0) + (p * n * s.q_dim if f.attn_ctx and not out_kept else 0)
     mlp = p * n * s.intermediate_size if f.product else 0
     if not (arch.parallel_residual and arch.shared_norm):
@@ -661,7 +690,7 @@ def attention_freed_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = 
     o_proj = attention_linears(s, kind)[-1]
     if o_proj.name not in g.lora:
         return 0
-    out_kept = sc.attention == "sdpa" and f.attn_ctx and not (s.attn_dropout > 0 and sc.target == "cpu")
+    out_kept = sc.attention == "sdpa" and f.attn_ctx and not sdpa_math_path(s, sc, kind)
     return lora_saved_bytes(s, sc, [o_proj], f.attn_ctx, shared_input=out_kept)
 
 
@@ -699,7 +728,7 @@ def layer_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None
 
     # The output projection's input is sdpa's saved output (the same tensor) when attention
     # keeps its tensors: an fp32 adapter or an 8-bit base keeping it adds nothing.
-    out_kept = sc.attention == "sdpa" and f.attn_ctx and not (s.attn_dropout > 0 and sc.target == "cpu")
+    out_kept = sc.attention == "sdpa" and f.attn_ctx and not sdpa_math_path(s, sc, kind)
     o_extra = lora_saved_bytes(s, sc, adapted([o_proj]), f.attn_ctx, shared_input=out_kept)
     down_extra = lora_saved_bytes(s, sc, adapted([down]), f.product, shared_input=relu_output_kept(s, g))
     quantized = quantized_inputs_bytes(s, sc, kind, g)

@@ -14,6 +14,9 @@ BP      forward end   weights + optimizer states + saved activations + logits + 
 MeZO /  forward       weights + the largest set of tensors live at once in one forward
 inference             (nothing is kept across layers) + logits + loss
 
+On a CUDA device every phase also holds cuBLAS's workspaces (capacity.cuda_runtime), in
+the temporaries.
+
 The breakdown of the winning phase is returned; its terms add up to the peak.
 """
 
@@ -23,6 +26,7 @@ from dataclasses import dataclass, replace
 from itertools import accumulate
 
 from . import activations as act
+from . import cuda_runtime
 from . import moe
 from .architecture import LayerKind
 from .context import check_context
@@ -52,10 +56,13 @@ def mezo_chunk_elements(s: ModelShape) -> int:
     p = parameter_count(s)
     return min(largest_tensor_params(s), max(MEZO_CHUNK_MIN, min(MEZO_CHUNK_MAX, p // MEZO_CHUNK_SHARE)))
 
-# Typical CUDA context plus the kernels PyTorch loads, outside max_memory_allocated
-# (an assumption, reported separately; nvidia-smi includes it). Measured values vary
-# between 300 and 600 MiB with driver and GPU.
-CUDA_CONTEXT_BYTES = 500 * 2**20
+# The CUDA context plus the libraries and kernels PyTorch loads (cuBLAS, cuDNN), outside
+# max_memory_allocated and the allocator's pool; nvidia-smi includes it. Measured on an H100
+# (torch 2.11+cu130, driver 580; docs/gpu_table.md): device used (total − free) less
+# max_memory_reserved over 90 training and MeZO runs, 1,210 to 1,356 MiB, median 1,296 MiB,
+# which is kept. It varies with the GPU, driver and libraries loaded (older reports put
+# the bare context at 300 to 600 MiB).
+CUDA_CONTEXT_BYTES = 1296 * 2**20
 
 
 # ---------------------------------------------------------------- model state terms
@@ -1216,6 +1223,10 @@ def estimate(s: ModelShape, sc: Scenario) -> Estimate:
         from .sharding import estimate_sharded
         return estimate_sharded(s, sc)
     phases = single_device_phases(s, sc)
+    # cuBLAS's workspaces, held through every phase on a CUDA device (capacity.cuda_runtime).
+    workspaces = cuda_runtime.workspace_bytes(s, sc)
+    phases = {name: {**terms, "temporaries": terms.get("temporaries", 0) + workspaces}
+              for name, terms in phases.items()}
     totals = {name: sum(terms.values()) for name, terms in phases.items()}
     phase = max(totals, key=totals.get)
     breakdown = {t: phases[phase].get(t, 0) for t in TERMS}

@@ -811,6 +811,12 @@ def estimate_sharded(s: ModelShape, sc: Scenario) -> Estimate:
     """Per-device peak of one step of `sc` over sc.parallel.devices devices."""
     check_sharded(sc)
     phases = STRATEGIES[sc.parallel.sharding](s, sc)
+    # Each rank's cuBLAS workspaces, as on one device (capacity.cuda_runtime): the
+    # collectives' streams run no matmul.
+    from .cuda_runtime import workspace_bytes
+    workspaces = workspace_bytes(s, sc)
+    phases = {name: {**terms, "temporaries": terms.get("temporaries", 0) + workspaces}
+              for name, terms in phases.items()}
     totals = {name: sum(terms.values()) for name, terms in phases.items()}
     phase = max(totals, key=totals.get)
     host = host_bytes(s, sc)

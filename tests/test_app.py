@@ -157,11 +157,12 @@ def test_the_page_says_what_the_figures_were_measured_against(tmp_path, monkeypa
     at = open_page("calculator")
     text = captions(at)
     row = _accuracy.summary_row()
-    assert "CPU kernel semantics" in text and "no GPU run" in text and _accuracy.CUDA_ONLY_TERMS in text
+    assert "CPU kernel semantics" in text and "Measured on a GPU" in text and _accuracy.CUDA_UNMEASURED in text
     assert f"{row['cases']} cases, median error {row['median']}, worst {row['worst']}" in text
+    assert _accuracy.gpu_summary() in text and "within 3%" in _accuracy.gpu_summary()
     assert "use_cache=False" in text                 # what "inference" means
     at.selectbox(key="w_target").set_value("cpu").run()
-    assert "CPU kernels' figures" in captions(at) and _accuracy.CUDA_ONLY_TERMS not in captions(at)
+    assert "CPU kernels' figures" in captions(at) and _accuracy.CUDA_UNMEASURED not in captions(at)
 
 
 def test_accuracy_expander_shows_the_summary_or_says_it_is_missing(tmp_path, monkeypatch):

@@ -331,10 +331,23 @@ def run(args) -> int:
         host.restore_memory_cap()
 
 
-def _run(args, stop: _StopSignals) -> int:
+def scenario_from_args(args):
+    """The Scenario a validate command line runs (its prediction's target: cuda on
+    --device cuda, else cpu)."""
     from ..loop_args import loop_from_args
     from ..peft_args import peft_from_args
     from ..scenario import Parallel, Scenario
+    return Scenario(method=args.method, optimizer=args.optimizer, batch=args.batch, seq=args.seq,
+                    dtype=args.dtype, mixed_precision=args.mixed_precision, keep=args.keep,
+                    attention=args.attention, target="cuda" if args.device == "cuda" else "cpu",
+                    experts=args.experts,
+                    routing=args.routing if args.routing in ("balanced", "worst") else "balanced",
+                    peft=peft_from_args(args), loop=loop_from_args(args),
+                    parallel=Parallel(devices=args.devices, sharding=args.sharding,
+                                      offload_optimizer=args.offload_optimizer))
+
+
+def _run(args, stop: _StopSignals) -> int:
     from ..units import parse_bytes
     from .preflight import check_tensor_sizes, host_memory_refusal
     from .source import ModelDirError
@@ -353,14 +366,7 @@ def _run(args, stop: _StopSignals) -> int:
             stop.arm(args.timeout)
         if max_memory is not None:
             max_memory = parse_bytes(max_memory, what="max-memory")
-        scenario = Scenario(method=args.method, optimizer=args.optimizer, batch=args.batch, seq=args.seq,
-                            dtype=args.dtype, mixed_precision=args.mixed_precision, keep=args.keep,
-                            attention=args.attention, target="cuda" if args.device == "cuda" else "cpu",
-                            experts=args.experts,
-                            routing=args.routing if args.routing in ("balanced", "worst") else "balanced",
-                            peft=peft_from_args(args), loop=loop_from_args(args),
-                            parallel=Parallel(devices=args.devices, sharding=args.sharding,
-                                              offload_optimizer=args.offload_optimizer))
+        scenario = scenario_from_args(args)
         shape, cfg, source = _read_source(args)
         limit = _max_positions(shape)
         if limit is not None and args.seq > limit:

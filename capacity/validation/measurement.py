@@ -144,7 +144,7 @@ def measure(model, scenario: Scenario, steps: int = 2, device: str = "trace", da
         raise ValueError(f"attention: must be eager or sdpa, got {scenario.attention!r}")
     if scenario.method == "bp" and scenario.loop.name == "trainer":
         from .trainer_loop import trainer_refusal
-        why = trainer_refusal(scenario)
+        why = trainer_refusal(scenario, device)
         if why:
             raise ValueError(why)
     result = {

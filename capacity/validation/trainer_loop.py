@@ -51,8 +51,8 @@ class _Done(Exception):
     """Raised by the measuring callback after the last step."""
 
 
-def trainer_refusal(scenario) -> str | None:
-    """Why transformers.Trainer cannot run this scenario's loop, or None."""
+def trainer_refusal(scenario, device: str = "cpu") -> str | None:
+    """Why transformers.Trainer cannot run this scenario's loop on `device`, or None."""
     lp = scenario.loop
     if scenario.method != "bp":
         return None
@@ -64,7 +64,7 @@ def trainer_refusal(scenario) -> str | None:
         return "loop trainer: Trainer.create_optimizer always makes decay and no-decay parameter groups"
     if not lp.separate_labels:
         return "loop trainer: Trainer's collator makes labels a tensor of their own"
-    if scenario.mixed_precision and scenario.dtype == "fp16":
+    if scenario.mixed_precision and scenario.dtype == "fp16" and device != "cuda":
         return "loop trainer: fp16 mixed precision (a GradScaler) needs a GPU; use bf16"
     return None
 
@@ -120,7 +120,7 @@ def run(model, scenario, rows: list, steps: int, device: str, fake_mode, lr, see
     import transformers
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    why = trainer_refusal(scenario)
+    why = trainer_refusal(scenario, device)
     if why:
         raise ValueError(why)
     lp = scenario.loop
