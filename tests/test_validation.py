@@ -223,3 +223,34 @@ def test_cuda_measurement_reports_all_three_numbers_and_meets_the_target():
     c = r["cuda"]
     assert c["max_memory_allocated_bytes"] <= c["max_memory_reserved_bytes"] <= c["device_used_bytes"]
     assert r["error_pct"] is not None and abs(r["error_pct"]) <= 3, r["error_pct"]
+
+
+@pytest.mark.parametrize("peft", ["none", "lora"])
+def test_trainer_extra_tracked_step_measures_what_tracking_every_step_does(peft):
+    """On cuda the Trainer's timed steps run untracked and one more step runs under MemTracker
+    for the breakdown (so step times carry no tracking); on the CPU both ways must see the
+    same peak and breakdown, since every step after the first is the same."""
+    from capacity.scenario import Peft
+    from capacity.validation import peft_models, trainer_loop
+    from capacity.validation.measurement import _Phase, _tracker_snapshot
+    from capacity.validation.tracker import Tracker
+    sc = Scenario(method="bp", optimizer="adamw", batch=2, seq=16, dtype="fp32", attention="eager", target="cpu",
+                  peft=Peft(method=peft))
+    out = {}
+    for extra in (False, True):
+        model = peft_models.prepare(tiny_model(LLAMA_TINY), sc.peft, "cpu", torch.float32)
+        torch.manual_seed(1)
+        rows = [torch.randint(0, 64, (16,)) for _ in range(2 * 4)]
+        seen = []
+        tracker = Tracker()
+        trainer_loop.run(model, sc, rows, 3, "cpu", None, None, 0, tracker, None, {"step": 0, "stepper": _Phase()},
+                         on_step=lambda i, loss, s: seen.append(i), track_extra_step=extra)
+        out[extra] = _tracker_snapshot(tracker)
+        assert seen == [1, 2, 3]          # the extra step is not reported as a timed step
+    # The same but for a few scalars the Trainer keeps across steps (its running loss, the
+    # gradient norm), made before the extra step's tracker starts: under 1 KiB, any model size.
+    (peak_extra, terms_extra), (peak_all, terms_all) = out[True], out[False]
+    assert 0 <= peak_all - peak_extra < 1024
+    assert {k: v for k, v in terms_extra.items() if k != "activations"} == \
+           {k: v for k, v in terms_all.items() if k != "activations"}
+    assert 0 <= terms_all["activations"] - terms_extra["activations"] < 1024

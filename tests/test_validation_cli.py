@@ -92,6 +92,14 @@ def test_missing_model_dir_exits_4(tmp_path, capsys):
     assert code == 4 and "config.json" in err
 
 
+def test_lora_without_targets_on_a_model_peft_has_no_default_for_names_the_linears(capsys):
+    """peft's own error ("Please specify `target_modules`") names no module (seen on a GPU run
+    of Phi-3); validate refuses before building, naming the layer's linears."""
+    code, out, err = run_cli(["--preset", "phi-3-mini-4k", "--method", "bp", "--peft", "lora", "--device", "trace",
+                              "--dry-run", "--json", "--progress", "none"], capsys)
+    assert code == 2 and "--lora-targets" in err and "qkv_proj" in err and last_json(out)["exit_code"] == 2
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_requested_without_cuda_exits_3(tiny_config, capsys):
     code, out, err = run_cli(["--config", str(tiny_config), "--method", "bp", "--device", "cuda", "--json",

@@ -372,6 +372,10 @@ def _run(args, stop: _StopSignals) -> int:
         if limit is not None and args.seq > limit:
             raise ValueError(f"--seq: {shape.model_type} has {limit} learned positions; got --seq {args.seq}")
         check_tensor_sizes(shape, scenario)
+        if scenario.peft.method == "lora" and not scenario.peft.lora_targets:
+            # peft's own refusal ("Please specify `target_modules`") names no module: name them.
+            from ..trainable import lora_target_names
+            lora_target_names(shape, scenario.peft)
         if args.device == "cpu":
             refusal = host_memory_refusal(shape, scenario, args.steps, "cpu", cap=max_memory)
             if refusal is not None:

@@ -108,10 +108,15 @@ class _FakeBatches:
 
 
 def run(model, scenario, rows: list, steps: int, device: str, fake_mode, lr, seed, tracker, alloc, where,
-        on_step=None, checkpointed: int | None = None, on_phase=None, on_measure_start=None):
+        on_step=None, checkpointed: int | None = None, on_phase=None, on_measure_start=None,
+        track_extra_step: bool = False):
     """Train `model` for `steps` optimizer steps with transformers.Trainer; `tracker` (a
     MemTracker, entered here) measures steps 2..N, `alloc` (a CpuAllocatorPeak or None)
     marks the same region. on_step(i, loss or None, seconds) is called after each step.
+    track_extra_step: the steps run untracked (their times carry no MemTracker dispatch)
+    and one more step, N + 1, runs under the tracker for the breakdown (rows must hold it);
+    on cuda, torch.cuda.max_memory_allocated is read at the end of step N into
+    `where["cuda_peak"]`.
     checkpointed: how many first layers to checkpoint (default: from the scenario's L'/L).
     on_phase(name) is called as the step moves through "forward" (each micro-batch),
     "backward", "optimizer step" and "step end"; on_measure_start() when step 2 begins
@@ -142,10 +147,11 @@ def run(model, scenario, rows: list, steps: int, device: str, fake_mode, lr, see
     if fake_mode is not None:
         model.to = types.MethodType(lambda self, *a, **k: self, model)
 
+    last = steps + 1 if track_extra_step else steps
     args = dict(output_dir=tempfile.mkdtemp(prefix="capacity-trainer-"), report_to="none",
                 save_strategy="no", eval_strategy="no", push_to_hub=False, disable_tqdm=True,
                 per_device_train_batch_size=scenario.batch, gradient_accumulation_steps=lp.grad_accum,
-                max_steps=steps, learning_rate=lr, seed=seed, use_cpu=device != "cuda",
+                max_steps=last, learning_rate=lr, seed=seed, use_cpu=device != "cuda",
                 activation_checkpointing=ckpt == n_layers and ckpt > 0,
                 dataloader_pin_memory=device == "cuda")
     if scenario.mixed_precision:
@@ -163,32 +169,53 @@ def run(model, scenario, rows: list, steps: int, device: str, fake_mode, lr, see
         tr_loss = getattr(state["trainer"], "_tr_loss", None)
         return None if fake_mode is not None or tr_loss is None else float(tr_loss)
 
+    def start_region():
+        tracker._peak_mem = {d: s["Total"] for d, s in tracker._curr_mem_snap.items()}
+        tracker._peak_mem_snap = copy.deepcopy(tracker._curr_mem_snap)
+        state["start_total"] = sum(tracker._peak_mem.values())
+        if alloc is not None:
+            state["region"] = alloc.region()
+            state["region"].__enter__()
+        if on_measure_start is not None:
+            on_measure_start()
+
     class Measure(TrainerCallback):
         def on_step_begin(self, a, st, control, **kw):
             where["step"] = st.global_step + 1
+            if device == "cuda":
+                torch.cuda.synchronize()
             state["began"], state["loss_before"] = time.perf_counter(), running_loss()
             if st.global_step == 1 and not state["measuring"]:
                 state["measuring"] = True
-                tracker._peak_mem = {d: s["Total"] for d, s in tracker._curr_mem_snap.items()}
-                tracker._peak_mem_snap = copy.deepcopy(tracker._curr_mem_snap)
-                state["start_total"] = sum(tracker._peak_mem.values())
                 if device == "cuda":
                     torch.cuda.reset_peak_memory_stats()
-                if alloc is not None:
-                    state["region"] = alloc.region()
-                    state["region"].__enter__()
-                if on_measure_start is not None:
-                    on_measure_start()
+                if not track_extra_step:
+                    start_region()
 
         def on_pre_optimizer_step(self, a, st, control, **kw):
             on_phase("optimizer step")
 
         def on_step_end(self, a, st, control, **kw):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - state["began"]
+            if st.global_step > steps:   # the extra, tracked step
+                raise _Done()
             after = running_loss()
             loss = after - state["loss_before"] if after is not None and state["loss_before"] is not None else None
-            on_step(st.global_step, loss, time.perf_counter() - state["began"])
+            on_step(st.global_step, loss, seconds)
             if st.global_step >= steps:
-                raise _Done()
+                if device == "cuda":
+                    where["cuda_peak"] = int(torch.cuda.max_memory_allocated())
+                if not track_extra_step:
+                    raise _Done()
+                # The extra step: the tracker starts from what is live now (weights, optimizer
+                # states), before the Trainer fetches the step's batch.
+                opt = state["trainer"].optimizer
+                tracker.track_external(model, getattr(opt, "optimizer", opt))
+                tracker.__enter__()
+                state["tracking"] = True
+                start_region()
             on_phase("step end")
 
     class _Trainer(Trainer):
@@ -203,7 +230,7 @@ def run(model, scenario, rows: list, steps: int, device: str, fake_mode, lr, see
     transformers.logging.set_verbosity_error()
 
     def reset_before_root_forward(module, inputs):
-        if module is model:
+        if module is model and (state.get("tracking") or not track_extra_step):
             tracker.reset_mod_stats()
 
     hooks = [torch.nn.modules.module.register_module_forward_pre_hook(reset_before_root_forward),
@@ -211,11 +238,20 @@ def run(model, scenario, rows: list, steps: int, device: str, fake_mode, lr, see
              model.register_forward_hook(lambda module, inputs, output: on_phase("backward"))]
     tracker.track_external(model)
     try:
-        with tracker:
+        if track_extra_step:
             try:
                 trainer.train()
             except _Done:
                 pass
+            finally:
+                if state.get("tracking"):
+                    tracker.__exit__(None, None, None)
+        else:
+            with tracker:
+                try:
+                    trainer.train()
+                except _Done:
+                    pass
     finally:
         for hook in hooks:
             hook.remove()
