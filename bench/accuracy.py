@@ -17,6 +17,8 @@ capacity.accuracy.matrix_for); writes docs/accuracy.md and prints the summary.
     python bench/accuracy.py --variants           # accuracy models with one setting changed
                                                   # (capacity.accuracy.VARIANTS: sliding windows
                                                   # SDPA masks, ...): their section of the report
+    python bench/accuracy.py --autocast-peft      # PEFT under autocast over an fp32 model (traced):
+                                                  # its section of docs/peft.md
     python bench/accuracy.py --peft               # what is trained (capacity.accuracy.peft_matrix, traced;
                                                   # quantized_matrix, real CPU runs): writes the results
                                                   # section of docs/peft.md and the PEFT rows of
@@ -70,6 +72,9 @@ def main() -> int:
                          "to docs/sharding.md")
     ap.add_argument("--peft", action="store_true",
                     help="what is trained (capacity.accuracy.peft_matrix, quantized_matrix); results go to docs/peft.md")
+    ap.add_argument("--autocast-peft", action="store_true",
+                    help="PEFT under autocast over an fp32 model (capacity.accuracy.autocast_peft_matrix); results "
+                         "go to docs/peft.md")
     ap.add_argument("--models", help="with --loops, --sharding or --peft: comma-separated model types "
                                      "(default: all; --sharding: presets)")
     ap.add_argument("--variants", action="store_true",
@@ -84,6 +89,8 @@ def main() -> int:
         return run_loops(args.models.split(",") if args.models else list(accuracy_models()))
     if args.peft:
         return run_peft(args.models.split(",") if args.models else peft_models())
+    if args.autocast_peft:
+        return run_autocast_peft(args.models.split(",") if args.models else peft_models())
     models = list(accuracy_models())
     long_models = list(long_context_models())
     if args.only:
@@ -458,6 +465,8 @@ def peft_label(sc) -> str:
         parts.append(sc.dtype)
     if sc.attention != "eager":
         parts.append(sc.attention)
+    if sc.mixed_precision:
+        parts.append("autocast")
     if (sc.batch, sc.seq) not in ((2, 128), (2, 64)):
         parts.append(f"{sc.batch} x {sc.seq}")
     return ", ".join(parts)
@@ -517,6 +526,46 @@ def run_peft(models: list[str]) -> int:
                      + head + totals + ["", PEFT_ROWS_END], "Accuracy")
     print("\n".join(summary))
     print(f"wrote the results section of {PEFT_DOC} and the PEFT rows of {OUT}")
+    return 0
+
+
+AUTOCAST_BEGIN, AUTOCAST_END = ("<!-- bench/accuracy.py --autocast-peft: begin -->",
+                                "<!-- bench/accuracy.py --autocast-peft: end -->")
+
+
+def run_autocast_peft(models: list[str]) -> int:
+    """Trace every model type over capacity.accuracy.autocast_peft_matrix (PEFT under autocast
+    over an fp32 model); replace its section of docs/peft.md."""
+    from capacity.accuracy import autocast_peft_matrix
+    rows, t0 = [], time.time()
+    for mtype in models:
+        for sc in autocast_peft_matrix(mtype):
+            r = compare(dict(accuracy_models()[mtype]), sc, steps=2, device="trace")
+            if r.get("error_pct") is None:
+                raise SystemExit(f"{mtype} {peft_label(sc)}: no comparison "
+                                 f"({r.get('message') or r.get('prediction_unavailable')})")
+            rows.append((mtype, sc, r["measured_peak_bytes"], r["predicted_peak_bytes"], r["error_pct"],
+                         r.get("predicted_phase")))
+        errs = [abs(x[4]) for x in rows if x[0] == mtype]
+        if errs:
+            print(f"{mtype:12s} median |error| {statistics.median(errs):6.3f}%  worst {max(errs):6.3f}%  "
+                  f"({len(errs)} cases, {time.time() - t0:.0f} s)", flush=True)
+    errs = [abs(x[4]) for x in rows]
+    within = lambda t: sum(e <= t for e in errs)  # noqa: E731
+    section = [AUTOCAST_BEGIN, "",
+               f"Produced by `python bench/accuracy.py --autocast-peft` ({len(rows)} traced steps of "
+               f"{len(models)} model types in {time.time() - t0:.0f} s on 2 shared cores). Error = "
+               "(predicted − measured) / measured.", "",
+               f"**{len(rows)} cases: {within(PEFT_TRACE_TARGET)}/{len(rows)} within {PEFT_TRACE_TARGET:g}%, "
+               f"{within(0.5)}/{len(rows)} within 0.5%, median {statistics.median(errs):.3f}%, worst "
+               f"{max(errs):.3f}%.**", "",
+               "| model type | case | measured bytes | predicted bytes | error | peak phase |", "|---|---|---|---|---|---|"]
+    for mtype, sc, meas, pred, err, phase in rows:
+        section.append(f"| {mtype} | {peft_label(sc)} | {meas:,} | {pred:,} | {err:+.3f}% | {phase} |")
+    section += ["", AUTOCAST_END]
+    _replace_section(PEFT_DOC, AUTOCAST_BEGIN, AUTOCAST_END, section, "PEFT under autocast over an fp32 model")
+    print(section[4])
+    print(f"wrote the autocast section of {PEFT_DOC}")
     return 0
 
 

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import capacity as cap  # noqa: E402
 from capacity.params import largest_tensor_params  # noqa: E402
+from capacity.scenario import Peft  # noqa: E402
 
 GiB = 2**30
 GB = 10**9
@@ -77,6 +78,10 @@ FT = cap.Scenario(method="bp", optimizer="adam", batch=BATCH, seq=SEQ, dtype="fp
 # On several GPUs: FT with FSDP full sharding (the MeZO repository's finetune_fsdp.sh), per
 # device; capacity.on_devices gives the plain one-device step on one GPU.
 FT_FSDP = replace(FT, parallel=cap.Parallel(devices=1, sharding="fsdp"))
+# Prefix tuning as the paper ran it on one GPU: the fp32 model under fp16 autocast (HF
+# Trainer --fp16), Adam, 5 virtual tokens (the MeZO repository's prefix.py default), priced
+# with peft's prefix tuning (docs/peft.md, "PEFT under autocast over an fp32 model").
+PREFIX = replace(FT, peft=Peft(method="prefix", prefix_tokens=5))
 MEZO_FSDP = replace(MEZO, parallel=cap.Parallel(devices=1, sharding="fsdp"))
 
 # MeZO paper, Figure 4: the largest OPT that fits 1, 2, 4, 8 A100 80GB, by method.
@@ -240,17 +245,19 @@ def figure4(slack: float) -> tuple[list[str], int]:
     for first, (s, note) in enumerate(((0.0, "80 GiB - context"), (slack, f"(80 GiB - context) / {1 + slack:.2f}"))):
         budget = int((A100_BYTES - cap.CUDA_CONTEXT_BYTES) / (1 + s))
         for label, published in FIGURE4.items():
-            sc = {"MeZO": MEZO_FSDP, "prefix FT": None}.get(label, FT_FSDP)
-            if sc is None:
-                cells = [f"(not modelled) / {p}" for p in published]
-            else:
-                cells = []
-                for n, pub in zip(FIGURE4_GPUS, published):
-                    fit = [name for name, shape in models.items()
-                           if cap.estimate(shape, cap.on_devices(sc, n)).peak_bytes <= budget]
-                    ours = fit[-1] if fit else "-"
-                    same += ours == pub and first == 0
-                    cells.append(f"**{ours}** / {pub}" if ours == pub else f"{ours} / {pub} (differs)")
+            sc = {"MeZO": MEZO_FSDP, "prefix FT": PREFIX}.get(label, FT_FSDP)
+            cells = []
+            for n, pub in zip(FIGURE4_GPUS, published):
+                if sc is PREFIX and n > 1:
+                    # The paper's FSDP1 ran the step under autocast; the FSDP2 stack we model
+                    # cannot run prefix tuning with mixed precision (check_peft says why).
+                    cells.append(f"(not modelled) / {pub}")
+                    continue
+                on_n = sc if sc is PREFIX else cap.on_devices(sc, n)
+                fit = [name for name, shape in models.items() if cap.estimate(shape, on_n).peak_bytes <= budget]
+                ours = fit[-1] if fit else "-"
+                same += ours == pub and first == 0 and sc is not PREFIX
+                cells.append(f"**{ours}** / {pub}" if ours == pub else f"{ours} / {pub} (differs)")
             rows.append(f"| {label} | {note} = {gib(budget)} GiB | " + " | ".join(cells) + " |")
     return rows, same
 
@@ -402,6 +409,17 @@ def build(slack: float) -> str:
 def across_devices(slack: float) -> list[str]:
     fig_rows, same = figure4(slack)
     cells = sum(1 for label in FIGURE4 if label != "prefix FT") * len(FIGURE4_GPUS)
+    models = figure4_models()
+    budget = A100_BYTES - cap.CUDA_CONTEXT_BYTES
+    sizes = {n: cap.estimate(models[n], PREFIX).peak_bytes for n in ("opt-1.3b", "opt-2.7b", "opt-6.7b", "opt-13b")}
+    fits = lambda b: [n for n, shape in models.items() if cap.estimate(shape, PREFIX).peak_bytes <= b]  # noqa: E731
+    plain, slacked = fits(budget)[-1], fits(int(budget / (1 + slack)))[-1]
+    prefix_note = (f"Predicted live peaks: OPT-6.7B {gib(sizes['opt-6.7b'])} GiB, OPT-13B {gib(sizes['opt-13b'])} "
+                   f"GiB, so the largest on one GPU is {plain} without the slack "
+                   f"({'the published answer' if plain == FIGURE4['prefix FT'][0] else 'the paper says opt-6.7b'}) "
+                   f"and {slacked} with it: OPT-13B fits the 78.7 GiB left after the context by "
+                   f"{gib(budget - sizes['opt-13b'])} GiB, less than the allocator's slack.")
+    prefix_ours = ", ".join(f"{gib(sizes[n] + cap.CUDA_CONTEXT_BYTES)} GiB" for n in ("opt-1.3b", "opt-2.7b", "opt-6.7b"))
     return [
         "## Across devices: Table 22's FT on several GPUs, and Figure 4",
         "",
@@ -422,13 +440,18 @@ def across_devices(slack: float) -> list[str]:
         "(ours / published). FT: FSDP full sharding on more than one GPU; MeZO: FSDP (the paper's "
         "MeZO spread the layers with `device_map='auto'`, which holds one layer's worth less per "
         "GPU than FSDP's gathers; the answers are the same). OPT-175B from the OPT paper's sizes "
-        "(there is no public Hugging Face config). Prefix FT: capacity prices prefix tuning without "
-        "mixed precision, on one device and over several (docs/peft.md, docs/sharding.md); the paper's prefix "
-        "runs used an fp32 model under fp16 AMP, which is not modelled for PEFT yet (trainable.check_peft "
-        "refuses it): not reproduced. Over several GPUs the FSDP2 stack we model cannot run it at all: "
-        "peft casts the prefix keys and values to the model's stored dtype (fp32) while FSDP2's mixed "
-        "precision (accelerate, no autocast) computes the keys in fp16, and the attention refuses the pair "
-        "(traced: tests/test_sharding_peft.py); the paper's FSDP1 ran the step under autocast, which casts them.",
+        "(there is no public Hugging Face config). Prefix FT on one GPU: the fp32 model under fp16 "
+        "autocast with Adam and 5 virtual tokens, priced with peft's prefix tuning (docs/peft.md, \"PEFT "
+        "under autocast over an fp32 model\": the frozen weights' 16-bit casts kept for the input "
+        "gradients, 2 bytes per parameter beside the fp32 base, and the fp32 cache). "
+        f"{prefix_note} The paper's prefix trainer is its own (princeton-nlp/MeZO, large_models/prefix.py: "
+        "it wraps OPT's attention and passes the prefix as past key/values, with a reparameterizing MLP by "
+        "default), not peft's, and its Table 22 prefix column (19, 29 and 46 GB for 1.3B, 2.7B and 6.7B) is "
+        f"well above ours ({prefix_ours}, with the context): not explained, and not measured here. Over "
+        "several GPUs the FSDP2 stack we model cannot run prefix tuning with mixed precision: peft casts the "
+        "prefix keys and values to the model's stored dtype (fp32) while FSDP2's mixed precision (accelerate, "
+        "no autocast) computes the keys in fp16, and the attention refuses the pair (traced: "
+        "tests/test_sharding_peft.py); the paper's FSDP1 ran the step under autocast, which casts them.",
         "",
         *fig_rows,
         "",
@@ -780,9 +803,10 @@ def peft_sections(slack: float) -> list[str]:
               "own LoRA and its torchao NF4 tensors (only the adapted linears quantized), not peft and "
               "bitsandbytes; a different mechanism.",
               "- The MeZO paper's prefix fine-tuning column (Table 22, OPT-1.3B to 30B: 19 to 315 GB): the "
-              "paper's own prefix implementation (princeton-nlp/MeZO, `prefix.py`, 5 virtual tokens) under fp16 "
-              "mixed precision, which the memory model does not combine with PEFT methods (it refuses the "
-              "setting), and the larger ones on several GPUs.", ""]
+              "paper's own prefix implementation (princeton-nlp/MeZO, `prefix.py`, 5 virtual tokens, a "
+              "reparameterizing MLP by default) under fp16 mixed precision, not peft's: what peft's prefix tuning "
+              "under autocast predicts for the same settings is in the Figure 4 note above, well below the column "
+              "for 1.3B to 6.7B (not explained); the larger ones ran on several GPUs (FSDP1, not modelled).", ""]
     return lines
 
 

@@ -293,6 +293,37 @@ def peft_matrix(model_type: str) -> list[Scenario]:
     ]
 
 
+def autocast_peft_matrix(model_type: str) -> list[Scenario]:
+    """PEFT under autocast over an fp32 model (mixed precision: `from_pretrained` in fp32 and
+    the Trainer's `bf16=True`; the MeZO paper's fp16 AMP), traced, target cpu, batch 2,
+    context 128, no checkpointing (refused under autocast: trainable.check_peft): LoRA
+    rank 8 on peft's targets (plain loop, eager; the Trainer, SDPA), rank 64 on every
+    linear, prefix tuning (eager and SDPA, where modelled), the top layer; fp16 autocast
+    (plain loop: the Trainer's fp16 needs a GPU's GradScaler)."""
+    from .hf_config import from_hf_config
+    from .trainable import check_peft
+    attn = _attention_targets(model_type)
+
+    def sc(pf: dict, loop="plain", dtype="bf16", attention="eager"):
+        return Scenario(method="bp", optimizer="adamw", batch=2, seq=128, dtype=dtype, mixed_precision=True,
+                        attention=attention, target="cpu", loop=loop_preset(loop), peft=Peft(**pf))
+    lora8 = dict(method="lora", lora_rank=8, lora_targets=attn)
+    lora64 = dict(method="lora", lora_rank=64, lora_targets=("all-linear",))
+    prefix = dict(method="prefix", prefix_tokens=16)
+    cases = [sc(lora8), sc(lora8, loop="trainer", attention="sdpa"), sc(lora64, loop="trainer"),
+             sc(prefix), sc(prefix, loop="trainer", attention="sdpa"),
+             sc(dict(method="freeze", trainable_layers=1), loop="trainer"), sc(lora8, dtype="fp16")]
+    shape = from_hf_config(dict(accuracy_models()[model_type]))
+    out = []
+    for case in cases:
+        try:
+            check_peft(shape, case)
+        except ValueError:
+            continue
+        out.append(case)
+    return out
+
+
 # The quantized-base cases run on real CPU tensors (bitsandbytes' parameters cannot hold fake
 # tensors), for a few families (the accuracy models' small configs).
 QUANTIZED_MODELS = ("llama", "gpt2", "qwen2", "opt")

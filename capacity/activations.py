@@ -24,7 +24,7 @@ from .architecture import LayerKind
 from .params import Linear, attention_linears, mlp_linears
 from .scenario import Scenario
 from .shape import ModelShape
-from .trainable import FULL, LayerGrads, adapter_bytes
+from .trainable import FULL, LayerGrads, adapter_bytes, autocast_peft
 
 FP32 = 4
 INT64 = 8
@@ -367,6 +367,11 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = 
             # one, whose expanded view the kernel takes as it is), and the mask, made per
             # layer as a float tensor, is kept by the kernel.
             sdpa_kv = k_kept + v_kept if kv_repeat_copies(s, sc) else 2 * p * b * keys * kvd
+            if autocast_peft(sc):
+                # Under autocast the cache is fp32 (the fp32 prefix promotes torch.cat), and
+                # SDPA keeps its 16-bit casts of k and v, at every head: a cast materialises
+                # one key/value head's expanded view too.
+                sdpa_kv = 2 * p * b * keys * qd
             qkv = p * n * qd + sdpa_kv + p * b * seq * keys
         elif sdpa_repeats_kv(s, sc, kind):
             qkv = p * n * qd + repeated_kv_bytes(s, sc, kind)
@@ -629,6 +634,13 @@ def lora_saved_bytes(s: ModelShape, sc: Scenario, linears: list[Linear], input_g
     if not linears:
         return 0
     n, r, ab = sc.tokens, sc.peft.lora_rank, adapter_bytes(sc)
+    if autocast_peft(sc):
+        # Under autocast (an fp32 model, mixed precision) the adapters compute in 16 bits:
+        # lora_A keeps its own 16-bit cast of x (autocast caches casts of leaves only; a
+        # 16-bit x is first cast to the adapters' fp32 by peft, then back), lora_B keeps
+        # lora_A's 16-bit output. (LoRA dropout is refused under autocast: check_peft.)
+        p = _act_bytes(sc)
+        return sum(p * n * (lin.fan_in + r) for lin in linears)
     total = sum(ab * n * r for _ in linears)
     if sc.peft.lora_dropout > 0:
         m = _lora_mask_bytes(sc) if input_grad else 0

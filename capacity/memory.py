@@ -106,19 +106,68 @@ def compute_copy_bytes(s: ModelShape, sc: Scenario) -> int:
 
 def head_copy_bytes(s: ModelShape, sc: Scenario) -> int:
     """Mixed precision: autocast's 16-bit copies of the projections after the last layer
-    (the LM head, OPT's project_out), freed by their backward before the layers'."""
+    (the LM head, OPT's project_out), freed by their backward before the layers'. Under a
+    PEFT method the head is frozen: its weight's cast is not cached, but the matmul keeps
+    it for the gradient of its input, which always needs one (something below trains);
+    a frozen bias's cast is kept by nothing."""
     if not sc.mixed_precision:
         return 0
-    after = s.vocab_size * s.embed_dim + (s.vocab_size if s.arch.lm_head_bias else 0)
+    frozen = trainable.autocast_peft(sc)
+    after = s.vocab_size * s.embed_dim + (s.vocab_size if s.arch.lm_head_bias and not frozen else 0)
     if s.embed_dim != s.hidden_size:
         after += s.embed_dim * s.hidden_size
     return sc.bytes_per_value * after
 
 
-def _layer_copy_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None) -> int:
-    """Mixed precision: autocast's 16-bit copies of one decoder layer's projections (its
-    experts have none)."""
-    return sc.bytes_per_value * layer_linear_params(s, kind) if sc.mixed_precision else 0
+def _layer_copy_parts(s: ModelShape, sc: Scenario, kind: LayerKind,
+                      g: trainable.LayerGrads = trainable.FULL) -> dict[str, int]:
+    """Mixed precision: autocast's 16-bit copies of one decoder layer's projections that
+    the step keeps, by part (attention, its output projection, MLP, its down projection;
+    a mixture of experts' experts have none). A trained weight's cast is cached (a leaf
+    that requires grad) and kept, with its bias's. Under a PEFT method (autocast over an
+    fp32 model) a frozen weight's cast is made anew at each use and kept only by a matmul
+    whose input needs a gradient (`W^T · grad`); a frozen bias's by nothing. LoRA's A and
+    B (fp32 leaves that require grad) are cached casts, B's kept, A's when x needs a
+    gradient."""
+    if not sc.mixed_precision:
+        return {"attention": 0, "attn_out": 0, "mlp": 0, "mlp_out": 0}
+    p = sc.bytes_per_value
+    attn_lin, mlp_lin = attention_linears(s, kind), mlp_linears(s, kind)
+    if not trainable.autocast_peft(sc):
+        return {"attention": p * sum(lin.params for lin in attn_lin), "attn_out": p * attn_lin[-1].params,
+                "mlp": p * sum(lin.params for lin in mlp_lin), "mlp_out": p * mlp_lin[-1].params}
+    f = act.layer_flow(s, g)
+    reads = {**{lin.name: f.norm1_out for lin in attn_lin[:-1]}, attn_lin[-1].name: f.attn_ctx,
+             **{lin.name: f.norm2_out for lin in mlp_lin[:-1]}, mlp_lin[-1].name: f.product}
+
+    def kept(lin) -> int:
+        if g.weights:
+            own = lin.params
+        else:
+            own = lin.fan_in * lin.fan_out if reads[lin.name] else 0
+        # A's cast is kept by its matmul for the gradient of x, when x needs one; B's always
+        # (A's output needs a gradient).
+        r = sc.peft.lora_rank
+        adapter = r * lin.fan_out + (r * lin.fan_in if reads[lin.name] else 0) if lin.name in g.lora else 0
+        return p * (own + adapter)
+    return {"attention": sum(kept(lin) for lin in attn_lin), "attn_out": kept(attn_lin[-1]),
+            "mlp": sum(kept(lin) for lin in mlp_lin), "mlp_out": kept(mlp_lin[-1])}
+
+
+def _layer_copy_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None,
+                      g: trainable.LayerGrads = trainable.FULL) -> int:
+    """Mixed precision: autocast's 16-bit copies one decoder layer keeps (_layer_copy_parts)."""
+    parts = _layer_copy_parts(s, sc, kind or s.layers[0], g)
+    return parts["attention"] + parts["mlp"]
+
+
+def _copies_total(s: ModelShape, sc: Scenario, layers) -> int:
+    """Mixed precision: every 16-bit copy kept at the end of the forward if no layer were
+    checkpointed: the projections' (compute_copy_bytes) in full fine-tuning; under a PEFT
+    method the layers' kept ones and the head's."""
+    if not trainable.autocast_peft(sc):
+        return compute_copy_bytes(s, sc)
+    return layers.copies(0, s.num_layers) + head_copy_bytes(s, sc)
 
 
 def gradients_bytes(s: ModelShape, sc: Scenario) -> int:
@@ -163,7 +212,20 @@ def kv_cache_bytes(s: ModelShape, sc: Scenario) -> int:
     """One layer's entry of transformers' KV cache (cache_utils.DynamicLayer.update:
     torch.cat copies of the rotated keys and the values): 2·p·b·keys·K, keys = s, or P + s
     after a prefix (activations.key_length)."""
-    return 2 * sc.bytes_per_value * sc.batch * act.key_length(s, sc) * s.kv_dim
+    return 2 * _cache_bytes_per_value(sc) * sc.batch * act.key_length(s, sc) * s.kv_dim
+
+
+def _cache_bytes_per_value(sc: Scenario) -> int:
+    """The cache's dtype: the keys' and values', or fp32 under autocast after a prefix,
+    whose fp32 table (the model's stored dtype) promotes torch.cat's result."""
+    return FP32 if trainable.autocast_peft(sc) and sc.peft.method == "prefix" else sc.bytes_per_value
+
+
+def cache_is_extra(s: ModelShape, sc: Scenario) -> bool:
+    """Whether the cache's entries are tensors attention does not keep: repeat_kv copies
+    them (act.kv_repeat_copies), or under autocast after a prefix attention keeps 16-bit
+    casts of the fp32 entries."""
+    return act.kv_repeat_copies(s, sc) or _cache_bytes_per_value(sc) != sc.bytes_per_value
 
 
 def builds_kv_cache(s: ModelShape, sc: Scenario) -> bool:
@@ -187,14 +249,14 @@ def bp_kv_cache_bytes(s: ModelShape, sc: Scenario) -> int:
     as extra: L·2·p·b·keys·K."""
     if not builds_kv_cache(s, sc):
         return 0
-    return s.num_layers * kv_cache_bytes(s, sc) if act.kv_repeat_copies(s, sc) else 0
+    return s.num_layers * kv_cache_bytes(s, sc) if cache_is_extra(s, sc) else 0
 
 
 def cache_above_bytes(s: ModelShape, sc: Scenario) -> int:
     """One layer's share of the KV cache that backward cannot free with the layer: with the
     output held, the cache still references the k and v the attention kept (when they are
     the cache's own tensors), after that layer's backward has run."""
-    if not builds_kv_cache(s, sc) or not output_holds_cache(s, sc) or act.kv_repeat_copies(s, sc):
+    if not builds_kv_cache(s, sc) or not output_holds_cache(s, sc) or cache_is_extra(s, sc):
         return 0
     return kv_cache_bytes(s, sc)
 
@@ -258,6 +320,17 @@ def _outside_saved(s: ModelShape, sc: Scenario) -> int:
     return embed + act.head_saved_bytes(s, sc, trained=trainable.head_trained(sc))
 
 
+def final_hidden_transient_bytes(s: ModelShape, sc: Scenario) -> int:
+    """The final norm's output, alive while the logits and the loss are computed (the
+    model's `hidden_states`), when the LM head does not keep that very tensor: a frozen
+    head keeps nothing; under autocast the head keeps its 16-bit cast of the fp32 output."""
+    if trainable.head_trained(sc) and not sc.mixed_precision:
+        return 0
+    if not trainable.autocast_peft(sc):
+        return 0   # full fine-tuning: counted where it is kept (modelled as before)
+    return act.stream_bytes(sc) * sc.tokens * s.hidden_size
+
+
 def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     n, p = sc.tokens, sc.bytes_per_value
     L, keep = s.num_layers, kept_layers(s, sc)
@@ -270,7 +343,7 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
         # of forward. A checkpointed layer's forward keeps nothing, so its copies are freed
         # at once; only the kept layers' and the rest of the model's remain.
         "weights": weights_bytes(s, sc) if not sc.mixed_precision
-        else compute_copy_bytes(s, sc) - layers.copies(0, ckpt),
+        else _copies_total(s, sc, layers) - layers.copies(0, ckpt),
         "master_weights": weights_bytes(s, sc) if sc.mixed_precision else 0,
         "trainable_weights": trainable_weights_bytes(s, sc),
         "optimizer_states": optimizer_state_bytes(s, sc),
@@ -298,7 +371,7 @@ def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
     previous_out = logits + cache_held if lp.hold_outputs and lp.grad_accum > 1 else 0
 
     phases: dict[str, dict[str, int]] = {}
-    forward = {**state, "activations": saved + inputs + cache,
+    forward = {**state, "activations": saved + inputs + cache + final_hidden_transient_bytes(s, sc),
                "logits_and_loss": logits + loss + fp32_copy}
     # log_softmax backward: its saved output, the incoming gradient and its result.
     backward_loss = {**state, "activations": saved + inputs + cache_held,
@@ -454,7 +527,7 @@ class _LayerCosts:
 
 def _layer_costs(s: ModelShape, sc: Scenario, kind: LayerKind, g: trainable.LayerGrads = trainable.FULL) -> _LayerCosts:
     p = sc.bytes_per_value
-    copy_bytes = p if sc.mixed_precision else 0
+    copy_parts = _layer_copy_parts(s, sc, kind, g)
     parts = act.layer_saved_bytes(s, sc, kind, g)
     # MLP-width tensors the MLP's backward holds at its highest point, of which the down
     # projection's backward has freed its kept input (mlp_freed, unless the activation keeps
@@ -486,10 +559,10 @@ def _layer_costs(s: ModelShape, sc: Scenario, kind: LayerKind, g: trainable.Laye
         gradients_mlp=trainable.layer_gradient_bytes(s, sc, kind, g, mlp_only=True),
         gradients_attn_out=trainable.linear_gradient_bytes(s, sc, attn_lin[-1], g),
         gradients_mlp_out=mlp_out_gradient,
-        copies=_layer_copy_bytes(s, sc, kind),
-        copies_mlp=copy_bytes * sum(lin.params for lin in mlp_lin),
-        copies_mlp_out=copy_bytes * down.params,
-        copies_attn_out=copy_bytes * attn_lin[-1].params,
+        copies=copy_parts["attention"] + copy_parts["mlp"],
+        copies_mlp=copy_parts["mlp"],
+        copies_mlp_out=copy_parts["mlp_out"],
+        copies_attn_out=copy_parts["attn_out"],
         mlp_backward=mlp_backward,
         attention_backward=act.attention_backward_extra_bytes(s, sc, kind, g, v_held=cache_above_bytes(s, sc) > 0),
         recompute=recompute,

@@ -1335,7 +1335,8 @@ def test_calculator_sets_every_variant_side_by_side():
     ({"peft": "lora", "lora_targets": "q_proj,nonsense"}, "nonsense is not a linear", "Use peft's default targets"),
     ({"wbits": "8"}, "quantized base weights are frozen", "Train LoRA adapters on this base"),
     ({"peft": "prefix"}, "prefix tuning with checkpointing", "Use L'/L = 1 (no checkpointing)"),
-    ({"peft": "lora", "mixed": "1"}, "mixed precision", "Turn mixed precision off"),
+    ({"peft": "lora", "mixed": "1", "keep": "0.5"}, "under autocast", "Use L'/L = 1 (no checkpointing)"),
+    ({"peft": "lora", "wbits": "4", "mixed": "1"}, "over a quantized base", "Turn mixed precision off"),
     ({"peft": "freeze", "top_layers": "99"}, "32 decoder layers", "Train the top layer only"),
     ({"peft": "lora", "wbits": "4", "dtype": "fp32"}, "16-bit dtype", "Use bf16"),
 ])

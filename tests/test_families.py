@@ -67,7 +67,7 @@ def layer_by_layer(s, sc):
     cost = [layers.costs(i) for i in range(L)]
     gp = _state_bytes_per_value(sc)
     state = {"weights": memory.weights_bytes(s, sc) if not sc.mixed_precision else
-             memory.compute_copy_bytes(s, sc) - sum(c.copies for c in cost[:ckpt]),
+             memory._copies_total(s, sc, layers) - sum(c.copies for c in cost[:ckpt]),
              "master_weights": memory.weights_bytes(s, sc) if sc.mixed_precision else 0,
              "trainable_weights": memory.trainable_weights_bytes(s, sc),
              "optimizer_states": memory.optimizer_state_bytes(s, sc)}

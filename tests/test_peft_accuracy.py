@@ -112,3 +112,39 @@ def test_adapters_in_the_models_dtype_within_2_percent(name, cfg, dtype, adapter
         fp32 = compare(cfg, sc.__class__(**{**sc.__dict__, "peft": Peft(method="lora", lora_targets=targets,
                                                                          lora_dropout=dropout)}), steps=2, device="trace")
         assert r["measured_peak_bytes"] < fp32["measured_peak_bytes"]      # the setting reaches the real code
+
+
+# PEFT under autocast over an fp32 model (capacity.accuracy.autocast_peft_matrix; the whole
+# matrix: bench/accuracy.py --autocast-peft, docs/peft.md).
+AUTOCAST = [
+    ("llama", dict(peft="lora", loop="plain", attention="eager", dtype="bf16")),   # frozen casts, LoRA chain
+    ("opt", dict(peft="prefix", loop="trainer", attention="sdpa")),               # fp32 cache, forward's end
+    ("gemma", dict(peft="prefix", loop="trainer", attention="sdpa")),             # one kv head: the cast expands
+    ("qwen2", dict(peft="freeze", loop="trainer")),                               # a trained top layer's casts
+    ("gpt2", dict(peft="lora", dtype="fp16")),                                    # fp16 autocast, Conv1D
+]
+
+
+@pytest.mark.parametrize("model_type,want", AUTOCAST, ids=[f"{m}-{w['peft']}" for m, w in AUTOCAST])
+def test_peft_under_autocast_within_2_percent(model_type, want):
+    from capacity.accuracy import autocast_peft_matrix
+    sc = _case(autocast_peft_matrix, model_type, **want)
+    assert sc.mixed_precision
+    _check(model_type, sc, "trace", TRACE_TOLERANCE_PCT)
+
+
+@pytest.mark.parametrize("change,why", [
+    (dict(keep=0.0), "checkpointing"), (dict(lora_dropout=0.1), "dropout"),
+    (dict(model="gpt2", method="prefix"), "probabilities"), (dict(weights_bits=4), "quantized")])
+def test_what_autocast_peft_refuses_is_named(change, why):
+    from dataclasses import replace
+    from capacity.scenario import Peft, Scenario
+    model = change.pop("model", "llama")
+    keep = change.pop("keep", 1.0)
+    pf = Peft(**{"method": "lora", **change})
+    sc = Scenario(method="bp", dtype="bf16", mixed_precision=True, keep=keep, target="cpu", peft=pf)
+    with pytest.raises(ValueError, match=why):
+        estimate(from_hf_config(dict(accuracy_models()[model])), sc)
+    # the same without autocast is modelled (a quantized base aside: it needs a 16-bit dtype)
+    if "weights_bits" not in change:
+        estimate(from_hf_config(dict(accuracy_models()[model])), replace(sc, mixed_precision=False))

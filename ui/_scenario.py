@@ -648,6 +648,11 @@ def peft_cli_args() -> list[str]:
 
 # A refusal of a PEFT setting (words of capacity's message) and the change that answers it.
 PEFT_FIXES = [
+    ("with a PEFT method under autocast", "Use L'/L = 1 (no checkpointing)", {"keep": 1.0}),
+    ("LoRA dropout under autocast", "Set LoRA dropout to 0 (peft's default)", {"lora_dropout": 0.0}),
+    ("prefix tuning under autocast", "Turn mixed precision off", {"mixed": False}),
+    ("under autocast (mixed precision over an fp32 model) is modelled on one device", "Turn mixed precision off",
+     {"mixed": False}),
     ("peft: mixed precision", "Turn mixed precision off", {"mixed": False}),
     ("prefix tuning with mixed precision under FSDP", "Turn mixed precision off", {"mixed": False}),
     # over several devices LoRA and prefix tuning over a 16-bit base are modelled
