@@ -368,9 +368,7 @@ def report(paths: list[Path]) -> str:
                   "hold one fp32 score-sized tensor (128 MiB here) that neither the model nor a CPU trace of the "
                   "same step has (the plain loop and partial checkpointing are exact; not found); the 8-bit "
                   "base's int8 kernels keep about 40 MiB more than their CPU composition (a tensor tracker on "
-                  "the GPU saw it); in Gemma 3's SDPA row the model prices 132 MiB more tensors than the GPU held, "
-                  "and a CPU trace of the same step (`--device trace`) shows the same excess (+0.75%): a gap in "
-                  "the model for gemma-3-1b at batch 4 x 512, not investigated.",
+                  "the GPU saw it).",
                   "", *beyond, ""]
     lines += ["| row | measured GB | reserved GB | device used GB | slack | predicted GB | error | at run | "
               "step s | |", "|---|---|---|---|---|---|---|---|---|---|"]

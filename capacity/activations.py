@@ -373,6 +373,11 @@ def attention_saved_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = 
                 # one key/value head's expanded view too.
                 sdpa_kv = 2 * p * b * keys * qd
             qkv = p * n * qd + sdpa_kv + p * b * seq * keys
+        elif sdpa_repeats_kv(s, sc, kind) and s.num_kv_heads == 1:
+            # One key/value head: repeat_kv's reshape of the expanded tensor is a view (the
+            # size-1 head merges), which the kernel takes as it is at any batch (eager's
+            # matmul copies it at batch > 1: repeated_kv_parts).
+            qkv = p * n * (qd + 2 * kvd)
         elif sdpa_repeats_kv(s, sc, kind):
             qkv = p * n * qd + repeated_kv_bytes(s, sc, kind)
         else:
