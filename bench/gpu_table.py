@@ -270,10 +270,8 @@ def _pct(x) -> str:
     return "" if x is None else f"{x:+.2f}%"
 
 
-def current_prediction(row: str, result: dict, config_dir: Path):
-    """capacity.estimate (target cuda) for a recorded row, with the current model: the
-    scenario and model that `validate <row> --device cuda` builds."""
-    import capacity
+def row_model(row: str, result: dict, config_dir: Path):
+    """(shape, scenario) that `validate <row> --device cuda` builds (target cuda)."""
     from capacity.cli import build_parser
     from capacity.validation.cli import _read_source, scenario_from_args
     for name in CONFIGS:
@@ -283,8 +281,24 @@ def current_prediction(row: str, result: dict, config_dir: Path):
     if "moe" in result:   # the routing the prediction states (validate.compare does the same)
         from dataclasses import replace
         scenario = replace(scenario, routing=result["moe"]["predicted_routing"])
+    return _read_source(args)[0], scenario
+
+
+def current_prediction(row: str, result: dict, config_dir: Path):
+    """capacity.estimate (target cuda) for a recorded row, with the current model."""
+    import capacity
     try:
-        return capacity.estimate(_read_source(args)[0], scenario)
+        return capacity.estimate(*row_model(row, result, config_dir))
+    except ValueError:
+        return None
+
+
+def roofline_seconds(row: str, result: dict, config_dir: Path, device: str = "H100 80GB") -> float | None:
+    """capacity.step_time_seconds on the device preset (a lower bound: the roofline)."""
+    from capacity.compute import step_time_seconds
+    from capacity.presets import load_device
+    try:
+        return step_time_seconds(*row_model(row, result, config_dir), load_device(device))
     except ValueError:
         return None
 
@@ -300,7 +314,8 @@ def load_records(paths: list[Path]) -> list[dict]:
             est = current_prediction(r["row"], res, Path(d)) if r["exit"] == 0 and measured else None
             r["now"] = None if est is None else {
                 "predicted": est.peak_bytes, "phase": est.phase,
-                "error_pct": 100.0 * (est.peak_bytes - measured) / measured}
+                "error_pct": 100.0 * (est.peak_bytes - measured) / measured,
+                "roofline_s": roofline_seconds(r["row"], res, Path(d))}
     return records
 
 
@@ -370,8 +385,27 @@ def report(paths: list[Path]) -> str:
                   "base's int8 kernels keep about 40 MiB more than their CPU composition (a tensor tracker on "
                   "the GPU saw it).",
                   "", *beyond, ""]
+    effs = {"bp": [], "inference": [], "mezo": []}
+    for r in records:
+        res, now = r["result"], r.get("now") or {}
+        steps = res.get("step_seconds") or []
+        clean = not (res.get("method") == "bp" and (res.get("loop") or {}).get("name") == "trainer")
+        if now.get("roofline_s") and steps and clean and res.get("dtype") != "fp32":
+            effs[res["method"]].append(100 * now["roofline_s"] / statistics.median(steps[1:] or steps))
+    if any(effs.values()):
+        def span(v):
+            return f"median {statistics.median(v):.0f}% ({min(v):.0f}% to {max(v):.0f}%, {len(v)} row{'s' if len(v) != 1 else ''})" if v else "none"
+        lines += ["**Time**: `roofline / step` is `capacity.step_time_seconds` on the H100 80GB preset (989 TFLOP/s "
+                  "dense 16-bit, 3.35 TB/s), a lower bound, as a share of the measured step (16-bit rows; the "
+                  "Trainer's steps were tracked, †, and are left out). BP in the plain loop: "
+                  f"{span(effs['bp'])}; inference: {span(effs['inference'])}: small models whose steps are "
+                  "tens of milliseconds, so launch-bound. MeZO: "
+                  f"{span(effs['mezo'])}: this engine's MeZO step regenerates z in chunks of at most 2^20 values "
+                  "(capacity/validation/mezo.py: memory-bounded, thousands of small kernels per pass), far from the "
+                  "roofline's four memory-bound passes over the weights, so these are the engine's times, not a "
+                  "tuned MeZO's. Divide a roofline by such a share to plan wall-clock time.", ""]
     lines += ["| row | measured GB | reserved GB | device used GB | slack | predicted GB | error | at run | "
-              "step s | |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "step s | roofline / step | |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         res, cuda, now = r["result"], r["result"].get("cuda") or {}, r.get("now")
         measured = res.get("measured_peak_bytes")
@@ -383,13 +417,16 @@ def report(paths: list[Path]) -> str:
         tracked = res.get("method") == "bp" and (res.get("loop") or {}).get("name") == "trainer" \
             and res.get("breakdown_source") != "MemTracker, one extra step"
         step += " †" if step and tracked else ""
+        roof = now and now.get("roofline_s")
+        eff = (f"{100 * roof / statistics.median(steps[1:] or steps):.0f}%"
+               if roof and steps and not tracked else "")
         note = "" if r["exit"] == 0 else (res.get("error") or res.get("message") or "")[:160]
         if r["exit"] == 0 and now is None:
             note = "no prediction: " + (res.get("prediction_unavailable") or "")[:120]
         note = note.replace("|", "/").replace("\n", " ")
         lines.append(f"| `{r['row']}` | {_gb(measured)} | {_gb(cuda.get('max_memory_reserved_bytes'))} | "
                      f"{_gb(cuda.get('device_used_bytes'))} | {slack} | {_gb(now and now['predicted'])} | "
-                     f"{_pct(now and now['error_pct'])} | {_pct(res.get('error_pct'))} | {step} | {note} |")
+                     f"{_pct(now and now['error_pct'])} | {_pct(res.get('error_pct'))} | {step} | {eff} | {note} |")
     return "\n".join(lines) + "\n"
 
 
