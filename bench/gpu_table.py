@@ -284,23 +284,18 @@ def row_model(row: str, result: dict, config_dir: Path):
     return _read_source(args)[0], scenario
 
 
-def current_prediction(row: str, result: dict, config_dir: Path):
-    """capacity.estimate (target cuda) for a recorded row, with the current model."""
+def predictions(row: str, result: dict, config_dir: Path):
+    """(capacity.estimate, capacity.step_time_seconds on the H100 80GB preset: the roofline,
+    a lower bound) for a recorded row with the current model, target cuda; None, None when
+    capacity refuses the scenario."""
     import capacity
-    try:
-        return capacity.estimate(*row_model(row, result, config_dir))
-    except ValueError:
-        return None
-
-
-def roofline_seconds(row: str, result: dict, config_dir: Path, device: str = "H100 80GB") -> float | None:
-    """capacity.step_time_seconds on the device preset (a lower bound: the roofline)."""
     from capacity.compute import step_time_seconds
     from capacity.presets import load_device
+    shape, scenario = row_model(row, result, config_dir)
     try:
-        return step_time_seconds(*row_model(row, result, config_dir), load_device(device))
+        return capacity.estimate(shape, scenario), step_time_seconds(shape, scenario, load_device("H100 80GB"))
     except ValueError:
-        return None
+        return None, None
 
 
 def load_records(paths: list[Path]) -> list[dict]:
@@ -311,11 +306,10 @@ def load_records(paths: list[Path]) -> list[dict]:
         _write_configs(Path(d))
         for r in records:
             res, measured = r["result"], r["result"].get("measured_peak_bytes")
-            est = current_prediction(r["row"], res, Path(d)) if r["exit"] == 0 and measured else None
+            est, roof = predictions(r["row"], res, Path(d)) if r["exit"] == 0 and measured else (None, None)
             r["now"] = None if est is None else {
                 "predicted": est.peak_bytes, "phase": est.phase,
-                "error_pct": 100.0 * (est.peak_bytes - measured) / measured,
-                "roofline_s": roofline_seconds(r["row"], res, Path(d))}
+                "error_pct": 100.0 * (est.peak_bytes - measured) / measured, "roofline_s": roof}
     return records
 
 

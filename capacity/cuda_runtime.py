@@ -59,3 +59,10 @@ def workspace_bytes(s: ModelShape, sc: Scenario, capability: tuple[int, int] = H
         recomputes = sc.method == "bp" and sc.keep < 1
         total += (2 if recomputes else 1) * CUBLASLT_WORKSPACE_BYTES
     return total
+
+
+def with_workspaces(phases: dict[str, dict[str, int]], s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
+    """The phases of a step (one device, or one rank) with the workspaces in every phase's
+    temporaries: they are made in the first step and held from then on."""
+    ws = workspace_bytes(s, sc)
+    return {name: {**terms, "temporaries": terms.get("temporaries", 0) + ws} for name, terms in phases.items()}

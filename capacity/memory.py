@@ -32,7 +32,7 @@ from .architecture import LayerKind
 from .context import check_context
 from . import optimizers as optim
 from . import quantization, trainable
-from .params import (active_parameter_count, attention_linears, largest_tensor_params, layer_linear_params,
+from .params import (active_parameter_count, attention_linears, largest_tensor_params,
                      layer_params, linear_params, mlp_linears, parameter_count)
 from .scenario import Estimate, Scenario
 from .shape import ModelShape, repeating_pattern
@@ -152,13 +152,6 @@ def _layer_copy_parts(s: ModelShape, sc: Scenario, kind: LayerKind,
         return p * (own + adapter)
     return {"attention": sum(kept(lin) for lin in attn_lin), "attn_out": kept(attn_lin[-1]),
             "mlp": sum(kept(lin) for lin in mlp_lin), "mlp_out": kept(mlp_lin[-1])}
-
-
-def _layer_copy_bytes(s: ModelShape, sc: Scenario, kind: LayerKind | None = None,
-                      g: trainable.LayerGrads = trainable.FULL) -> int:
-    """Mixed precision: autocast's 16-bit copies one decoder layer keeps (_layer_copy_parts)."""
-    parts = _layer_copy_parts(s, sc, kind or s.layers[0], g)
-    return parts["attention"] + parts["mlp"]
 
 
 def _copies_total(s: ModelShape, sc: Scenario, layers) -> int:
@@ -322,13 +315,9 @@ def _outside_saved(s: ModelShape, sc: Scenario) -> int:
 
 def final_hidden_transient_bytes(s: ModelShape, sc: Scenario) -> int:
     """The final norm's output, alive while the logits and the loss are computed (the
-    model's `hidden_states`), when the LM head does not keep that very tensor: a frozen
-    head keeps nothing; under autocast the head keeps its 16-bit cast of the fp32 output."""
-    if trainable.head_trained(sc) and not sc.mixed_precision:
-        return 0
-    if not trainable.autocast_peft(sc):
-        return 0   # full fine-tuning: counted where it is kept (modelled as before)
-    return act.stream_bytes(sc) * sc.tokens * s.hidden_size
+    model's `hidden_states`), under a PEFT method with autocast: the frozen head keeps only
+    its 16-bit cast of the fp32 output. (Elsewhere the forward's end is priced as before.)"""
+    return act.stream_bytes(sc) * sc.tokens * s.hidden_size if trainable.autocast_peft(sc) else 0
 
 
 def _bp_phases(s: ModelShape, sc: Scenario) -> dict[str, dict[str, int]]:
@@ -1295,11 +1284,7 @@ def estimate(s: ModelShape, sc: Scenario) -> Estimate:
     if sc.parallel.sharding != "none":
         from .sharding import estimate_sharded
         return estimate_sharded(s, sc)
-    phases = single_device_phases(s, sc)
-    # cuBLAS's workspaces, held through every phase on a CUDA device (capacity.cuda_runtime).
-    workspaces = cuda_runtime.workspace_bytes(s, sc)
-    phases = {name: {**terms, "temporaries": terms.get("temporaries", 0) + workspaces}
-              for name, terms in phases.items()}
+    phases = cuda_runtime.with_workspaces(single_device_phases(s, sc), s, sc)
     totals = {name: sum(terms.values()) for name, terms in phases.items()}
     phase = max(totals, key=totals.get)
     breakdown = {t: phases[phase].get(t, 0) for t in TERMS}

@@ -810,13 +810,9 @@ def textbook_bytes(s: ModelShape, sc: Scenario) -> dict[str, int]:
 def estimate_sharded(s: ModelShape, sc: Scenario) -> Estimate:
     """Per-device peak of one step of `sc` over sc.parallel.devices devices."""
     check_sharded(sc)
-    phases = STRATEGIES[sc.parallel.sharding](s, sc)
-    # Each rank's cuBLAS workspaces, as on one device (capacity.cuda_runtime): the
-    # collectives' streams run no matmul.
-    from .cuda_runtime import workspace_bytes
-    workspaces = workspace_bytes(s, sc)
-    phases = {name: {**terms, "temporaries": terms.get("temporaries", 0) + workspaces}
-              for name, terms in phases.items()}
+    # Each rank's cuBLAS workspaces, as on one device: the collectives' streams run no matmul.
+    from .cuda_runtime import with_workspaces
+    phases = with_workspaces(STRATEGIES[sc.parallel.sharding](s, sc), s, sc)
     totals = {name: sum(terms.values()) for name, terms in phases.items()}
     phase = max(totals, key=totals.get)
     host = host_bytes(s, sc)

@@ -346,7 +346,7 @@ def check_peft(s: ModelShape, sc: Scenario) -> None:
         raise ValueError("peft: parameter-efficient or quantized fine-tuning of a model with norms on its "
                          "branch outputs (OLMo 2, Gemma 2 and 3) is not modelled yet")
     check_peft_sharded(sc)
-    if sc.mixed_precision and pf.method == "prefix" and sc.parallel.sharding in ("zero2", "fsdp"):
+    if sc.mixed_precision and pf.method == "prefix" and sc.parallel.sharding in MIXED_PEFT_SHARDINGS:
         # Traced: tests/test_sharding_peft.py::test_prefix_tuning_under_fsdp_mixed_precision_does_not_run.
         raise ValueError("prefix tuning with mixed precision under FSDP (fsdp, zero2) does not run: peft casts "
                          "the prefix keys and values to the stored fp32 (peft_model.py, get_prompt), FSDP computes "
@@ -354,9 +354,7 @@ def check_peft(s: ModelShape, sc: Scenario) -> None:
     if sc.mixed_precision and pf.weights_bits != 16:
         raise ValueError("peft: mixed precision (fp32 weights under autocast) over a quantized base is not "
                          "modelled; use a 16-bit dtype without --mixed-precision")
-    if sc.mixed_precision and pf.method == "prefix" and sc.parallel.sharding in MIXED_PEFT_SHARDINGS:
-        pass   # refused above
-    elif sc.mixed_precision and sc.parallel.sharding in MIXED_PEFT_SHARDINGS and pf.method != "lora":
+    if sc.mixed_precision and sc.parallel.sharding in MIXED_PEFT_SHARDINGS and pf.method != "lora":
         raise ValueError("peft: mixed precision under fsdp/zero2 is modelled for LoRA (and full fine-tuning)")
     if autocast_peft(sc) and pf.method == "prefix" and not s.arch.attention.softmax_fp32:
         raise ValueError("peft: prefix tuning under autocast (mixed precision over an fp32 model) is not modelled "

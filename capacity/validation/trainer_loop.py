@@ -33,6 +33,7 @@ reads the loss's value; on a real run it makes two 1-byte flags after backward).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
 import tempfile
@@ -213,8 +214,7 @@ def run(model, scenario, rows: list, steps: int, device: str, fake_mode, lr, see
                 # states), before the Trainer fetches the step's batch.
                 opt = state["trainer"].optimizer
                 tracker.track_external(model, getattr(opt, "optimizer", opt))
-                tracker.__enter__()
-                state["tracking"] = True
+                track()
                 start_region()
             on_phase("step end")
 
@@ -229,8 +229,15 @@ def run(model, scenario, rows: list, steps: int, device: str, fake_mode, lr, see
     state["trainer"] = trainer
     transformers.logging.set_verbosity_error()
 
+    # The tracker runs from the start, or (track_extra_step) from the end of step N.
+    tracking = contextlib.ExitStack()
+
+    def track():
+        tracking.enter_context(tracker)
+        state["tracking"] = True
+
     def reset_before_root_forward(module, inputs):
-        if module is model and (state.get("tracking") or not track_extra_step):
+        if module is model and state.get("tracking"):
             tracker.reset_mod_stats()
 
     hooks = [torch.nn.modules.module.register_module_forward_pre_hook(reset_before_root_forward),
@@ -238,20 +245,13 @@ def run(model, scenario, rows: list, steps: int, device: str, fake_mode, lr, see
              model.register_forward_hook(lambda module, inputs, output: on_phase("backward"))]
     tracker.track_external(model)
     try:
-        if track_extra_step:
+        with tracking:
+            if not track_extra_step:
+                track()
             try:
                 trainer.train()
             except _Done:
                 pass
-            finally:
-                if state.get("tracking"):
-                    tracker.__exit__(None, None, None)
-        else:
-            with tracker:
-                try:
-                    trainer.train()
-                except _Done:
-                    pass
     finally:
         for hook in hooks:
             hook.remove()
